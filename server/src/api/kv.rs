@@ -1,0 +1,125 @@
+//! `etcdserverpb.KV`: Range is served locally (after a ReadIndex barrier unless serializable); Put,
+//! DeleteRange, Txn and Compact go through raft (etcd: `api/v3rpc/key.go`, `etcdserver/v3_server.go`).
+
+use std::sync::Arc;
+
+use cairn_proto::cairnpb::internal_request::Request;
+use cairn_proto::etcdserverpb::kv_server::Kv;
+use cairn_proto::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, RangeStreamResponse, ResponseHeader, TxnRequest,
+    TxnResponse,
+};
+use tonic::{Request as GrpcRequest, Response, Status};
+
+use super::error::{unimplemented, ApiError};
+use super::{validate, Core};
+use crate::apply::Applied;
+
+pub struct KvService {
+    core: Arc<Core>,
+}
+
+impl KvService {
+    pub fn new(core: Arc<Core>) -> KvService {
+        KvService { core }
+    }
+
+    /// Replaces the revision-only header that apply produced with the full one.
+    fn header(&self, partial: Option<ResponseHeader>) -> Option<ResponseHeader> {
+        self.core.header(partial.map_or(0, |h| h.revision))
+    }
+
+    async fn range_inner(&self, req: RangeRequest) -> Result<RangeResponse, ApiError> {
+        validate::check_range(&req)?;
+        if !req.serializable {
+            self.core.linearizable_barrier().await?;
+        }
+        let r = self.core.store.range(&req)?;
+        Ok(RangeResponse {
+            header: self.core.header(r.revision),
+            kvs: r.kvs,
+            more: r.more,
+            count: r.count,
+        })
+    }
+}
+
+fn unexpected(applied: Applied) -> Status {
+    Status::internal(format!("apply answered with {applied:?}"))
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn range(&self, req: GrpcRequest<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        Ok(Response::new(self.range_inner(req.into_inner()).await?))
+    }
+
+    async fn put(&self, req: GrpcRequest<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let req = req.into_inner();
+        validate::check_put(&req)?;
+        match self.core.propose(Request::Put(req)).await? {
+            Applied::Put(mut resp) => {
+                resp.header = self.header(resp.header);
+                Ok(Response::new(resp))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn delete_range(
+        &self,
+        req: GrpcRequest<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let req = req.into_inner();
+        validate::check_delete(&req)?;
+        match self.core.propose(Request::DeleteRange(req)).await? {
+            Applied::DeleteRange(mut resp) => {
+                resp.header = self.header(resp.header);
+                Ok(Response::new(resp))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn txn(&self, req: GrpcRequest<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let req = req.into_inner();
+        validate::check_txn(&req, self.core.max_txn_ops)?;
+        match self.core.propose(Request::Txn(req)).await? {
+            Applied::Txn(mut resp) => {
+                resp.header = self.header(resp.header);
+                Ok(Response::new(resp))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn compact(
+        &self,
+        req: GrpcRequest<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
+        let req = req.into_inner();
+        let (revision, physical) = (req.revision, req.physical);
+        match self.core.propose(Request::Compaction(req)).await? {
+            Applied::Compaction(mut resp) => {
+                if physical {
+                    self.core.compactor.wait_finished(revision).await;
+                }
+                resp.header = self.header(resp.header);
+                Ok(Response::new(resp))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    type RangeStreamStream =
+        futures::stream::Empty<Result<RangeStreamResponse, Status>>;
+
+    async fn range_stream(
+        &self,
+        _req: GrpcRequest<RangeRequest>,
+    ) -> Result<Response<Self::RangeStreamStream>, Status> {
+        // etcd 3.7's streaming range; kube-apiserver falls back to Range on Unimplemented.
+        Err(unimplemented("/etcdserverpb.KV/RangeStream"))
+    }
+}

@@ -1,0 +1,141 @@
+//! The client-facing API: tonic services and the HTTP side of the client port.
+//!
+//! Services validate a request, hand mutations to raft through [`Core::propose`] (and wait for the
+//! apply worker's answer), serve reads from the MVCC read side after a linearizable barrier, and map
+//! every error to etcd's status in one place ([`error`]).
+//!
+//! **Boundary:** the only module that implements tonic service traits or speaks HTTP.
+
+mod error;
+mod http;
+mod kv;
+mod maintenance;
+mod validate;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cairn_proto::cairnpb::{internal_request, InternalRequest};
+use cairn_proto::etcdserverpb::cluster_server::ClusterServer;
+use cairn_proto::etcdserverpb::kv_server::KvServer;
+use cairn_proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use cairn_proto::etcdserverpb::ResponseHeader;
+use prost::Message;
+
+use crate::apply::wait::Wait;
+use crate::apply::{Applied, ApplyResult};
+use crate::cluster::Membership;
+use crate::engine::Engine;
+use crate::mvcc::{Compactor, Store};
+use crate::raft::{RaftError, RaftHandle};
+pub use error::ApiError;
+
+/// The etcd API version whose semantics Cairn implements (reported by Status and `/version`).
+pub const ETCD_VERSION: &str = "3.4.23";
+/// The cluster version reported by `/version`.
+pub const ETCD_CLUSTER_VERSION: &str = "3.4.0";
+/// Added to `--max-request-bytes` for the gRPC receive limit (etcd: `grpcOverheadBytes`).
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// Unique request ids, as etcd's `idutil.Generator`: the member id's low 16 bits, then a 48-bit
+/// counter that starts from the current time in milliseconds (so ids stay unique across restarts).
+pub struct IdGenerator {
+    prefix: u64,
+    suffix: AtomicU64,
+}
+
+impl IdGenerator {
+    pub fn new(member_id: u64, now: SystemTime) -> IdGenerator {
+        let ms = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        IdGenerator {
+            prefix: member_id << 48,
+            suffix: AtomicU64::new((ms & 0xFF_FFFF_FFFF) << 8),
+        }
+    }
+
+    pub fn next(&self) -> u64 {
+        let suffix = self.suffix.fetch_add(1, Ordering::Relaxed) + 1;
+        self.prefix | (suffix & 0xFFFF_FFFF_FFFF)
+    }
+}
+
+/// What every service shares: the way into raft, the MVCC read side and this member's identity.
+pub struct Core {
+    pub store: Store,
+    pub raft: RaftHandle,
+    pub wait: Wait<ApplyResult>,
+    pub ids: IdGenerator,
+    pub membership: Membership,
+    pub client_urls: Vec<String>,
+    pub compactor: Arc<Compactor>,
+    pub engine: Engine,
+    pub max_request_bytes: usize,
+    pub max_txn_ops: usize,
+    pub request_timeout: Duration,
+}
+
+impl Core {
+    /// Replicates `request` and waits until it is applied; returns the state machine's answer.
+    pub async fn propose(&self, request: internal_request::Request) -> Result<Applied, ApiError> {
+        let id = self.ids.next();
+        let data = InternalRequest {
+            id,
+            request: Some(request),
+        }
+        .encode_to_vec();
+        if data.len() > self.max_request_bytes {
+            return Err(ApiError::RequestTooLarge);
+        }
+        let applied = self.wait.register(id);
+        if let Err(e) = self.raft.propose(data) {
+            self.wait.cancel(id);
+            return Err(e.into());
+        }
+        match tokio::time::timeout(self.request_timeout, applied).await {
+            Ok(Ok(result)) => Ok(result?),
+            Ok(Err(_)) => Err(RaftError::Stopped.into()),
+            Err(_) => {
+                self.wait.cancel(id);
+                Err(RaftError::Timeout.into())
+            }
+        }
+    }
+
+    /// Returns once a local read would be linearizable.
+    pub async fn linearizable_barrier(&self) -> Result<(), ApiError> {
+        Ok(self.raft.wait_linearizable(self.request_timeout).await?)
+    }
+
+    /// etcd's response header: this member's identity, the raft term and `revision`.
+    pub fn header(&self, revision: i64) -> Option<ResponseHeader> {
+        Some(ResponseHeader {
+            cluster_id: self.membership.cluster_id,
+            member_id: self.membership.member_id,
+            revision,
+            raft_term: self.raft.status().term,
+        })
+    }
+}
+
+/// The client port's router: the gRPC services, the HTTP endpoints, and a fallback that names
+/// gRPC methods Cairn does not serve yet.
+pub fn router(core: Arc<Core>) -> axum::Router {
+    let recv_max = core.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let grpc = tonic::service::Routes::new(
+        KvServer::new(kv::KvService::new(core.clone()))
+            .max_decoding_message_size(recv_max)
+            .max_encoding_message_size(usize::MAX),
+    )
+    .add_service(
+        MaintenanceServer::new(maintenance::MaintenanceService::new(core.clone()))
+            .max_decoding_message_size(recv_max)
+            .max_encoding_message_size(usize::MAX),
+    )
+    .add_service(
+        ClusterServer::new(maintenance::ClusterService::new(core.clone()))
+            .max_decoding_message_size(recv_max)
+            .max_encoding_message_size(usize::MAX),
+    );
+    http::routes(grpc.into_axum_router(), core)
+}

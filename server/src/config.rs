@@ -1,0 +1,422 @@
+//! Command-line flags and `ETCD_*` environment variables, with etcd's names and defaults
+//! (etcd: `server/etcdmain/help.go`, `server/embed/config.go`).
+//!
+//! An etcd flag whose feature Cairn does not have yet is refused by name — never accepted and
+//! silently ignored. A flag set both on the command line and in the environment is an error, as in etcd.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
+
+/// etcd flags that Cairn recognises but does not implement yet; using one is an error.
+const UNSUPPORTED_FLAGS: &[&str] = &[
+    "config-file",
+    "wal-dir",
+    "snapshot-catchup-entries",
+    "initial-election-tick-advance",
+    "max-wals",
+    "quota-backend-bytes",
+    "backend-bbolt-freelist-type",
+    "backend-batch-interval",
+    "backend-batch-limit",
+    "max-concurrent-streams",
+    "grpc-keepalive-min-time",
+    "grpc-keepalive-interval",
+    "grpc-keepalive-timeout",
+    "memory-mlock",
+    "socket-reuse-port",
+    "socket-reuse-address",
+    "enable-grpc-gateway",
+    "raft-read-timeout",
+    "raft-write-timeout",
+    "feature-gates",
+    "listen-client-http-urls",
+    "discovery",
+    "discovery-srv",
+    "discovery-srv-name",
+    "discovery-token",
+    "discovery-endpoints",
+    "discovery-fallback",
+    "discovery-proxy",
+    "strict-reconfig-check",
+    "pre-vote",
+    "auto-compaction-mode",
+    "auto-compaction-retention",
+    "max-learners",
+    "cert-file",
+    "key-file",
+    "client-cert-auth",
+    "trusted-ca-file",
+    "client-cert-file",
+    "client-key-file",
+    "client-crl-file",
+    "client-cert-allowed-hostname",
+    "auto-tls",
+    "peer-auto-tls",
+    "peer-cert-file",
+    "peer-key-file",
+    "peer-trusted-ca-file",
+    "peer-client-cert-auth",
+    "peer-cert-allowed-cn",
+    "peer-cert-allowed-hostname",
+    "peer-crl-file",
+    "peer-client-cert-file",
+    "peer-client-key-file",
+    "peer-skip-client-san-verification",
+    "self-signed-cert-validity",
+    "cipher-suites",
+    "tls-min-version",
+    "tls-max-version",
+    "cors",
+    "host-whitelist",
+    "auth-token",
+    "auth-token-ttl",
+    "bcrypt-cost",
+    "listen-metrics-urls",
+    "metrics",
+    "enable-pprof",
+    "logger",
+    "log-format",
+    "log-outputs",
+    "enable-log-rotation",
+    "log-rotation-config-json",
+    "warning-unary-request-duration",
+    "warning-apply-duration",
+    "enable-distributed-tracing",
+    "experimental-enable-distributed-tracing",
+    "distributed-tracing-address",
+    "distributed-tracing-service-name",
+    "distributed-tracing-instance-id",
+    "distributed-tracing-sampling-rate",
+    "corrupt-check-time",
+    "experimental-corrupt-check-time",
+    "compact-hash-check-time",
+    "compaction-batch-limit",
+    "experimental-compaction-batch-limit",
+    "compaction-sleep-interval",
+    "watch-progress-notify-interval",
+    "experimental-watch-progress-notify-interval",
+    "bootstrap-defrag-threshold-megabytes",
+    "downgrade-check-time",
+    "force-new-cluster",
+    "unsafe-no-fsync",
+    "v2-deprecation",
+    "enable-v2",
+    "enable-lease-checkpoint",
+    "experimental-enable-lease-checkpoint",
+    "proxy",
+];
+
+/// Cairn's server flags (etcd's names, defaults and environment variables).
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "cairn",
+    version,
+    about = "Cairn: an etcd-compatible, Raft-replicated key-value store",
+    after_help = "Every flag can also be set with an ETCD_ environment variable: the flag's name in upper case, '-' as '_' (e.g. ETCD_DATA_DIR)."
+)]
+pub struct Config {
+    /// Human-readable name for this member.
+    #[arg(long, default_value = "default")]
+    pub name: String,
+    /// Path to the data directory [default: ${name}.etcd].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// URLs to listen on for client traffic (gRPC and HTTP on the same port).
+    #[arg(long, default_value = "http://localhost:2379", value_delimiter = ',')]
+    pub listen_client_urls: Vec<String>,
+    /// Client URLs of this member, as advertised to the cluster and clients.
+    #[arg(long, default_value = "http://localhost:2379", value_delimiter = ',')]
+    pub advertise_client_urls: Vec<String>,
+    /// URLs to listen on for peer traffic.
+    #[arg(long, default_value = "http://localhost:2380", value_delimiter = ',')]
+    pub listen_peer_urls: Vec<String>,
+    /// Peer URLs of this member, as advertised to the rest of the cluster.
+    #[arg(long, default_value = "http://localhost:2380", value_delimiter = ',')]
+    pub initial_advertise_peer_urls: Vec<String>,
+    /// Initial cluster configuration for bootstrapping [default: ${name}=${initial-advertise-peer-urls}].
+    #[arg(long)]
+    pub initial_cluster: Option<String>,
+    /// Initial cluster state ('new' or 'existing').
+    #[arg(long, default_value = "new")]
+    pub initial_cluster_state: String,
+    /// Initial cluster token for the cluster during bootstrap.
+    #[arg(long, default_value = "etcd-cluster")]
+    pub initial_cluster_token: String,
+    /// Maximum client request size in bytes the server will accept.
+    #[arg(long, default_value_t = 1_572_864)]
+    pub max_request_bytes: u32,
+    /// Maximum number of operations permitted in a transaction.
+    #[arg(long, default_value_t = 128)]
+    pub max_txn_ops: u32,
+    /// Number of committed transactions after which the raft log is truncated.
+    #[arg(long, default_value_t = 100_000)]
+    pub snapshot_count: u64,
+    /// Time (in milliseconds) of a heartbeat interval.
+    #[arg(long, default_value_t = 100)]
+    pub heartbeat_interval: u64,
+    /// Time (in milliseconds) for an election to timeout.
+    #[arg(long, default_value_t = 1000)]
+    pub election_timeout: u64,
+    /// Log level: debug, info, warn, error, panic or fatal.
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+}
+
+/// A bad command line: exits with status 2, like etcd's flag errors.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Parses and validates `args` (the program name first) against the environment.
+    pub fn parse_from_env_and_args(
+        args: Vec<String>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        for arg in args.iter().skip(1) {
+            let name = arg.trim_start_matches('-').split('=').next().unwrap_or("");
+            if arg.starts_with('-') && UNSUPPORTED_FLAGS.contains(&name) {
+                return Err(unsupported(name));
+            }
+        }
+        for name in UNSUPPORTED_FLAGS {
+            if env(&env_name(name)).is_some() {
+                return Err(ConfigError(format!(
+                    "environment variable {} sets etcd flag --{name}, which cairn does not support yet",
+                    env_name(name)
+                )));
+            }
+        }
+        let given = parse_matches(&args)?;
+        let args = with_env(args, &given, env)?;
+        let matches = parse_matches(&args)?;
+        let cfg = Config::from_arg_matches(&matches).map_err(|e| ConfigError(e.to_string()))?;
+        if matches.value_source("listen_client_urls") == Some(ValueSource::CommandLine)
+            && matches.value_source("advertise_client_urls") == Some(ValueSource::DefaultValue)
+        {
+            return Err(ConfigError(
+                "--advertise-client-urls is required when --listen-client-urls is set explicitly"
+                    .into(),
+            ));
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.heartbeat_interval == 0 {
+            return Err(ConfigError("--heartbeat-interval must be positive".into()));
+        }
+        if self.election_timeout < 5 * self.heartbeat_interval {
+            return Err(ConfigError(format!(
+                "--election-timeout[{}ms] should be at least as 5 times as --heartbeat-interval[{}ms]",
+                self.election_timeout, self.heartbeat_interval
+            )));
+        }
+        if self.election_timeout > 50_000 {
+            return Err(ConfigError(format!(
+                "--election-timeout[{}ms] is too long, and should be set less than 50000ms",
+                self.election_timeout
+            )));
+        }
+        match self.initial_cluster_state.as_str() {
+            "new" => {}
+            "existing" => {
+                return Err(ConfigError(
+                    "--initial-cluster-state=existing (joining a running cluster) is not supported yet"
+                        .into(),
+                ))
+            }
+            other => {
+                return Err(ConfigError(format!(
+                    "invalid value \"{other}\" for flag -initial-cluster-state: valid values are \"new\" or \"existing\""
+                )))
+            }
+        }
+        if !["debug", "info", "warn", "error", "panic", "fatal"].contains(&self.log_level.as_str()) {
+            return Err(ConfigError(format!(
+                "unknown log level {:?} (debug, info, warn, error, panic, fatal)",
+                self.log_level
+            )));
+        }
+        for url in self.listen_client_urls.iter().chain(&self.listen_peer_urls) {
+            parse_http_url(url)?;
+        }
+        self.initial_cluster()?;
+        Ok(())
+    }
+
+    /// `--data-dir`, or `${name}.etcd`.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("{}.etcd", self.name)))
+    }
+
+    /// `--initial-cluster` as (name, peer URLs) pairs, in order of first appearance.
+    pub fn initial_cluster(&self) -> Result<Vec<(String, Vec<String>)>, ConfigError> {
+        let text = match &self.initial_cluster {
+            Some(t) => t.clone(),
+            None => self
+                .initial_advertise_peer_urls
+                .iter()
+                .map(|u| format!("{}={u}", self.name))
+                .collect::<Vec<_>>()
+                .join(","),
+        };
+        let mut members: Vec<(String, Vec<String>)> = vec![];
+        for part in text.split(',').filter(|p| !p.is_empty()) {
+            let (name, url) = part.split_once('=').ok_or_else(|| {
+                ConfigError(format!("--initial-cluster: {part:?} is not of the form name=url"))
+            })?;
+            parse_http_url(url)?;
+            match members.iter_mut().find(|(n, _)| n == name) {
+                Some((_, urls)) => urls.push(url.to_string()),
+                None => members.push((name.to_string(), vec![url.to_string()])),
+            }
+        }
+        Ok(members)
+    }
+
+    pub fn tick(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval)
+    }
+
+    pub fn election_ticks(&self) -> usize {
+        (self.election_timeout / self.heartbeat_interval) as usize
+    }
+
+    /// etcd's request timeout: 5 s plus two election timeouts.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(5) + 2 * Duration::from_millis(self.election_timeout)
+    }
+
+    /// The `tracing` filter directive for `--log-level`.
+    pub fn log_filter(&self) -> &'static str {
+        match self.log_level.as_str() {
+            "debug" => "debug",
+            "info" => "info",
+            "warn" => "warn",
+            _ => "error",
+        }
+    }
+}
+
+fn env_name(flag: &str) -> String {
+    format!("ETCD_{}", flag.to_uppercase().replace('-', "_"))
+}
+
+fn unsupported(flag: &str) -> ConfigError {
+    ConfigError(format!(
+        "flag --{flag} is an etcd flag that cairn does not support yet"
+    ))
+}
+
+fn parse_matches(args: &[String]) -> Result<ArgMatches, ConfigError> {
+    Config::command()
+        .try_get_matches_from(args)
+        .map_err(|e| match e.kind() {
+            clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => e.exit(),
+            _ => ConfigError(e.to_string()),
+        })
+}
+
+/// Adds `--flag=value` for every `ETCD_<FLAG>` variable; a flag given both ways is an error.
+fn with_env(
+    mut args: Vec<String>,
+    given: &ArgMatches,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<String>, ConfigError> {
+    for arg in Config::command().get_arguments() {
+        let Some(long) = arg.get_long() else {
+            continue;
+        };
+        let var = env_name(long);
+        let Some(value) = env(&var) else {
+            continue;
+        };
+        if given.value_source(arg.get_id().as_str()) == Some(ValueSource::CommandLine) {
+            return Err(ConfigError(format!(
+                "conflicting environment variable {var:?} is shadowed by corresponding command-line flag --{long} (either unset environment variable or disable flag)"
+            )));
+        }
+        args.push(format!("--{long}={value}"));
+    }
+    Ok(args)
+}
+
+/// Splits an `http://host:port` URL into (host, port). Other schemes are refused for now.
+pub fn parse_http_url(url: &str) -> Result<(String, u16), ConfigError> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| {
+        ConfigError(format!(
+            "URL {url:?}: only http:// URLs are supported (TLS is not supported yet)"
+        ))
+    })?;
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = rest
+        .rsplit_once(':')
+        .ok_or_else(|| ConfigError(format!("URL {url:?}: missing port")))?;
+    let port = port
+        .parse()
+        .map_err(|_| ConfigError(format!("URL {url:?}: invalid port")))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Ok((host.to_string(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> =
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let lookup = move |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let mut all = vec!["cairn".to_string()];
+        all.extend(args.iter().map(|s| s.to_string()));
+        Config::parse_from_env_and_args(all, &lookup)
+    }
+
+    #[test]
+    fn defaults_follow_etcd() {
+        let c = parse(&[], &[]).unwrap();
+        assert_eq!(c.data_dir(), PathBuf::from("default.etcd"));
+        assert_eq!(
+            c.initial_cluster().unwrap(),
+            vec![("default".to_string(), vec!["http://localhost:2380".to_string()])]
+        );
+        assert_eq!(c.max_request_bytes, 1_572_864);
+        assert_eq!(c.election_ticks(), 10);
+        assert_eq!(c.request_timeout(), Duration::from_secs(7));
+    }
+
+    #[test]
+    fn unsupported_and_unknown_flags_are_refused_by_name() {
+        let e = parse(&["--quota-backend-bytes=5"], &[]).unwrap_err();
+        assert!(e.0.contains("--quota-backend-bytes"), "{e}");
+        let e = parse(&["--no-such-flag"], &[]).unwrap_err();
+        assert!(e.0.contains("--no-such-flag"), "{e}");
+        let e = parse(&[], &[("ETCD_AUTO_TLS", "true")]).unwrap_err();
+        assert!(e.0.contains("ETCD_AUTO_TLS"), "{e}");
+    }
+
+    #[test]
+    fn environment_is_read_and_conflicts_are_errors() {
+        let c = parse(&[], &[("ETCD_NAME", "n1")]).unwrap();
+        assert_eq!(c.name, "n1");
+        let e = parse(&["--name", "n2"], &[("ETCD_NAME", "n1")]).unwrap_err();
+        assert!(e.0.contains("ETCD_NAME"), "{e}");
+    }
+
+    #[test]
+    fn etcd_validation_rules() {
+        let e = parse(&["--listen-client-urls", "http://127.0.0.1:1"], &[]).unwrap_err();
+        assert!(e.0.contains("--advertise-client-urls is required"), "{e}");
+        let e = parse(&["--election-timeout", "400"], &[]).unwrap_err();
+        assert!(e.0.contains("5 times"), "{e}");
+        let e = parse(&["--initial-cluster-state", "odd"], &[]).unwrap_err();
+        assert!(e.0.contains("odd"), "{e}");
+    }
+}

@@ -1,0 +1,11 @@
+//! Cairn's server: an etcd-compatible, Raft-replicated key-value store.
+//! The map of modules and their invariants is in ARCHITECTURE.md at the repository root.
+
+pub mod api;
+pub mod apply;
+pub mod cluster;
+pub mod config;
+pub mod engine;
+pub mod mvcc;
+pub mod raft;
+pub mod server;

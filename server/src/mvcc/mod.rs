@@ -1,0 +1,241 @@
+//! MVCC: etcd's revisioned key-value model on top of the engine.
+//!
+//! Owns the `kv_latest`, `kv_history` and `kv_revision` column families and the revision keys of
+//! `meta` (layouts in [`codec`]). The read side ([`Store`]) serves any revision from a consistent
+//! engine view; the write side ([`Writer`], one owner: the apply worker) executes etcd's Put,
+//! DeleteRange, Txn and Compact at one new revision per mutating request.
+//!
+//! **Boundary:** mvcc knows nothing of raft, tonic or the network; it sees ordered requests only.
+//! **Invariant:** the current revision starts at 1 and grows by exactly one per mutating request; the
+//! revision, its data and the applied index are written in one atomic batch.
+
+pub mod codec;
+mod compact;
+mod range;
+mod write;
+
+#[cfg(test)]
+mod model;
+
+use bytes::Bytes;
+use cairn_proto::etcdserverpb::RangeRequest;
+use cairn_proto::mvccpb::KeyValue;
+use prost::Message;
+
+use crate::engine::{Cf, Engine, EngineError, RangeIter, ReadView};
+use codec::KeyBounds;
+
+pub use compact::Compactor;
+pub use range::RangeResult;
+pub use write::Writer;
+
+/// Meta key of the current (last written) main revision.
+const META_REVISION: &[u8] = b"mvcc/revision";
+/// Meta key of the compacted revision: reads below it fail with [`Error::Compacted`].
+const META_COMPACT_REVISION: &[u8] = b"mvcc/compact_revision";
+/// Meta key of the revision up to which history has been physically removed.
+const META_COMPACT_FINISHED: &[u8] = b"mvcc/compact_finished";
+/// Meta key of the raft index of the last applied entry (etcd's "consistent index").
+pub const META_APPLIED_INDEX: &[u8] = b"apply/applied_index";
+
+/// The revision of an empty store (etcd: the first write gets revision 2).
+pub const REVISION_INITIAL: i64 = 1;
+
+/// What a KV request can fail with, in etcd's words (mapped to gRPC statuses in `api::error`).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("mvcc: required revision has been compacted")]
+    Compacted,
+    #[error("mvcc: required revision is a future revision")]
+    FutureRevision,
+    #[error("key not found")]
+    KeyNotFound,
+    #[error("requested lease not found")]
+    LeaseNotFound,
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+pub(crate) fn decode_i64(bytes: Option<Vec<u8>>) -> i64 {
+    bytes.map_or(0, |b| {
+        i64::from_be_bytes(b.as_slice().try_into().expect("8-byte meta integer"))
+    })
+}
+
+/// Decodes a stored `KeyValue` (stored without its key) and gives it `key`.
+fn decode_kv(key: &[u8], value: &[u8]) -> KeyValue {
+    let mut kv = KeyValue::decode(value).expect("stored KeyValue decodes");
+    kv.key = Bytes::copy_from_slice(key);
+    kv
+}
+
+/// Where reads come from: the live engine (apply) or a point-in-time view (API reads).
+pub(crate) trait Source {
+    fn get(&self, cf: Cf, key: &[u8]) -> std::result::Result<Option<Vec<u8>>, EngineError>;
+    fn iter(&self, cf: Cf, lower: &[u8], upper: Option<&[u8]>) -> RangeIter<'_>;
+}
+
+impl Source for Engine {
+    fn get(&self, cf: Cf, key: &[u8]) -> std::result::Result<Option<Vec<u8>>, EngineError> {
+        Engine::get(self, cf, key)
+    }
+    fn iter(&self, cf: Cf, lower: &[u8], upper: Option<&[u8]>) -> RangeIter<'_> {
+        Engine::iter(self, cf, lower, upper)
+    }
+}
+
+impl Source for ReadView<'_> {
+    fn get(&self, cf: Cf, key: &[u8]) -> std::result::Result<Option<Vec<u8>>, EngineError> {
+        ReadView::get(self, cf, key)
+    }
+    fn iter(&self, cf: Cf, lower: &[u8], upper: Option<&[u8]>) -> RangeIter<'_> {
+        ReadView::iter(self, cf, lower, upper)
+    }
+}
+
+/// Visits the current version of every live key in `bounds`, in key order, until `visit` returns false.
+pub(crate) fn scan_latest(
+    src: &impl Source,
+    bounds: KeyBounds,
+    visit: &mut dyn FnMut(KeyValue) -> bool,
+) -> Result<()> {
+    match bounds {
+        KeyBounds::Single(key) => {
+            if let Some(v) = src.get(Cf::KvLatest, key)? {
+                visit(decode_kv(key, &v));
+            }
+            Ok(())
+        }
+        KeyBounds::Range(start, end) => {
+            let mut it = src.iter(Cf::KvLatest, start, end);
+            while let Some((k, v)) = it.current() {
+                if !visit(decode_kv(k, v)) {
+                    return Ok(());
+                }
+                it.advance();
+            }
+            Ok(it.check()?)
+        }
+    }
+}
+
+/// Visits the version visible at revision `rev` of every key in `bounds` that was live then.
+pub(crate) fn scan_history(
+    src: &impl Source,
+    bounds: KeyBounds,
+    rev: i64,
+    visit: &mut dyn FnMut(KeyValue) -> bool,
+) -> Result<()> {
+    let (start, upper) = match bounds {
+        // Every version of one key sorts below its escaped form followed by 0xFF bytes.
+        KeyBounds::Single(key) => {
+            let mut upper = codec::history_key_prefix(key);
+            upper.extend_from_slice(&[0xFF; 9]);
+            (key, Some(upper))
+        }
+        KeyBounds::Range(start, end) => (start, end.map(codec::history_key_prefix)),
+    };
+    let mut it = src.iter(Cf::KvHistory, &codec::history_key(start, rev), upper.as_deref());
+    while let Some((k, v)) = it.current() {
+        let (key, key_rev) = codec::decode_history_key(k);
+        if key_rev > rev {
+            // A version newer than `rev`: jump to this key's version at `rev` (or to the next key).
+            let target = codec::history_key(&key, rev);
+            it.seek(&target);
+            continue;
+        }
+        if !v.is_empty() && !visit(decode_kv(&key, v)) {
+            return Ok(());
+        }
+        // Skip the older versions of this key.
+        let mut next = codec::history_key_prefix(&key);
+        next.extend_from_slice(&[0xFF; 8]);
+        it.seek(&next);
+    }
+    Ok(it.check()?)
+}
+
+/// The read side of MVCC: cheap to clone, safe to use from any task.
+#[derive(Clone)]
+pub struct Store {
+    engine: Engine,
+}
+
+impl Store {
+    pub fn new(engine: Engine) -> Store {
+        Store { engine }
+    }
+
+    /// Executes an etcd Range at a consistent point in time.
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResult> {
+        let view = self.engine.read_view();
+        let reader = ViewReader::new(&view)?;
+        range::range(&reader, req)
+    }
+
+    /// The current revision (as of the last applied write).
+    pub fn current_revision(&self) -> Result<i64> {
+        Ok(decode_i64(self.engine.get(Cf::Meta, META_REVISION)?).max(REVISION_INITIAL))
+    }
+
+    pub fn compact_revision(&self) -> Result<i64> {
+        Ok(decode_i64(self.engine.get(Cf::Meta, META_COMPACT_REVISION)?))
+    }
+}
+
+/// Reads that a range needs: the bounds of valid revisions and the two kinds of scans.
+pub(crate) trait KvRead {
+    fn current_revision(&self) -> i64;
+    fn compact_revision(&self) -> i64;
+    fn scan_latest(&self, bounds: KeyBounds, visit: &mut dyn FnMut(KeyValue) -> bool)
+        -> Result<()>;
+    fn scan_history(
+        &self,
+        bounds: KeyBounds,
+        rev: i64,
+        visit: &mut dyn FnMut(KeyValue) -> bool,
+    ) -> Result<()>;
+}
+
+/// Reads from one consistent engine view; its revision bounds come from the same view.
+struct ViewReader<'a> {
+    view: &'a ReadView<'a>,
+    current: i64,
+    compacted: i64,
+}
+
+impl<'a> ViewReader<'a> {
+    fn new(view: &'a ReadView<'a>) -> Result<ViewReader<'a>> {
+        Ok(ViewReader {
+            view,
+            current: decode_i64(view.get(Cf::Meta, META_REVISION)?).max(REVISION_INITIAL),
+            compacted: decode_i64(view.get(Cf::Meta, META_COMPACT_REVISION)?),
+        })
+    }
+}
+
+impl KvRead for ViewReader<'_> {
+    fn current_revision(&self) -> i64 {
+        self.current
+    }
+    fn compact_revision(&self) -> i64 {
+        self.compacted
+    }
+    fn scan_latest(
+        &self,
+        bounds: KeyBounds,
+        visit: &mut dyn FnMut(KeyValue) -> bool,
+    ) -> Result<()> {
+        scan_latest(self.view, bounds, visit)
+    }
+    fn scan_history(
+        &self,
+        bounds: KeyBounds,
+        rev: i64,
+        visit: &mut dyn FnMut(KeyValue) -> bool,
+    ) -> Result<()> {
+        scan_history(self.view, bounds, rev, visit)
+    }
+}

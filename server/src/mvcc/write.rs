@@ -1,0 +1,540 @@
+//! The write side of MVCC: etcd's Put, DeleteRange, Txn and Compact, one revision per mutating request.
+//! Mirrors etcd 3.4 `etcdserver/apply.go` (Put/DeleteRange/Txn/applyTxn/compareToPath/checkRequests)
+//! and `mvcc/kvstore_txn.go` (put/delete and their header revisions).
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use bytes::Bytes;
+use cairn_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use cairn_proto::etcdserverpb::{
+    request_op, response_op, Compare, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
+    PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp,
+    TxnRequest, TxnResponse,
+};
+use cairn_proto::mvccpb::KeyValue;
+use prost::Message;
+
+use super::codec::{self, key_range, EventKind, KeyBounds};
+use super::range::{self, read_revision, scan_at};
+use super::{
+    decode_i64, Error, KvRead, Result, META_APPLIED_INDEX, META_COMPACT_REVISION, META_REVISION,
+    REVISION_INITIAL,
+};
+use crate::engine::{Batch, Cf, Durability, Engine};
+
+/// The single writer of MVCC state. Owned by the apply worker; every method applies one committed
+/// raft entry and records its index as applied in the same atomic batch.
+pub struct Writer {
+    engine: Engine,
+    revision: i64,
+    /// -1 until the first compaction (etcd's `compactMainRev` starts at -1).
+    compact_revision: i64,
+}
+
+fn header(revision: i64) -> Option<ResponseHeader> {
+    Some(ResponseHeader {
+        revision,
+        ..ResponseHeader::default()
+    })
+}
+
+impl Writer {
+    pub fn open(engine: Engine) -> Result<Writer> {
+        let revision = decode_i64(engine.get(Cf::Meta, META_REVISION)?).max(REVISION_INITIAL);
+        let compact_revision = engine
+            .get(Cf::Meta, META_COMPACT_REVISION)?
+            .map_or(-1, |b| decode_i64(Some(b)));
+        Ok(Writer {
+            engine,
+            revision,
+            compact_revision,
+        })
+    }
+
+    /// The revision of the last applied write.
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    /// The raft index of the last entry this store applied (0 on a new store).
+    pub fn applied_index(&self) -> Result<u64> {
+        Ok(decode_i64(self.engine.get(Cf::Meta, META_APPLIED_INDEX)?) as u64)
+    }
+
+    /// Records that entry `applied` is applied without changing the keyspace (no-ops, failed requests).
+    pub fn set_applied(&mut self, applied: u64) -> Result<()> {
+        let mut batch = self.engine.batch();
+        batch.put(Cf::Meta, META_APPLIED_INDEX, &(applied as i64).to_be_bytes());
+        self.engine.write(batch, Durability::Buffered)?;
+        Ok(())
+    }
+
+    fn begin(&self) -> WriteTxn<'_> {
+        WriteTxn {
+            engine: &self.engine,
+            batch: self.engine.batch(),
+            begin: self.revision,
+            compacted: self.compact_revision,
+            sub: 0,
+            overlay: BTreeMap::new(),
+        }
+    }
+
+    /// Runs `op` in one write transaction; commits it with `applied` on success, records only
+    /// `applied` on failure (a failed request changes nothing).
+    fn execute<R>(
+        &mut self,
+        applied: u64,
+        op: impl FnOnce(&mut WriteTxn) -> Result<R>,
+    ) -> Result<R> {
+        let mut txn = self.begin();
+        match op(&mut txn) {
+            Ok(r) => {
+                self.revision = txn.commit(applied)?;
+                Ok(r)
+            }
+            Err(e) => {
+                drop(txn);
+                self.set_applied(applied)?;
+                Err(e)
+            }
+        }
+    }
+
+    pub fn put(&mut self, req: &PutRequest, applied: u64) -> Result<PutResponse> {
+        self.execute(applied, |txn| {
+            check_put(txn, req)?;
+            txn.put_request(req)
+        })
+    }
+
+    pub fn delete_range(
+        &mut self,
+        req: &DeleteRangeRequest,
+        applied: u64,
+    ) -> Result<DeleteRangeResponse> {
+        self.execute(applied, |txn| txn.delete_range_request(req))
+    }
+
+    pub fn txn(&mut self, req: &TxnRequest, applied: u64) -> Result<TxnResponse> {
+        self.execute(applied, |txn| {
+            let path = compare_path(txn, req)?;
+            if !is_read_only(req) {
+                check_branches(req, &path, &mut |op| match op {
+                    request_op::Request::RequestPut(put) => check_put(txn, put),
+                    _ => Ok(()),
+                })?;
+            }
+            check_branches(req, &path, &mut |op| match op {
+                request_op::Request::RequestRange(r) if r.revision != 0 => {
+                    read_revision(txn, r.revision).map(|_| ())
+                }
+                _ => Ok(()),
+            })?;
+            let mut resp = txn.execute_txn(req, &path)?;
+            resp.header = header(txn.current_revision());
+            Ok(resp)
+        })
+    }
+
+    /// Marks history below `revision` as compacted (reads of it fail from now on). The caller hands
+    /// `revision` to the [`super::Compactor`], which removes the history physically.
+    pub fn compact(&mut self, revision: i64, applied: u64) -> Result<CompactionResponse> {
+        if revision <= self.compact_revision {
+            self.set_applied(applied)?;
+            return Err(Error::Compacted);
+        }
+        if revision > self.revision {
+            self.set_applied(applied)?;
+            return Err(Error::FutureRevision);
+        }
+        let mut batch = self.engine.batch();
+        batch.put(Cf::Meta, META_COMPACT_REVISION, &revision.to_be_bytes());
+        batch.put(Cf::Meta, META_APPLIED_INDEX, &(applied as i64).to_be_bytes());
+        self.engine.write(batch, Durability::Buffered)?;
+        self.compact_revision = revision;
+        Ok(CompactionResponse {
+            header: header(self.revision),
+        })
+    }
+}
+
+/// No lease can exist until the lessor is built (issue 5), so every non-zero lease is unknown —
+/// which is what etcd answers for a lease it does not know.
+fn lease_exists(_id: i64) -> bool {
+    false
+}
+
+/// etcd `checkRequestPut`: ignore_* needs an existing key; a lease must exist.
+fn check_put(txn: &WriteTxn, req: &PutRequest) -> Result<()> {
+    if (req.ignore_value || req.ignore_lease) && txn.get_latest(&req.key)?.is_none() {
+        return Err(Error::KeyNotFound);
+    }
+    if req.lease != 0 && !lease_exists(req.lease) {
+        return Err(Error::LeaseNotFound);
+    }
+    Ok(())
+}
+
+fn is_read_only(req: &TxnRequest) -> bool {
+    req.success.iter().chain(&req.failure).all(|op| match &op.request {
+        Some(request_op::Request::RequestRange(_)) | None => true,
+        Some(request_op::Request::RequestTxn(t)) => is_read_only(t),
+        Some(_) => false,
+    })
+}
+
+/// etcd `compareToPath`: every compare of the txn tree that will run, evaluated up front against the
+/// state before the txn, in depth-first order of the branches taken.
+fn compare_path(reader: &dyn KvRead, req: &TxnRequest) -> Result<Vec<bool>> {
+    let mut path = vec![];
+    fn walk(reader: &dyn KvRead, req: &TxnRequest, path: &mut Vec<bool>) -> Result<()> {
+        let mut ok = true;
+        for c in &req.compare {
+            if !compare(reader, c)? {
+                ok = false;
+                break;
+            }
+        }
+        path.push(ok);
+        let ops = if ok { &req.success } else { &req.failure };
+        for op in ops {
+            if let Some(request_op::Request::RequestTxn(t)) = &op.request {
+                walk(reader, t, path)?;
+            }
+        }
+        Ok(())
+    }
+    walk(reader, req, &mut path)?;
+    Ok(path)
+}
+
+/// Calls `check` on every non-txn op of the branches `path` selects.
+fn check_branches(
+    req: &TxnRequest,
+    path: &[bool],
+    check: &mut dyn FnMut(&request_op::Request) -> Result<()>,
+) -> Result<()> {
+    fn walk(
+        req: &TxnRequest,
+        path: &mut &[bool],
+        check: &mut dyn FnMut(&request_op::Request) -> Result<()>,
+    ) -> Result<()> {
+        let ops = if path[0] { &req.success } else { &req.failure };
+        *path = &path[1..];
+        for op in ops {
+            match &op.request {
+                Some(request_op::Request::RequestTxn(t)) => walk(t, path, check)?,
+                Some(other) => check(other)?,
+                None => {}
+            }
+        }
+        Ok(())
+    }
+    let mut path = path;
+    walk(req, &mut path, check)
+}
+
+/// etcd `applyCompare`: every key in the compare's range must satisfy it; a missing key compares as
+/// a zero KeyValue, except that VALUE compares on missing keys always fail.
+fn compare(reader: &dyn KvRead, c: &Compare) -> Result<bool> {
+    let Some(bounds) = key_range(&c.key, &c.range_end) else {
+        return Ok(zero_compare(c));
+    };
+    let mut seen = false;
+    let mut all = true;
+    scan_at(reader, bounds, reader.current_revision(), &mut |kv| {
+        seen = true;
+        all = compare_kv(c, &kv);
+        all
+    })?;
+    Ok(if seen { all } else { zero_compare(c) })
+}
+
+fn zero_compare(c: &Compare) -> bool {
+    c.target() != CompareTarget::Value && compare_kv(c, &KeyValue::default())
+}
+
+fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
+    let int = |f: fn(&TargetUnion) -> Option<i64>| c.target_union.as_ref().and_then(f).unwrap_or(0);
+    let ord = match c.target() {
+        CompareTarget::Value => {
+            let v: &[u8] = match &c.target_union {
+                Some(TargetUnion::Value(v)) => v,
+                _ => &[],
+            };
+            kv.value.as_ref().cmp(v)
+        }
+        CompareTarget::Version => kv.version.cmp(&int(|t| match t {
+            TargetUnion::Version(v) => Some(*v),
+            _ => None,
+        })),
+        CompareTarget::Create => kv.create_revision.cmp(&int(|t| match t {
+            TargetUnion::CreateRevision(v) => Some(*v),
+            _ => None,
+        })),
+        CompareTarget::Mod => kv.mod_revision.cmp(&int(|t| match t {
+            TargetUnion::ModRevision(v) => Some(*v),
+            _ => None,
+        })),
+        CompareTarget::Lease => kv.lease.cmp(&int(|t| match t {
+            TargetUnion::Lease(v) => Some(*v),
+            _ => None,
+        })),
+    };
+    match c.result() {
+        CompareResult::Equal => ord.is_eq(),
+        CompareResult::NotEqual => ord.is_ne(),
+        CompareResult::Greater => ord.is_gt(),
+        CompareResult::Less => ord.is_lt(),
+    }
+}
+
+/// One mutating request in progress: writes go to a batch, and reads see them through an overlay of
+/// the keys written so far (etcd: reads inside a txn see its earlier writes).
+struct WriteTxn<'a> {
+    engine: &'a Engine,
+    batch: Batch,
+    /// The revision before this request.
+    begin: i64,
+    compacted: i64,
+    /// The next sub-revision; also the number of changes so far.
+    sub: i64,
+    /// Keys written by this request: `None` = deleted.
+    overlay: BTreeMap<Vec<u8>, Option<KeyValue>>,
+}
+
+impl WriteTxn<'_> {
+    fn revision(&self) -> i64 {
+        self.begin + 1
+    }
+
+    fn get_latest(&self, key: &[u8]) -> Result<Option<KeyValue>> {
+        if let Some(entry) = self.overlay.get(key) {
+            return Ok(entry.clone());
+        }
+        let mut found = None;
+        super::scan_latest(self.engine, KeyBounds::Single(key), &mut |kv| {
+            found = Some(kv);
+            false
+        })?;
+        Ok(found)
+    }
+
+    fn put(&mut self, key: &[u8], value: Bytes, lease: i64) -> Result<KeyValue> {
+        let rev = self.revision();
+        let (create_revision, version) = match self.get_latest(key)? {
+            Some(prev) => (prev.create_revision, prev.version + 1),
+            None => (rev, 1),
+        };
+        let mut kv = KeyValue {
+            key: Bytes::new(),
+            create_revision,
+            mod_revision: rev,
+            version,
+            value,
+            lease,
+        };
+        let stored = kv.encode_to_vec();
+        self.batch.put(Cf::KvLatest, key, &stored);
+        self.batch
+            .put(Cf::KvHistory, &codec::history_key(key, rev), &stored);
+        self.record(EventKind::Put, key);
+        kv.key = Bytes::copy_from_slice(key);
+        self.overlay.insert(key.to_vec(), Some(kv.clone()));
+        Ok(kv)
+    }
+
+    fn delete(&mut self, key: &[u8]) {
+        let rev = self.revision();
+        self.batch.delete(Cf::KvLatest, key);
+        self.batch
+            .put(Cf::KvHistory, &codec::history_key(key, rev), &[]);
+        self.record(EventKind::Delete, key);
+        self.overlay.insert(key.to_vec(), None);
+    }
+
+    fn record(&mut self, kind: EventKind, key: &[u8]) {
+        let rev_key = codec::revision_key(self.revision(), self.sub);
+        self.batch
+            .put(Cf::KvRevision, &rev_key, &codec::revision_value(kind, key));
+        self.sub += 1;
+    }
+
+    fn put_request(&mut self, req: &PutRequest) -> Result<PutResponse> {
+        let prev = if req.ignore_value || req.ignore_lease || req.prev_kv {
+            self.get_latest(&req.key)?
+        } else {
+            None
+        };
+        let value = match (&prev, req.ignore_value) {
+            (Some(p), true) => p.value.clone(),
+            _ => req.value.clone(),
+        };
+        let lease = match (&prev, req.ignore_lease) {
+            (Some(p), true) => p.lease,
+            _ => req.lease,
+        };
+        self.put(&req.key, value, lease)?;
+        Ok(PutResponse {
+            header: header(self.revision()),
+            prev_kv: if req.prev_kv { prev } else { None },
+        })
+    }
+
+    fn delete_range_request(&mut self, req: &DeleteRangeRequest) -> Result<DeleteRangeResponse> {
+        let mut doomed = vec![];
+        if let Some(bounds) = key_range(&req.key, &req.range_end) {
+            self.scan_latest(bounds, &mut |kv| {
+                doomed.push(kv);
+                true
+            })?;
+        }
+        for kv in &doomed {
+            self.delete(&kv.key);
+        }
+        Ok(DeleteRangeResponse {
+            header: header(self.current_revision()),
+            deleted: doomed.len() as i64,
+            prev_kvs: if req.prev_kv { doomed } else { vec![] },
+        })
+    }
+
+    fn range_request(&self, req: &RangeRequest) -> Result<RangeResponse> {
+        let r = range::range(self, req)?;
+        Ok(RangeResponse {
+            header: header(r.revision),
+            kvs: r.kvs,
+            more: r.more,
+            count: r.count,
+        })
+    }
+
+    /// etcd `applyTxn`: runs the branches `path` selects, in order.
+    fn execute_txn(&mut self, req: &TxnRequest, path: &[bool]) -> Result<TxnResponse> {
+        fn walk(txn: &mut WriteTxn, req: &TxnRequest, path: &mut &[bool]) -> Result<TxnResponse> {
+            let succeeded = path[0];
+            *path = &path[1..];
+            let ops: &[RequestOp] = if succeeded { &req.success } else { &req.failure };
+            let mut responses = Vec::with_capacity(ops.len());
+            for op in ops {
+                let response = match &op.request {
+                    Some(request_op::Request::RequestRange(r)) => {
+                        Some(response_op::Response::ResponseRange(txn.range_request(r)?))
+                    }
+                    Some(request_op::Request::RequestPut(p)) => {
+                        Some(response_op::Response::ResponsePut(txn.put_request(p)?))
+                    }
+                    Some(request_op::Request::RequestDeleteRange(d)) => Some(
+                        response_op::Response::ResponseDeleteRange(txn.delete_range_request(d)?),
+                    ),
+                    Some(request_op::Request::RequestTxn(t)) => {
+                        Some(response_op::Response::ResponseTxn(walk(txn, t, path)?))
+                    }
+                    None => None,
+                };
+                responses.push(ResponseOp { response });
+            }
+            Ok(TxnResponse {
+                header: Some(ResponseHeader::default()),
+                succeeded,
+                responses,
+            })
+        }
+        let mut path = path;
+        walk(self, req, &mut path)
+    }
+
+    /// Writes the batch with the new revision (if anything changed) and the applied index; returns
+    /// the store's revision afterwards.
+    fn commit(mut self, applied: u64) -> Result<i64> {
+        let rev = self.current_revision();
+        if self.sub > 0 {
+            self.batch.put(Cf::Meta, META_REVISION, &rev.to_be_bytes());
+        }
+        self.batch
+            .put(Cf::Meta, META_APPLIED_INDEX, &(applied as i64).to_be_bytes());
+        self.engine.write(self.batch, Durability::Buffered)?;
+        Ok(rev)
+    }
+}
+
+impl KvRead for WriteTxn<'_> {
+    fn current_revision(&self) -> i64 {
+        if self.sub > 0 {
+            self.begin + 1
+        } else {
+            self.begin
+        }
+    }
+
+    fn compact_revision(&self) -> i64 {
+        self.compacted
+    }
+
+    fn scan_latest(
+        &self,
+        bounds: KeyBounds,
+        visit: &mut dyn FnMut(KeyValue) -> bool,
+    ) -> Result<()> {
+        if self.overlay.is_empty() {
+            return super::scan_latest(self.engine, bounds, visit);
+        }
+        let (start, end) = match bounds {
+            KeyBounds::Single(key) => {
+                if let Some(kv) = self.get_latest(key)? {
+                    visit(kv);
+                }
+                return Ok(());
+            }
+            KeyBounds::Range(start, end) => (start, end),
+        };
+        // Merge the stored keys with this request's writes, which take precedence.
+        let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut pending = self
+            .overlay
+            .range::<[u8], _>((Bound::Included(start), upper))
+            .peekable();
+        let mut stopped = false;
+        super::scan_latest(self.engine, bounds, &mut |kv| {
+            while let Some((k, v)) = pending.next_if(|(k, _)| k.as_slice() < kv.key.as_ref()) {
+                debug_assert!(k.as_slice() < kv.key.as_ref());
+                if let Some(v) = v {
+                    if !visit(v.clone()) {
+                        stopped = true;
+                        return false;
+                    }
+                }
+            }
+            let own = pending.next_if(|(k, _)| k.as_slice() == kv.key.as_ref());
+            let keep_going = match own {
+                Some((_, Some(v))) => visit(v.clone()),
+                Some((_, None)) => true,
+                None => visit(kv),
+            };
+            stopped = !keep_going;
+            keep_going
+        })?;
+        if !stopped {
+            for (_, v) in pending {
+                if let Some(v) = v {
+                    if !visit(v.clone()) {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn scan_history(
+        &self,
+        bounds: KeyBounds,
+        rev: i64,
+        visit: &mut dyn FnMut(KeyValue) -> bool,
+    ) -> Result<()> {
+        debug_assert!(rev <= self.begin, "history reads never see this request's writes");
+        super::scan_history(self.engine, bounds, rev, visit)
+    }
+}
