@@ -66,7 +66,11 @@ impl Client {
         })
     }
 
-    pub async fn put(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Result<PutResponse> {
+    pub async fn put(
+        &mut self,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+    ) -> Result<PutResponse> {
         self.put_request(PutRequest {
             key: key.into().into(),
             value: value.into().into(),
@@ -122,7 +126,11 @@ impl Client {
     }
 
     pub async fn status(&mut self) -> Result<StatusResponse> {
-        Ok(self.maintenance.status(StatusRequest {}).await?.into_inner())
+        Ok(self
+            .maintenance
+            .status(StatusRequest {})
+            .await?
+            .into_inner())
     }
 
     pub async fn member_list(&mut self) -> Result<MemberListResponse> {

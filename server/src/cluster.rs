@@ -63,12 +63,9 @@ impl Membership {
                 peer_urls: urls.clone(),
             })
             .collect();
-        let me = members
-            .iter()
-            .find(|m| m.name == name)
-            .ok_or_else(|| {
-                format!("couldn't find local name {name:?} in the initial cluster configuration")
-            })?;
+        let me = members.iter().find(|m| m.name == name).ok_or_else(|| {
+            format!("couldn't find local name {name:?} in the initial cluster configuration")
+        })?;
         let ids: Vec<u64> = members.iter().map(|m| m.id).collect();
         Ok(Membership {
             cluster_id: cluster_id(&ids),

@@ -236,7 +236,8 @@ impl Config {
                 )))
             }
         }
-        if !["debug", "info", "warn", "error", "panic", "fatal"].contains(&self.log_level.as_str()) {
+        if !["debug", "info", "warn", "error", "panic", "fatal"].contains(&self.log_level.as_str())
+        {
             return Err(ConfigError(format!(
                 "unknown log level {:?} (debug, info, warn, error, panic, fatal)",
                 self.log_level
@@ -270,7 +271,9 @@ impl Config {
         let mut members: Vec<(String, Vec<String>)> = vec![];
         for part in text.split(',').filter(|p| !p.is_empty()) {
             let (name, url) = part.split_once('=').ok_or_else(|| {
-                ConfigError(format!("--initial-cluster: {part:?} is not of the form name=url"))
+                ConfigError(format!(
+                    "--initial-cluster: {part:?} is not of the form name=url"
+                ))
             })?;
             parse_http_url(url)?;
             match members.iter_mut().find(|(n, _)| n == name) {
@@ -319,7 +322,9 @@ fn parse_matches(args: &[String]) -> Result<ArgMatches, ConfigError> {
     Config::command()
         .try_get_matches_from(args)
         .map_err(|e| match e.kind() {
-            clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => e.exit(),
+            clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                e.exit()
+            }
             _ => ConfigError(e.to_string()),
         })
 }
@@ -371,8 +376,10 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let env: Vec<(String, String)> =
-            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let lookup = move |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
         let mut all = vec!["cairn".to_string()];
         all.extend(args.iter().map(|s| s.to_string()));
@@ -385,7 +392,10 @@ mod tests {
         assert_eq!(c.data_dir(), PathBuf::from("default.etcd"));
         assert_eq!(
             c.initial_cluster().unwrap(),
-            vec![("default".to_string(), vec!["http://localhost:2380".to_string()])]
+            vec![(
+                "default".to_string(),
+                vec!["http://localhost:2380".to_string()]
+            )]
         );
         assert_eq!(c.max_request_bytes, 1_572_864);
         assert_eq!(c.election_ticks(), 10);

@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::api::{self, Core, IdGenerator};
+use crate::api::{self, ClientListener, Core, IdGenerator};
 use crate::apply::{self, wait::Wait};
 use crate::cluster::Membership;
 use crate::config::{parse_http_url, Config};
@@ -59,7 +59,13 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
     let wait = Wait::default();
     let (committed_tx, committed_rx) = crossbeam_channel::bounded(raft::APPLY_QUEUE_LEN_MAX);
     let (applied_tx, applied_rx) = watch::channel(applied_index);
-    apply::start(writer, compactor.clone(), committed_rx, applied_tx, wait.clone());
+    apply::start(
+        writer,
+        compactor.clone(),
+        committed_rx,
+        applied_tx,
+        wait.clone(),
+    );
     let (raft, _) = raft::start(
         engine.clone(),
         RaftConfig {
@@ -119,10 +125,14 @@ fn recover_or_bootstrap(cfg: &Config, engine: &Engine) -> anyhow::Result<Members
         }
     }
     let initial = cfg.initial_cluster()?;
-    let membership = Membership::from_initial_cluster(&initial, &cfg.name, &cfg.initial_cluster_token)
-        .map_err(anyhow::Error::msg)?;
+    let membership =
+        Membership::from_initial_cluster(&initial, &cfg.name, &cfg.initial_cluster_token)
+            .map_err(anyhow::Error::msg)?;
     if membership.members.len() > 1 {
-        bail!("--initial-cluster names {} members: multi-member clusters are not supported yet", membership.members.len());
+        bail!(
+            "--initial-cluster names {} members: multi-member clusters are not supported yet",
+            membership.members.len()
+        );
     }
     let mut advertised = cfg.initial_advertise_peer_urls.clone();
     advertised.sort();
@@ -160,7 +170,7 @@ async fn serve(cfg: &Config, core: Arc<Core>) -> anyhow::Result<Server> {
         let router = api::router(core.clone());
         let mut stop = shutdown.subscribe();
         serving.push(tokio::spawn(async move {
-            let result = axum::serve(listener, router)
+            let result = axum::serve(ClientListener(listener), router)
                 .with_graceful_shutdown(async move {
                     let _ = stop.wait_for(|&s| s).await;
                 })

@@ -69,8 +69,16 @@ async fn acknowledged_writes_survive_kill_9() {
         .collect();
     let acked = acked.lock().unwrap();
     let lost: Vec<_> = acked.difference(&present).collect();
-    assert!(lost.is_empty(), "{} acknowledged writes lost, e.g. {:?}", lost.len(), &lost[..lost.len().min(5)]);
-    assert!(all.kvs.iter().all(|kv| kv.version == 1), "a write was applied twice");
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged writes lost, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    assert!(
+        all.kvs.iter().all(|kv| kv.version == 1),
+        "a write was applied twice"
+    );
     // One put per revision, starting at 2, with no gap and no repeat.
     let mut revisions: Vec<i64> = all.kvs.iter().map(|kv| kv.mod_revision).collect();
     revisions.sort_unstable();

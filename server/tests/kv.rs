@@ -91,7 +91,10 @@ async fn kv_basics_headers_and_errors() {
     assert_eq!((del.deleted, del.header.unwrap().revision), (0, 3));
 
     let e = status_of(c.put("", "v").await.unwrap_err());
-    assert_eq!((e.code(), e.message()), (Code::InvalidArgument, "etcdserver: key is not provided"));
+    assert_eq!(
+        (e.code(), e.message()),
+        (Code::InvalidArgument, "etcdserver: key is not provided")
+    );
     let e = status_of(
         c.range(RangeRequest {
             key: b"foo".to_vec().into(),
@@ -103,7 +106,10 @@ async fn kv_basics_headers_and_errors() {
     );
     assert_eq!(
         (e.code(), e.message()),
-        (Code::OutOfRange, "etcdserver: mvcc: required revision is a future revision")
+        (
+            Code::OutOfRange,
+            "etcdserver: mvcc: required revision is a future revision"
+        )
     );
     c.compact(3, true).await.unwrap();
     let e = status_of(
@@ -117,10 +123,16 @@ async fn kv_basics_headers_and_errors() {
     );
     assert_eq!(
         (e.code(), e.message()),
-        (Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted")
+        (
+            Code::OutOfRange,
+            "etcdserver: mvcc: required revision has been compacted"
+        )
     );
     let e = status_of(c.put("big", vec![b'x'; 1_600_000]).await.unwrap_err());
-    assert_eq!((e.code(), e.message()), (Code::InvalidArgument, "etcdserver: request is too large"));
+    assert_eq!(
+        (e.code(), e.message()),
+        (Code::InvalidArgument, "etcdserver: request is too large")
+    );
     let e = status_of(
         c.put_request(PutRequest {
             key: b"foo".to_vec().into(),
@@ -130,7 +142,10 @@ async fn kv_basics_headers_and_errors() {
         .await
         .unwrap_err(),
     );
-    assert_eq!((e.code(), e.message()), (Code::NotFound, "etcdserver: requested lease not found"));
+    assert_eq!(
+        (e.code(), e.message()),
+        (Code::NotFound, "etcdserver: requested lease not found")
+    );
 
     // Services that are not built yet say which method is missing.
     let channel = tonic::transport::Endpoint::from_shared(m.endpoint())
@@ -143,11 +158,18 @@ async fn kv_basics_headers_and_errors() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Unimplemented);
-    assert!(e.message().contains("/etcdserverpb.Lease/LeaseGrant"), "{}", e.message());
+    assert!(
+        e.message().contains("/etcdserverpb.Lease/LeaseGrant"),
+        "{}",
+        e.message()
+    );
 
     let (code, body) = http_get(&m.addr(), "/version").unwrap();
     assert_eq!(code, 200);
-    assert_eq!(body.trim(), r#"{"etcdcluster":"3.4.0","etcdserver":"3.4.23"}"#);
+    assert_eq!(
+        body.trim(),
+        r#"{"etcdserver":"3.4.23","etcdcluster":"3.4.0"}"#
+    );
     let members = c.member_list().await.unwrap().members;
     assert_eq!(members.len(), 1);
     assert_eq!(members[0].client_ur_ls, vec![m.endpoint()]);
@@ -187,19 +209,31 @@ async fn data_and_revisions_survive_restart_and_sigterm_is_clean() {
         .await
         .unwrap();
     assert_eq!(&old.kvs[0].value[..], b"v45");
-    assert_eq!(c.put("new", "x").await.unwrap().header.unwrap().revision, 53);
+    assert_eq!(
+        c.put("new", "x").await.unwrap().header.unwrap().revision,
+        53
+    );
 }
 
 #[test]
 fn flags_are_checked_like_etcd() {
     let bin = env!("CARGO_BIN_EXE_cairn");
-    let out = std::process::Command::new(bin).arg("--no-such-flag").output().unwrap();
+    let out = std::process::Command::new(bin)
+        .arg("--no-such-flag")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--no-such-flag"));
-    let out = std::process::Command::new(bin).arg("--auto-tls").output().unwrap();
+    let out = std::process::Command::new(bin)
+        .arg("--auto-tls")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--auto-tls"));
-    let out = std::process::Command::new(bin).arg("--version").output().unwrap();
+    let out = std::process::Command::new(bin)
+        .arg("--version")
+        .output()
+        .unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("cairn "));
 }

@@ -25,8 +25,11 @@ pub fn routes(grpc: Router, core: Arc<Core>) -> Router {
     grpc.merge(http).fallback(fallback)
 }
 
-async fn version() -> Json<serde_json::Value> {
-    Json(json!({"etcdserver": ETCD_VERSION, "etcdcluster": ETCD_CLUSTER_VERSION}))
+/// etcd's field order (Go struct order), which `serde_json` maps would sort away.
+async fn version() -> Response {
+    let body =
+        format!(r#"{{"etcdserver":"{ETCD_VERSION}","etcdcluster":"{ETCD_CLUSTER_VERSION}"}}"#);
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 /// Healthy when there is a leader and a linearizable round completes in time.

@@ -51,7 +51,10 @@ fn unexpected(applied: Applied) -> Status {
 
 #[tonic::async_trait]
 impl Kv for KvService {
-    async fn range(&self, req: GrpcRequest<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+    async fn range(
+        &self,
+        req: GrpcRequest<RangeRequest>,
+    ) -> Result<Response<RangeResponse>, Status> {
         Ok(Response::new(self.range_inner(req.into_inner()).await?))
     }
 
@@ -112,8 +115,7 @@ impl Kv for KvService {
         }
     }
 
-    type RangeStreamStream =
-        futures::stream::Empty<Result<RangeStreamResponse, Status>>;
+    type RangeStreamStream = futures::stream::Empty<Result<RangeStreamResponse, Status>>;
 
     async fn range_stream(
         &self,

@@ -9,6 +9,7 @@
 mod error;
 mod http;
 mod kv;
+mod listener;
 mod maintenance;
 mod validate;
 
@@ -30,6 +31,7 @@ use crate::engine::Engine;
 use crate::mvcc::{Compactor, Store};
 use crate::raft::{RaftError, RaftHandle};
 pub use error::ApiError;
+pub use listener::ClientListener;
 
 /// The etcd API version whose semantics Cairn implements (reported by Status and `/version`).
 pub const ETCD_VERSION: &str = "3.4.23";
@@ -47,7 +49,10 @@ pub struct IdGenerator {
 
 impl IdGenerator {
     pub fn new(member_id: u64, now: SystemTime) -> IdGenerator {
-        let ms = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        let ms = now
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
         IdGenerator {
             prefix: member_id << 48,
             suffix: AtomicU64::new((ms & 0xFF_FFFF_FFFF) << 8),

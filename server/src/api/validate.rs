@@ -151,11 +151,13 @@ mod tests {
 
     fn del(k: &str, end: &str) -> RequestOp {
         RequestOp {
-            request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
-                key: k.as_bytes().to_vec().into(),
-                range_end: end.as_bytes().to_vec().into(),
-                ..Default::default()
-            })),
+            request: Some(request_op::Request::RequestDeleteRange(
+                DeleteRangeRequest {
+                    key: k.as_bytes().to_vec().into(),
+                    range_end: end.as_bytes().to_vec().into(),
+                    ..Default::default()
+                },
+            )),
         }
     }
 
@@ -181,9 +183,18 @@ mod tests {
 
     #[test]
     fn duplicate_keys_follow_etcd() {
-        assert!(matches!(check(vec![put("a"), put("a")]), Err(ApiError::DuplicateKey)));
-        assert!(matches!(check(vec![del("a", "c"), put("b")]), Err(ApiError::DuplicateKey)));
-        assert!(matches!(check(vec![del("a", ""), put("a")]), Err(ApiError::DuplicateKey)));
+        assert!(matches!(
+            check(vec![put("a"), put("a")]),
+            Err(ApiError::DuplicateKey)
+        ));
+        assert!(matches!(
+            check(vec![del("a", "c"), put("b")]),
+            Err(ApiError::DuplicateKey)
+        ));
+        assert!(matches!(
+            check(vec![del("a", ""), put("a")]),
+            Err(ApiError::DuplicateKey)
+        ));
         assert!(check(vec![del("a", ""), put("b")]).is_ok());
         // Both branches of a nested txn may write the same key; an outer put may not.
         assert!(check(vec![txn(vec![put("x")], vec![put("x")])]).is_ok());
@@ -208,6 +219,9 @@ mod tests {
             success: (0..129).map(|i| put(&format!("k{i}"))).collect(),
             ..Default::default()
         };
-        assert!(matches!(check_txn(&too_many, 128), Err(ApiError::TooManyOps)));
+        assert!(matches!(
+            check_txn(&too_many, 128),
+            Err(ApiError::TooManyOps)
+        ));
     }
 }

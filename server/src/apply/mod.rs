@@ -42,16 +42,18 @@ pub fn start(
     thread::Builder::new()
         .name("apply".into())
         .spawn(move || {
-            let mut applied_index = writer
-                .applied_index()
-                .expect("read applied index at start");
+            let mut applied_index = writer.applied_index().expect("read applied index at start");
             for batch in committed {
                 for entry in batch {
                     let index = entry.index();
                     if index <= applied_index {
                         continue;
                     }
-                    assert_eq!(index, applied_index + 1, "committed entries arrive in order");
+                    assert_eq!(
+                        index,
+                        applied_index + 1,
+                        "committed entries arrive in order"
+                    );
                     apply_one(&mut writer, &compactor, &wait, entry);
                     applied_index = index;
                 }
@@ -61,17 +63,23 @@ pub fn start(
         .expect("spawn apply thread")
 }
 
-fn apply_one(writer: &mut Writer, compactor: &Compactor, wait: &Wait<ApplyResult>, entry: Committed) {
+fn apply_one(
+    writer: &mut Writer,
+    compactor: &Compactor,
+    wait: &Wait<ApplyResult>,
+    entry: Committed,
+) {
     let (index, data) = match entry {
         Committed::Noop { index } => {
-            writer.set_applied(index).unwrap_or_else(|e| fatal(index, e));
+            writer
+                .set_applied(index)
+                .unwrap_or_else(|e| fatal(index, e));
             return;
         }
         Committed::Request { index, data } => (index, data),
     };
-    let req = InternalRequest::decode(data).unwrap_or_else(|e| {
-        panic!("committed entry {index} is not an InternalRequest: {e}")
-    });
+    let req = InternalRequest::decode(data)
+        .unwrap_or_else(|e| panic!("committed entry {index} is not an InternalRequest: {e}"));
     let result = match req.request {
         Some(internal_request::Request::Put(r)) => writer.put(&r, index).map(Applied::Put),
         Some(internal_request::Request::DeleteRange(r)) => {
@@ -86,7 +94,9 @@ fn apply_one(writer: &mut Writer, compactor: &Compactor, wait: &Wait<ApplyResult
             result.map(Applied::Compaction)
         }
         None => {
-            writer.set_applied(index).unwrap_or_else(|e| fatal(index, e));
+            writer
+                .set_applied(index)
+                .unwrap_or_else(|e| fatal(index, e));
             return;
         }
     };

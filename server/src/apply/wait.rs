@@ -12,8 +12,11 @@ use tokio::sync::oneshot;
 /// Shards of the registry, to keep lock hold times short under many concurrent proposals.
 const WAIT_SHARDS: usize = 16;
 
+/// One shard: request id → the sender its proposer waits on.
+type Shard<T> = Mutex<HashMap<u64, oneshot::Sender<T>>>;
+
 pub struct Wait<T> {
-    shards: Arc<[Mutex<HashMap<u64, oneshot::Sender<T>>>]>,
+    shards: Arc<[Shard<T>]>,
 }
 
 impl<T> Clone for Wait<T> {
@@ -33,7 +36,7 @@ impl<T> Default for Wait<T> {
 }
 
 impl<T> Wait<T> {
-    fn shard(&self, id: u64) -> &Mutex<HashMap<u64, oneshot::Sender<T>>> {
+    fn shard(&self, id: u64) -> &Shard<T> {
         &self.shards[(id as usize) % WAIT_SHARDS]
     }
 
@@ -51,7 +54,11 @@ impl<T> Wait<T> {
 
     /// Delivers `value` to the waiter of `id`, if there is one.
     pub fn trigger(&self, id: u64, value: T) {
-        let waiter = self.shard(id).lock().expect("wait registry lock").remove(&id);
+        let waiter = self
+            .shard(id)
+            .lock()
+            .expect("wait registry lock")
+            .remove(&id);
         if let Some(tx) = waiter {
             let _ = tx.send(value);
         }
@@ -59,7 +66,10 @@ impl<T> Wait<T> {
 
     /// Forgets `id` (its proposer gave up).
     pub fn cancel(&self, id: u64) {
-        self.shard(id).lock().expect("wait registry lock").remove(&id);
+        self.shard(id)
+            .lock()
+            .expect("wait registry lock")
+            .remove(&id);
     }
 }
 

@@ -286,7 +286,10 @@ mod tests {
         batch.delete(Cf::KvLatest, b"a");
         engine.write(batch, Durability::Buffered).unwrap();
 
-        assert_eq!(view.get(Cf::Meta, b"applied").unwrap().as_deref(), Some(&b"7"[..]));
+        assert_eq!(
+            view.get(Cf::Meta, b"applied").unwrap().as_deref(),
+            Some(&b"7"[..])
+        );
         let mut it = view.iter(Cf::KvLatest, b"", None);
         assert_eq!(it.current().map(|(k, _)| k.to_vec()), Some(b"a".to_vec()));
         it.advance();

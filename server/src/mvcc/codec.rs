@@ -68,7 +68,10 @@ pub fn history_key_prefix(key: &[u8]) -> Vec<u8> {
 /// Splits a `kv_history` key into (user key, revision).
 pub fn decode_history_key(bytes: &[u8]) -> (Vec<u8>, i64) {
     let (key, rest) = unescape_key(bytes);
-    let inv = u64::from_be_bytes(rest.try_into().expect("history key ends in 8 revision bytes"));
+    let inv = u64::from_be_bytes(
+        rest.try_into()
+            .expect("history key ends in 8 revision bytes"),
+    );
     (key, (u64::MAX - inv) as i64)
 }
 

@@ -97,17 +97,17 @@ pub(crate) fn compact(engine: &Engine, target: i64) -> Result<()> {
     Ok(())
 }
 
-fn compact_keys(
-    engine: &Engine,
-    target: i64,
-    keys: impl Iterator<Item = Vec<u8>>,
-) -> Result<()> {
+fn compact_keys(engine: &Engine, target: i64, keys: impl Iterator<Item = Vec<u8>>) -> Result<()> {
     let mut batch = engine.batch();
     for key in keys {
         let mut upper = codec::history_key_prefix(&key);
         upper.extend_from_slice(&[0xFF; 9]);
         // Versions at or below `target`, newest first.
-        let mut it = engine.iter(Cf::KvHistory, &codec::history_key(&key, target), Some(&upper));
+        let mut it = engine.iter(
+            Cf::KvHistory,
+            &codec::history_key(&key, target),
+            Some(&upper),
+        );
         let mut newest = true;
         while let Some((k, v)) = it.current() {
             // The newest version at or below the target stays readable unless it is a tombstone.

@@ -137,7 +137,11 @@ pub(crate) fn scan_history(
         }
         KeyBounds::Range(start, end) => (start, end.map(codec::history_key_prefix)),
     };
-    let mut it = src.iter(Cf::KvHistory, &codec::history_key(start, rev), upper.as_deref());
+    let mut it = src.iter(
+        Cf::KvHistory,
+        &codec::history_key(start, rev),
+        upper.as_deref(),
+    );
     while let Some((k, v)) = it.current() {
         let (key, key_rev) = codec::decode_history_key(k);
         if key_rev > rev {
@@ -181,7 +185,9 @@ impl Store {
     }
 
     pub fn compact_revision(&self) -> Result<i64> {
-        Ok(decode_i64(self.engine.get(Cf::Meta, META_COMPACT_REVISION)?))
+        Ok(decode_i64(
+            self.engine.get(Cf::Meta, META_COMPACT_REVISION)?,
+        ))
     }
 }
 

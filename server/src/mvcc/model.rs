@@ -216,7 +216,12 @@ fn run(ops: &[Op]) {
         }
     }
     for rev in model.compacted.max(0)..=model.revision + 1 {
-        for (k, e) in [(&b"a"[..], &b"\0"[..]), (b"a", b""), (b"ab", b"c"), (b"a\0", b"b")] {
+        for (k, e) in [
+            (&b"a"[..], &b"\0"[..]),
+            (b"a", b""),
+            (b"ab", b"c"),
+            (b"a\0", b"b"),
+        ] {
             let req = RangeRequest {
                 key: k.to_vec().into(),
                 range_end: e.to_vec().into(),

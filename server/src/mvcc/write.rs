@@ -8,7 +8,7 @@ use std::ops::Bound;
 use bytes::Bytes;
 use cairn_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use cairn_proto::etcdserverpb::{
-    request_op, response_op, Compare, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
+    request_op, response_op, CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse,
     PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp,
     TxnRequest, TxnResponse,
 };
@@ -65,7 +65,11 @@ impl Writer {
     /// Records that entry `applied` is applied without changing the keyspace (no-ops, failed requests).
     pub fn set_applied(&mut self, applied: u64) -> Result<()> {
         let mut batch = self.engine.batch();
-        batch.put(Cf::Meta, META_APPLIED_INDEX, &(applied as i64).to_be_bytes());
+        batch.put(
+            Cf::Meta,
+            META_APPLIED_INDEX,
+            &(applied as i64).to_be_bytes(),
+        );
         self.engine.write(batch, Durability::Buffered)?;
         Ok(())
     }
@@ -151,7 +155,11 @@ impl Writer {
         }
         let mut batch = self.engine.batch();
         batch.put(Cf::Meta, META_COMPACT_REVISION, &revision.to_be_bytes());
-        batch.put(Cf::Meta, META_APPLIED_INDEX, &(applied as i64).to_be_bytes());
+        batch.put(
+            Cf::Meta,
+            META_APPLIED_INDEX,
+            &(applied as i64).to_be_bytes(),
+        );
         self.engine.write(batch, Durability::Buffered)?;
         self.compact_revision = revision;
         Ok(CompactionResponse {
@@ -178,11 +186,14 @@ fn check_put(txn: &WriteTxn, req: &PutRequest) -> Result<()> {
 }
 
 fn is_read_only(req: &TxnRequest) -> bool {
-    req.success.iter().chain(&req.failure).all(|op| match &op.request {
-        Some(request_op::Request::RequestRange(_)) | None => true,
-        Some(request_op::Request::RequestTxn(t)) => is_read_only(t),
-        Some(_) => false,
-    })
+    req.success
+        .iter()
+        .chain(&req.failure)
+        .all(|op| match &op.request {
+            Some(request_op::Request::RequestRange(_)) | None => true,
+            Some(request_op::Request::RequestTxn(t)) => is_read_only(t),
+            Some(_) => false,
+        })
 }
 
 /// etcd `compareToPath`: every compare of the txn tree that will run, evaluated up front against the
@@ -416,7 +427,11 @@ impl WriteTxn<'_> {
         fn walk(txn: &mut WriteTxn, req: &TxnRequest, path: &mut &[bool]) -> Result<TxnResponse> {
             let succeeded = path[0];
             *path = &path[1..];
-            let ops: &[RequestOp] = if succeeded { &req.success } else { &req.failure };
+            let ops: &[RequestOp] = if succeeded {
+                &req.success
+            } else {
+                &req.failure
+            };
             let mut responses = Vec::with_capacity(ops.len());
             for op in ops {
                 let response = match &op.request {
@@ -453,8 +468,11 @@ impl WriteTxn<'_> {
         if self.sub > 0 {
             self.batch.put(Cf::Meta, META_REVISION, &rev.to_be_bytes());
         }
-        self.batch
-            .put(Cf::Meta, META_APPLIED_INDEX, &(applied as i64).to_be_bytes());
+        self.batch.put(
+            Cf::Meta,
+            META_APPLIED_INDEX,
+            &(applied as i64).to_be_bytes(),
+        );
         self.engine.write(self.batch, Durability::Buffered)?;
         Ok(rev)
     }
@@ -534,7 +552,10 @@ impl KvRead for WriteTxn<'_> {
         rev: i64,
         visit: &mut dyn FnMut(KeyValue) -> bool,
     ) -> Result<()> {
-        debug_assert!(rev <= self.begin, "history reads never see this request's writes");
+        debug_assert!(
+            rev <= self.begin,
+            "history reads never see this request's writes"
+        );
         super::scan_history(self.engine, bounds, rev, visit)
     }
 }

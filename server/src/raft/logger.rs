@@ -37,5 +37,8 @@ impl Drain for TracingDrain {
 
 /// A root logger for `RawNode` that writes through `tracing`.
 pub fn logger(member_id: u64) -> slog::Logger {
-    slog::Logger::root(TracingDrain.fuse(), slog::o!("member" => format!("{member_id:x}")))
+    slog::Logger::root(
+        TracingDrain.fuse(),
+        slog::o!("member" => format!("{member_id:x}")),
+    )
 }

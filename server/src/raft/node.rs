@@ -14,7 +14,6 @@
 use std::thread;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use crossbeam_channel::{select, Receiver, Sender};
 use raft::eraftpb::{EntryType, Message};
 use raft::{Config, RawNode, StateRole};
@@ -197,7 +196,8 @@ impl RaftNode {
         self.node.advance_apply_to(applied);
         self.last_applied = applied;
         let store = self.node.store();
-        if applied.saturating_sub(store.truncated_index()) > self.snapshot_count + LOG_CATCH_UP_ENTRIES
+        if applied.saturating_sub(store.truncated_index())
+            > self.snapshot_count + LOG_CATCH_UP_ENTRIES
         {
             let to = applied - LOG_CATCH_UP_ENTRIES;
             let persisted = self.node.raft.raft_log.persisted;
@@ -309,10 +309,13 @@ impl RaftNode {
                 EntryType::EntryNormal if e.data.is_empty() => Committed::Noop { index: e.index },
                 EntryType::EntryNormal => Committed::Request {
                     index: e.index,
-                    data: Bytes::from(e.data),
+                    data: e.data,
                 },
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                    panic!("membership change at index {}: this member only runs alone", e.index)
+                    panic!(
+                        "membership change at index {}: this member only runs alone",
+                        e.index
+                    )
                 }
             })
             .collect();
@@ -347,4 +350,3 @@ impl RaftNode {
         });
     }
 }
-

@@ -96,20 +96,26 @@ impl LogStore {
             .get(Cf::RaftState, STATE_CONF)?
             .map(|b| decode(&b))
             .unwrap_or_default();
-        let (truncated_index, truncated_term) = engine
-            .get(Cf::RaftState, STATE_TRUNCATED)?
-            .map_or((0, 0), |b| {
-                (
-                    u64::from_be_bytes(b[..8].try_into().expect("16 bytes")),
-                    u64::from_be_bytes(b[8..].try_into().expect("16 bytes")),
-                )
-            });
+        let (truncated_index, truncated_term) =
+            engine
+                .get(Cf::RaftState, STATE_TRUNCATED)?
+                .map_or((0, 0), |b| {
+                    (
+                        u64::from_be_bytes(b[..8].try_into().expect("16 bytes")),
+                        u64::from_be_bytes(b[8..].try_into().expect("16 bytes")),
+                    )
+                });
         let mut last_index = truncated_index;
         {
             let mut it = engine.iter(Cf::RaftLog, &log_key(truncated_index + 1), None);
             while let Some((k, _)) = it.current() {
                 let index = u64::from_be_bytes(k.try_into().expect("8-byte log key"));
-                assert_eq!(index, last_index + 1, "raft log has a gap at {}", last_index + 1);
+                assert_eq!(
+                    index,
+                    last_index + 1,
+                    "raft log has a gap at {}",
+                    last_index + 1
+                );
                 last_index = index;
                 it.advance();
             }
@@ -202,7 +208,10 @@ impl LogStore {
     pub fn on_persisted(&mut self, index: u64) {
         self.persisted_index = self.persisted_index.max(index.min(self.last_index));
         while self.cache.len() > CACHE_ENTRIES_MAX
-            && self.cache.front().is_some_and(|e| e.index <= self.persisted_index)
+            && self
+                .cache
+                .front()
+                .is_some_and(|e| e.index <= self.persisted_index)
         {
             self.cache.pop_front();
         }
@@ -218,7 +227,11 @@ impl LogStore {
             &log_key(self.truncated_index + 1),
             &log_key(index + 1),
         );
-        batch.put(Cf::RaftState, STATE_TRUNCATED, &truncated_value(index, term));
+        batch.put(
+            Cf::RaftState,
+            STATE_TRUNCATED,
+            &truncated_value(index, term),
+        );
         self.truncated_index = index;
         self.truncated_term = term;
         while self.cache.front().is_some_and(|e| e.index <= index) {
@@ -268,7 +281,11 @@ impl Storage for LogStore {
         if low <= self.truncated_index {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
-        assert!(high <= self.last_index + 1, "entries({low}, {high}) beyond {}", self.last_index);
+        assert!(
+            high <= self.last_index + 1,
+            "entries({low}, {high}) beyond {}",
+            self.last_index
+        );
         let max_size = max_size.into();
         let mut out = Vec::with_capacity((high - low) as usize);
         let mut size = 0u64;
@@ -343,27 +360,41 @@ mod tests {
 
         let mut batch = engine.batch();
         store.append(&[entry(2, 2), entry(3, 2), entry(4, 2)], &mut batch);
-        engine.write(batch, crate::engine::Durability::Sync).unwrap();
+        engine
+            .write(batch, crate::engine::Durability::Sync)
+            .unwrap();
         store.on_persisted(4);
         // A new leader's entries replace index 3 onwards.
         let mut batch = engine.batch();
         store.append(&[entry(3, 3)], &mut batch);
-        engine.write(batch, crate::engine::Durability::Sync).unwrap();
+        engine
+            .write(batch, crate::engine::Durability::Sync)
+            .unwrap();
         assert_eq!(store.last_index, 3);
-        let got = store.entries(2, 4, None, GetEntriesContext::empty(false)).unwrap();
-        assert_eq!(got.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(), vec![(2, 2), (3, 3)]);
+        let got = store
+            .entries(2, 4, None, GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(
+            got.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(),
+            vec![(2, 2), (3, 3)]
+        );
 
         store.on_persisted(3);
         let mut batch = engine.batch();
         store.truncate(2, &mut batch);
-        engine.write(batch, crate::engine::Durability::Sync).unwrap();
+        engine
+            .write(batch, crate::engine::Durability::Sync)
+            .unwrap();
 
         let reopened = LogStore::open(engine, 3).unwrap();
         assert_eq!(reopened.first_index().unwrap(), 3);
         assert_eq!(reopened.last_index, 3);
         assert_eq!(reopened.term(2).unwrap(), 2);
         assert_eq!(reopened.term(3).unwrap(), 3);
-        assert_eq!(reopened.hard_state.commit, 3, "commit raised to the applied index");
+        assert_eq!(
+            reopened.hard_state.commit, 3,
+            "commit raised to the applied index"
+        );
         assert!(matches!(
             reopened.entries(2, 3, None, GetEntriesContext::empty(false)),
             Err(raft::Error::Store(StorageError::Compacted))
