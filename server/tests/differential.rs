@@ -447,6 +447,9 @@ fn script() -> Vec<Step> {
         ok("endpoint status -w json"),
         ok("member list").with_shape(Shape::MemberList),
         ok("member list -w json"),
+        ok("alarm list"),
+        ok("alarm list -w json"),
+        ok("alarm disarm"),
     ]
 }
 
