@@ -80,6 +80,18 @@ async fn kv_basics_headers_and_errors() {
         other => panic!("unexpected {other:?}"),
     }
 
+    // A read-only txn is served locally: it leaves no entry in the raft log.
+    let raft_index = c.status().await.unwrap().raft_index;
+    let read = c
+        .txn(TxnRequest {
+            success: vec![get_op("foo")],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(read.header.unwrap().revision, 3);
+    assert_eq!(c.status().await.unwrap().raft_index, raft_index);
+
     // Deleting nothing does not bump the revision.
     let del = c
         .delete(DeleteRangeRequest {

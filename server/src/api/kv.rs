@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use cairn_proto::cairnpb::internal_request::Request;
 use cairn_proto::etcdserverpb::kv_server::Kv;
+use cairn_proto::etcdserverpb::request_op;
 use cairn_proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
     PutResponse, RangeRequest, RangeResponse, RangeStreamResponse, ResponseHeader, TxnRequest,
@@ -15,6 +16,7 @@ use tonic::{Request as GrpcRequest, Response, Status};
 use super::error::{unimplemented, ApiError};
 use super::{validate, Core};
 use crate::apply::Applied;
+use crate::mvcc;
 
 pub struct KvService {
     core: Arc<Core>,
@@ -30,6 +32,17 @@ impl KvService {
         self.core.header(partial.map_or(0, |h| h.revision))
     }
 
+    /// etcd serves read-only txns locally: after a ReadIndex barrier unless every range in it is
+    /// serializable.
+    async fn txn_read_only(&self, req: TxnRequest) -> Result<TxnResponse, ApiError> {
+        if !all_ranges_serializable(&req) {
+            self.core.linearizable_barrier().await?;
+        }
+        let mut resp = self.core.store.txn_read_only(&req)?;
+        resp.header = self.header(resp.header);
+        Ok(resp)
+    }
+
     async fn range_inner(&self, req: RangeRequest) -> Result<RangeResponse, ApiError> {
         validate::check_range(&req)?;
         if !req.serializable {
@@ -43,6 +56,18 @@ impl KvService {
             count: r.count,
         })
     }
+}
+
+/// etcd `isTxnSerializable`: every range of the (read-only) txn asks for a serializable read.
+fn all_ranges_serializable(req: &TxnRequest) -> bool {
+    req.success
+        .iter()
+        .chain(&req.failure)
+        .all(|op| match &op.request {
+            Some(request_op::Request::RequestRange(r)) => r.serializable,
+            Some(request_op::Request::RequestTxn(t)) => all_ranges_serializable(t),
+            _ => true,
+        })
 }
 
 fn unexpected(applied: Applied) -> Status {
@@ -88,6 +113,9 @@ impl Kv for KvService {
     async fn txn(&self, req: GrpcRequest<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let req = req.into_inner();
         validate::check_txn(&req, self.core.max_txn_ops)?;
+        if mvcc::is_read_only(&req) {
+            return Ok(Response::new(self.txn_read_only(req).await?));
+        }
         match self.core.propose(Request::Txn(req)).await? {
             Applied::Txn(mut resp) => {
                 resp.header = self.header(resp.header);

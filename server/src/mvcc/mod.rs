@@ -18,7 +18,7 @@ mod write;
 mod model;
 
 use bytes::Bytes;
-use cairn_proto::etcdserverpb::RangeRequest;
+use cairn_proto::etcdserverpb::{RangeRequest, TxnRequest, TxnResponse};
 use cairn_proto::mvccpb::KeyValue;
 use prost::Message;
 
@@ -27,7 +27,7 @@ use codec::KeyBounds;
 
 pub use compact::Compactor;
 pub use range::RangeResult;
-pub use write::Writer;
+pub use write::{is_read_only, Writer};
 
 /// Meta key of the current (last written) main revision.
 const META_REVISION: &[u8] = b"mvcc/revision";
@@ -177,6 +177,13 @@ impl Store {
         let view = self.engine.read_view();
         let reader = ViewReader::new(&view)?;
         range::range(&reader, req)
+    }
+
+    /// Executes a read-only txn (see [`is_read_only`]) at a consistent point in time.
+    pub fn txn_read_only(&self, req: &TxnRequest) -> Result<TxnResponse> {
+        let view = self.engine.read_view();
+        let reader = ViewReader::new(&view)?;
+        write::txn_read_only(&reader, req)
     }
 
     /// The current revision (as of the last applied write).

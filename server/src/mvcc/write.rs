@@ -124,21 +124,11 @@ impl Writer {
     pub fn txn(&mut self, req: &TxnRequest, applied: u64) -> Result<TxnResponse> {
         self.execute(applied, |txn| {
             let path = compare_path(txn, req)?;
-            if !is_read_only(req) {
-                check_branches(req, &path, &mut |op| match op {
-                    request_op::Request::RequestPut(put) => check_put(txn, put),
-                    _ => Ok(()),
-                })?;
-            }
             check_branches(req, &path, &mut |op| match op {
-                request_op::Request::RequestRange(r) if r.revision != 0 => {
-                    read_revision(txn, r.revision).map(|_| ())
-                }
+                request_op::Request::RequestPut(put) => check_put(txn, put),
                 _ => Ok(()),
             })?;
-            let mut resp = txn.execute_txn(req, &path)?;
-            resp.header = header(txn.current_revision());
-            Ok(resp)
+            run_txn(txn, req, &path)
         })
     }
 
@@ -168,6 +158,127 @@ impl Writer {
     }
 }
 
+/// What the ops of a txn run against: every target reads; only a write txn writes.
+trait TxnTarget: KvRead {
+    fn put_request(&mut self, req: &PutRequest) -> Result<PutResponse>;
+    fn delete_range_request(&mut self, req: &DeleteRangeRequest) -> Result<DeleteRangeResponse>;
+}
+
+impl TxnTarget for WriteTxn<'_> {
+    fn put_request(&mut self, req: &PutRequest) -> Result<PutResponse> {
+        WriteTxn::put_request(self, req)
+    }
+    fn delete_range_request(&mut self, req: &DeleteRangeRequest) -> Result<DeleteRangeResponse> {
+        WriteTxn::delete_range_request(self, req)
+    }
+}
+
+/// A txn with no writes, served from a read view (etcd serves read-only txns without raft).
+struct ReadOnly<'a>(&'a dyn KvRead);
+
+impl KvRead for ReadOnly<'_> {
+    fn current_revision(&self) -> i64 {
+        self.0.current_revision()
+    }
+    fn compact_revision(&self) -> i64 {
+        self.0.compact_revision()
+    }
+    fn scan_latest(
+        &self,
+        bounds: KeyBounds,
+        visit: &mut dyn FnMut(KeyValue) -> bool,
+    ) -> Result<()> {
+        self.0.scan_latest(bounds, visit)
+    }
+    fn scan_history(
+        &self,
+        bounds: KeyBounds,
+        rev: i64,
+        visit: &mut dyn FnMut(KeyValue) -> bool,
+    ) -> Result<()> {
+        self.0.scan_history(bounds, rev, visit)
+    }
+}
+
+impl TxnTarget for ReadOnly<'_> {
+    fn put_request(&mut self, _: &PutRequest) -> Result<PutResponse> {
+        unreachable!("a read-only txn has no put")
+    }
+    fn delete_range_request(&mut self, _: &DeleteRangeRequest) -> Result<DeleteRangeResponse> {
+        unreachable!("a read-only txn has no delete")
+    }
+}
+
+/// Executes a txn that [`is_read_only`] against `reader`.
+pub(crate) fn txn_read_only(reader: &dyn KvRead, req: &TxnRequest) -> Result<TxnResponse> {
+    assert!(is_read_only(req), "only read-only txns run outside apply");
+    let path = compare_path(reader, req)?;
+    run_txn(&mut ReadOnly(reader), req, &path)
+}
+
+/// The checks every txn passes before it runs (etcd `checkRequestRange`), then its execution; the
+/// response header holds the revision after the txn.
+fn run_txn(target: &mut dyn TxnTarget, req: &TxnRequest, path: &[bool]) -> Result<TxnResponse> {
+    check_branches(req, path, &mut |op| match op {
+        request_op::Request::RequestRange(r) if r.revision != 0 => {
+            read_revision(&*target, r.revision).map(|_| ())
+        }
+        _ => Ok(()),
+    })?;
+    let mut resp = execute_txn(target, req, path)?;
+    resp.header = header(target.current_revision());
+    Ok(resp)
+}
+
+fn range_response(reader: &dyn KvRead, req: &RangeRequest) -> Result<RangeResponse> {
+    let r = range::range(reader, req)?;
+    Ok(RangeResponse {
+        header: header(r.revision),
+        kvs: r.kvs,
+        more: r.more,
+        count: r.count,
+    })
+}
+
+/// etcd `applyTxn`: runs the branches `path` selects, in order.
+fn execute_txn(target: &mut dyn TxnTarget, req: &TxnRequest, path: &[bool]) -> Result<TxnResponse> {
+    fn walk(t: &mut dyn TxnTarget, req: &TxnRequest, path: &mut &[bool]) -> Result<TxnResponse> {
+        let succeeded = path[0];
+        *path = &path[1..];
+        let ops: &[RequestOp] = if succeeded {
+            &req.success
+        } else {
+            &req.failure
+        };
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            let response = match &op.request {
+                Some(request_op::Request::RequestRange(r)) => Some(
+                    response_op::Response::ResponseRange(range_response(&*t, r)?),
+                ),
+                Some(request_op::Request::RequestPut(p)) => {
+                    Some(response_op::Response::ResponsePut(t.put_request(p)?))
+                }
+                Some(request_op::Request::RequestDeleteRange(d)) => Some(
+                    response_op::Response::ResponseDeleteRange(t.delete_range_request(d)?),
+                ),
+                Some(request_op::Request::RequestTxn(n)) => {
+                    Some(response_op::Response::ResponseTxn(walk(t, n, path)?))
+                }
+                None => None,
+            };
+            responses.push(ResponseOp { response });
+        }
+        Ok(TxnResponse {
+            header: Some(ResponseHeader::default()),
+            succeeded,
+            responses,
+        })
+    }
+    let mut path = path;
+    walk(target, req, &mut path)
+}
+
 /// No lease can exist until the lessor is built (issue 5), so every non-zero lease is unknown —
 /// which is what etcd answers for a lease it does not know.
 fn lease_exists(_id: i64) -> bool {
@@ -185,7 +296,8 @@ fn check_put(txn: &WriteTxn, req: &PutRequest) -> Result<()> {
     Ok(())
 }
 
-fn is_read_only(req: &TxnRequest) -> bool {
+/// Whether every op of the txn, in both branches and nested txns, is a range.
+pub fn is_read_only(req: &TxnRequest) -> bool {
     req.success
         .iter()
         .chain(&req.failure)
@@ -410,55 +522,6 @@ impl WriteTxn<'_> {
             deleted: doomed.len() as i64,
             prev_kvs: if req.prev_kv { doomed } else { vec![] },
         })
-    }
-
-    fn range_request(&self, req: &RangeRequest) -> Result<RangeResponse> {
-        let r = range::range(self, req)?;
-        Ok(RangeResponse {
-            header: header(r.revision),
-            kvs: r.kvs,
-            more: r.more,
-            count: r.count,
-        })
-    }
-
-    /// etcd `applyTxn`: runs the branches `path` selects, in order.
-    fn execute_txn(&mut self, req: &TxnRequest, path: &[bool]) -> Result<TxnResponse> {
-        fn walk(txn: &mut WriteTxn, req: &TxnRequest, path: &mut &[bool]) -> Result<TxnResponse> {
-            let succeeded = path[0];
-            *path = &path[1..];
-            let ops: &[RequestOp] = if succeeded {
-                &req.success
-            } else {
-                &req.failure
-            };
-            let mut responses = Vec::with_capacity(ops.len());
-            for op in ops {
-                let response = match &op.request {
-                    Some(request_op::Request::RequestRange(r)) => {
-                        Some(response_op::Response::ResponseRange(txn.range_request(r)?))
-                    }
-                    Some(request_op::Request::RequestPut(p)) => {
-                        Some(response_op::Response::ResponsePut(txn.put_request(p)?))
-                    }
-                    Some(request_op::Request::RequestDeleteRange(d)) => Some(
-                        response_op::Response::ResponseDeleteRange(txn.delete_range_request(d)?),
-                    ),
-                    Some(request_op::Request::RequestTxn(t)) => {
-                        Some(response_op::Response::ResponseTxn(walk(txn, t, path)?))
-                    }
-                    None => None,
-                };
-                responses.push(ResponseOp { response });
-            }
-            Ok(TxnResponse {
-                header: Some(ResponseHeader::default()),
-                succeeded,
-                responses,
-            })
-        }
-        let mut path = path;
-        walk(self, req, &mut path)
     }
 
     /// Writes the batch with the new revision (if anything changed) and the applied index; returns
