@@ -7,6 +7,9 @@ use cairn_client::proto::etcdserverpb::{
     compare, request_op, response_op, Compare, DeleteRangeRequest, LeaseGrantRequest, PutRequest,
     RangeRequest, RequestOp, TxnRequest,
 };
+use cairn_client::proto::grpc_health_v1::health_check_response::ServingStatus;
+use cairn_client::proto::grpc_health_v1::health_client::HealthClient;
+use cairn_client::proto::grpc_health_v1::HealthCheckRequest;
 use cairn_client::Client;
 use common::{http_get, Kind, Member};
 use tonic::Code;
@@ -165,7 +168,7 @@ async fn kv_basics_headers_and_errors() {
         .connect()
         .await
         .unwrap();
-    let e = LeaseClient::new(channel)
+    let e = LeaseClient::new(channel.clone())
         .lease_grant(LeaseGrantRequest { ttl: 5, id: 0 })
         .await
         .unwrap_err();
@@ -175,6 +178,14 @@ async fn kv_basics_headers_and_errors() {
         "{}",
         e.message()
     );
+
+    let mut health = HealthClient::new(channel.clone());
+    let serving = health
+        .check(HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(serving.status, ServingStatus::Serving as i32);
 
     let (code, body) = http_get(&m.addr(), "/version").unwrap();
     assert_eq!(code, 200);

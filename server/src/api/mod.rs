@@ -7,6 +7,7 @@
 //! **Boundary:** the only module that implements tonic service traits or speaks HTTP.
 
 mod error;
+mod health;
 mod http;
 mod kv;
 mod listener;
@@ -22,6 +23,7 @@ use cairn_proto::etcdserverpb::cluster_server::ClusterServer;
 use cairn_proto::etcdserverpb::kv_server::KvServer;
 use cairn_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use cairn_proto::etcdserverpb::ResponseHeader;
+use cairn_proto::grpc_health_v1::health_server::HealthServer;
 use prost::Message;
 
 use crate::apply::wait::Wait;
@@ -141,6 +143,7 @@ pub fn router(core: Arc<Core>) -> axum::Router {
         ClusterServer::new(maintenance::ClusterService::new(core.clone()))
             .max_decoding_message_size(recv_max)
             .max_encoding_message_size(usize::MAX),
-    );
+    )
+    .add_service(HealthServer::new(health::HealthService));
     http::routes(grpc.into_axum_router(), core)
 }
