@@ -223,13 +223,7 @@ impl Config {
             )));
         }
         match self.initial_cluster_state.as_str() {
-            "new" => {}
-            "existing" => {
-                return Err(ConfigError(
-                    "--initial-cluster-state=existing (joining a running cluster) is not supported yet"
-                        .into(),
-                ))
-            }
+            "new" | "existing" => {}
             other => {
                 return Err(ConfigError(format!(
                     "invalid value \"{other}\" for flag -initial-cluster-state: valid values are \"new\" or \"existing\""

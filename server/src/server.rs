@@ -124,6 +124,9 @@ fn recover_or_bootstrap(cfg: &Config, engine: &Engine) -> anyhow::Result<Members
             return Ok(m);
         }
     }
+    if cfg.initial_cluster_state == "existing" {
+        bail!("--initial-cluster-state=existing (joining a running cluster) is not supported yet; a member with data ignores the flag");
+    }
     let initial = cfg.initial_cluster()?;
     let membership =
         Membership::from_initial_cluster(&initial, &cfg.name, &cfg.initial_cluster_token)
