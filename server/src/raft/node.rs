@@ -153,9 +153,11 @@ impl RaftNode {
             while let Ok(p) = self.persisted.try_recv() {
                 self.on_persisted(p);
             }
-            if Instant::now() >= next_tick {
+            let now = Instant::now();
+            if now >= next_tick {
                 self.node.tick();
-                next_tick += self.tick;
+                // One tick per interval: a late turn does not fire a burst of catch-up ticks.
+                next_tick = (next_tick + self.tick).max(now);
                 self.expire_reads();
             }
             self.on_applied();
