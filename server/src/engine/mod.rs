@@ -17,6 +17,9 @@ use rocksdb::{
     Options, ReadOptions, SnapshotWithThreadMode, WriteBatch, WriteOptions, DB,
 };
 
+/// The most WAL RocksDB keeps before flushing memtables (and so the most an open replays).
+const WAL_BYTES_MAX: u64 = 32 << 20;
+
 /// The column families of a member's database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cf {
@@ -74,7 +77,7 @@ impl Cf {
                 table.set_bloom_filter(10.0, false);
                 table.set_cache_index_and_filter_blocks(true);
                 opts.set_block_based_table_factory(&table);
-                opts.set_write_buffer_size(64 << 20);
+                opts.set_write_buffer_size(32 << 20);
             }
         }
         opts
@@ -111,6 +114,9 @@ impl Engine {
         opts.create_missing_column_families(true);
         opts.set_max_background_jobs(2);
         opts.set_bytes_per_sync(1 << 20);
+        // Bounds the WAL that an open must replay, so restart time does not grow with the write
+        // rate: past this size RocksDB flushes the column families that pin the oldest WAL file.
+        opts.set_max_total_wal_size(WAL_BYTES_MAX);
         let cfs = Cf::ALL
             .iter()
             .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf.options()));
