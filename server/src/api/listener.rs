@@ -8,8 +8,13 @@
 //! own HPACK decoder, replaces an invalid `:authority` with the host:port inside it (or drops it), and
 //! re-encodes the block for h2 with its own HPACK encoder. HTTP/1.1 connections pass through untouched.
 //!
-//! **Invariant:** once a connection speaks HTTP/2, every header block is re-encoded, so that the
-//! HPACK dynamic tables of our encoder and h2's decoder stay in step.
+//! A client's first header block decides: the HPACK dynamic table is empty before it, so it can be
+//! decoded on its own. If its `:authority` is valid, the connection passes through untouched from
+//! then on (well-behaved clients pay nothing); otherwise every header block of the connection is
+//! rewritten.
+//!
+//! **Invariant:** a rewriting connection re-encodes every header block, from its first one, so that
+//! the HPACK dynamic tables of our encoder and h2's decoder stay in step.
 
 use std::io;
 use std::net::SocketAddr;
@@ -61,12 +66,19 @@ impl axum::serve::Listener for ClientListener {
 enum Mode {
     /// Not enough bytes yet to tell HTTP/1.1 from the HTTP/2 preface.
     Detect,
-    Http1,
-    Http2,
+    /// Bytes pass untouched: HTTP/1.1, or HTTP/2 from a client whose first request had a valid
+    /// `:authority`.
+    Passthrough,
+    /// HTTP/2 until the first header block shows whether the client needs repairs.
+    Http2Undecided,
+    /// HTTP/2 from a client that sent an invalid `:authority`: every header block is re-encoded.
+    Http2Rewrite,
 }
 
 /// A header block split across HEADERS and CONTINUATION frames, waiting for END_HEADERS.
 struct PendingBlock {
+    /// The frames as received, for a connection that turns out to need no repair.
+    frames: Vec<u8>,
     stream_id: u32,
     end_stream: bool,
     priority: Option<[u8; 5]>,
@@ -128,24 +140,25 @@ impl<S> AuthorityFix<S> {
         if let Mode::Detect = self.mode {
             let n = self.raw.len().min(PREFACE.len());
             if self.raw[..n] != PREFACE[..n] {
-                self.mode = Mode::Http1;
+                self.mode = Mode::Passthrough;
             } else if n == PREFACE.len() {
-                self.mode = Mode::Http2;
+                self.mode = Mode::Http2Undecided;
                 self.out.extend_from_slice(&self.raw.split_to(n));
             } else if self.eof {
-                self.mode = Mode::Http1;
+                self.mode = Mode::Passthrough;
             } else {
                 return Ok(());
             }
         }
         match self.mode {
             Mode::Detect => unreachable!("decided above"),
-            Mode::Http1 => {
+            Mode::Passthrough => {
                 let all = self.raw.split();
                 self.out.extend_from_slice(&all);
             }
-            Mode::Http2 => {
-                while self.raw.len() >= FRAME_HEADER_LEN {
+            Mode::Http2Undecided | Mode::Http2Rewrite => {
+                while self.raw.len() >= FRAME_HEADER_LEN && !matches!(self.mode, Mode::Passthrough)
+                {
                     let len = (usize::from(self.raw[0]) << 16)
                         | (usize::from(self.raw[1]) << 8)
                         | usize::from(self.raw[2]);
@@ -157,6 +170,10 @@ impl<S> AuthorityFix<S> {
                     }
                     let frame = self.raw.split_to(FRAME_HEADER_LEN + len);
                     self.on_frame(&frame)?;
+                }
+                if let Mode::Passthrough = self.mode {
+                    let rest = self.raw.split();
+                    self.out.extend_from_slice(&rest);
                 }
             }
         }
@@ -188,6 +205,7 @@ impl<S> AuthorityFix<S> {
                     None
                 };
                 let block = PendingBlock {
+                    frames: frame.to_vec(),
                     stream_id,
                     end_stream: flags & FLAG_END_STREAM != 0,
                     priority,
@@ -208,6 +226,7 @@ impl<S> AuthorityFix<S> {
             {
                 let block = self.pending.as_mut().expect("checked");
                 block.fragment.extend_from_slice(payload);
+                block.frames.extend_from_slice(frame);
                 if block.fragment.len() > HEADER_BLOCK_BYTES_MAX {
                     return Err(invalid("header block too large"));
                 }
@@ -226,12 +245,24 @@ impl<S> AuthorityFix<S> {
         }
     }
 
-    /// Decodes a complete header block, repairs `:authority`, and writes it re-encoded.
+    /// Decodes a complete header block, repairs `:authority`, and writes it re-encoded — or, for the
+    /// first block of a client that needs no repair, writes it as received and stops inspecting.
     fn emit(&mut self, block: PendingBlock) -> io::Result<()> {
         let fields = self
             .decoder
             .decode(&block.fragment)
             .map_err(|e| invalid(&format!("HPACK: {e:?}")))?;
+        if let Mode::Http2Undecided = self.mode {
+            let needs_repair = fields
+                .iter()
+                .any(|(n, v)| n == b":authority" && repair_authority(v).as_deref() != Some(v));
+            if !needs_repair {
+                self.mode = Mode::Passthrough;
+                self.out.extend_from_slice(&block.frames);
+                return Ok(());
+            }
+            self.mode = Mode::Http2Rewrite;
+        }
         let fields: Vec<(Vec<u8>, Vec<u8>)> = fields
             .into_iter()
             .filter_map(|(name, value)| {
@@ -304,7 +335,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFix<S> {
             if this.eof {
                 return Poll::Ready(Ok(()));
             }
-            if let Mode::Http1 = this.mode {
+            if let Mode::Passthrough = this.mode {
                 // Nothing to inspect: read straight into the caller's buffer.
                 return Pin::new(&mut this.inner).poll_read(cx, buf);
             }
@@ -452,6 +483,26 @@ mod tests {
             assert_eq!(fields.len(), headers.len());
         }
         assert_ne!(got[3].1 & FLAG_END_STREAM, 0);
+    }
+
+    #[tokio::test]
+    async fn h2_with_a_valid_authority_passes_through_unchanged() {
+        let mut client = Encoder::new();
+        let headers: Vec<(&[u8], &[u8])> = vec![
+            (b":method", b"POST"),
+            (b":path", b"/etcdserverpb.KV/Range"),
+            (b":authority", b"127.0.0.1:2379"),
+        ];
+        let mut input = PREFACE.to_vec();
+        let block = client.encode(headers.iter().copied());
+        input.extend(frame(FRAME_HEADERS, FLAG_END_HEADERS, 1, &block));
+        input.extend(frame(0x0, FLAG_END_STREAM, 1, b"data"));
+        let block = client.encode(headers.iter().copied());
+        input.extend(frame(FRAME_HEADERS, FLAG_END_HEADERS, 3, &block));
+        let mut fixed = AuthorityFix::new(&input[..]);
+        let mut out = vec![];
+        fixed.read_to_end(&mut out).await.unwrap();
+        assert_eq!(out, input);
     }
 
     #[tokio::test]
