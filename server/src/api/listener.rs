@@ -36,8 +36,9 @@ const FLAG_PADDED: u8 = 0x8;
 const FLAG_PRIORITY: u8 = 0x20;
 /// The smallest SETTINGS_MAX_FRAME_SIZE a peer may announce: frames we write to h2 never exceed it.
 const FRAME_PAYLOAD_MAX: usize = 16_384;
-/// A client frame larger than this is refused (h2's own limit is 16 KiB unless it raises it).
-const FRAME_IN_PAYLOAD_MAX: usize = 1 << 24;
+/// A client frame larger than this closes the connection before it is buffered (the server
+/// announces h2's default SETTINGS_MAX_FRAME_SIZE of 16 KiB, so honest clients stay far below).
+const FRAME_IN_PAYLOAD_MAX: usize = 1 << 20;
 /// A header block (HEADERS plus CONTINUATIONs) larger than this closes the connection.
 const HEADER_BLOCK_BYTES_MAX: usize = 1 << 20;
 /// The HPACK table size both sides use (HTTP/2's default SETTINGS_HEADER_TABLE_SIZE, h2's setting).
