@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context};
 use tokio::net::TcpListener;
@@ -24,14 +24,32 @@ pub struct Server {
     pub client_addrs: Vec<SocketAddr>,
     shutdown: watch::Sender<bool>,
     serving: Vec<tokio::task::JoinHandle<()>>,
+    /// The raft loop (which outlives its log writer) and the apply worker.
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
+/// How long a clean stop waits for the raft loop and the apply worker to finish.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl Server {
-    /// Stops accepting requests and waits for the listeners to close.
+    /// Stops accepting requests, lets the listeners close, then stops the raft loop, log writer,
+    /// apply worker and compactor and waits for them: the database must be idle when the process
+    /// exits (RocksDB aborts if its threads are torn down under a writer).
     pub async fn stop(self) {
         self.shutdown.send_replace(true);
         for task in self.serving {
             let _ = task.await;
+        }
+        // The listeners held the last `RaftHandle`s: with them gone the raft loop ends, closing the
+        // apply queue, and the last owner of the compactor joins its thread.
+        let threads = self.threads;
+        let joined = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        });
+        if tokio::time::timeout(STOP_TIMEOUT, joined).await.is_err() {
+            tracing::warn!("background threads did not stop within {STOP_TIMEOUT:?}");
         }
     }
 }
@@ -59,14 +77,14 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
     let wait = Wait::default();
     let (committed_tx, committed_rx) = crossbeam_channel::bounded(raft::APPLY_QUEUE_LEN_MAX);
     let (applied_tx, applied_rx) = watch::channel(applied_index);
-    apply::start(
+    let apply_thread = apply::start(
         writer,
         compactor.clone(),
         committed_rx,
         applied_tx,
         wait.clone(),
     );
-    let (raft, _) = raft::start(
+    let (raft, raft_thread) = raft::start(
         engine.clone(),
         RaftConfig {
             member_id: membership.member_id,
@@ -101,7 +119,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
         max_txn_ops: cfg.max_txn_ops as usize,
         request_timeout: cfg.request_timeout(),
     });
-    serve(cfg, core).await
+    serve(cfg, core, vec![raft_thread, apply_thread]).await
 }
 
 fn open_engine(data_dir: &Path) -> anyhow::Result<Engine> {
@@ -159,7 +177,11 @@ fn recover_or_bootstrap(cfg: &Config, engine: &Engine) -> anyhow::Result<Members
     Ok(membership)
 }
 
-async fn serve(cfg: &Config, core: Arc<Core>) -> anyhow::Result<Server> {
+async fn serve(
+    cfg: &Config,
+    core: Arc<Core>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+) -> anyhow::Result<Server> {
     let (shutdown, _) = watch::channel(false);
     let mut client_addrs = vec![];
     let mut serving = vec![];
@@ -188,5 +210,6 @@ async fn serve(cfg: &Config, core: Arc<Core>) -> anyhow::Result<Server> {
         client_addrs,
         shutdown,
         serving,
+        threads,
     })
 }

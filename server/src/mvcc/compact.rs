@@ -24,8 +24,21 @@ const COMPACT_BATCH_KEYS_MAX: usize = 10_000;
 
 /// Handle to the compaction thread.
 pub struct Compactor {
-    requests: watch::Sender<i64>,
+    /// `None` only while dropping.
+    requests: Option<watch::Sender<i64>>,
     finished: watch::Receiver<i64>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Drop for Compactor {
+    /// Stops the thread (after the compaction in progress, if any) and waits for it, so that the
+    /// database is not in use when the process exits.
+    fn drop(&mut self) {
+        self.requests.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl Compactor {
@@ -35,7 +48,7 @@ impl Compactor {
         let done = decode_i64(engine.get(Cf::Meta, META_COMPACT_FINISHED)?);
         let (requests, mut rx) = watch::channel(scheduled);
         let (finished_tx, finished) = watch::channel(done);
-        thread::Builder::new()
+        let thread = thread::Builder::new()
             .name("compactor".into())
             .spawn(move || loop {
                 let target = *rx.borrow_and_update();
@@ -51,12 +64,17 @@ impl Compactor {
                 }
             })
             .expect("spawn compactor thread");
-        Ok(Compactor { requests, finished })
+        Ok(Compactor {
+            requests: Some(requests),
+            finished,
+            thread: Some(thread),
+        })
     }
 
     /// Asks for history below `revision` to be removed.
     pub fn schedule(&self, revision: i64) {
-        self.requests.send_if_modified(|r| {
+        let requests = self.requests.as_ref().expect("set until drop");
+        requests.send_if_modified(|r| {
             let newer = revision > *r;
             if newer {
                 *r = revision;

