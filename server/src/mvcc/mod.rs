@@ -18,7 +18,10 @@ mod write;
 mod model;
 
 use bytes::Bytes;
-use cairn_proto::etcdserverpb::{RangeRequest, TxnRequest, TxnResponse};
+use cairn_proto::etcdserverpb::{
+    DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, TxnRequest,
+    TxnResponse,
+};
 use cairn_proto::mvccpb::KeyValue;
 use prost::Message;
 
@@ -182,8 +185,8 @@ impl Store {
     /// Executes a read-only txn (see [`is_read_only`]) at a consistent point in time.
     pub fn txn_read_only(&self, req: &TxnRequest) -> Result<TxnResponse> {
         let view = self.engine.read_view();
-        let reader = ViewReader::new(&view)?;
-        write::txn_read_only(&reader, req)
+        let mut reader = ViewReader::new(&view)?;
+        write::txn_read_only(&mut reader, req)
     }
 
     /// The current revision (as of the last applied write).
@@ -226,6 +229,16 @@ impl<'a> ViewReader<'a> {
             current: decode_i64(view.get(Cf::Meta, META_REVISION)?).max(REVISION_INITIAL),
             compacted: decode_i64(view.get(Cf::Meta, META_COMPACT_REVISION)?),
         })
+    }
+}
+
+/// A view serves read-only txns only: their writes are never reached.
+impl write::TxnTarget for ViewReader<'_> {
+    fn put_request(&mut self, _: &PutRequest) -> Result<PutResponse> {
+        unreachable!("a read-only txn has no put")
+    }
+    fn delete_range_request(&mut self, _: &DeleteRangeRequest) -> Result<DeleteRangeResponse> {
+        unreachable!("a read-only txn has no delete")
     }
 }
 

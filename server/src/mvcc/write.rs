@@ -159,7 +159,7 @@ impl Writer {
 }
 
 /// What the ops of a txn run against: every target reads; only a write txn writes.
-trait TxnTarget: KvRead {
+pub(super) trait TxnTarget: KvRead {
     fn put_request(&mut self, req: &PutRequest) -> Result<PutResponse>;
     fn delete_range_request(&mut self, req: &DeleteRangeRequest) -> Result<DeleteRangeResponse>;
 }
@@ -173,47 +173,12 @@ impl TxnTarget for WriteTxn<'_> {
     }
 }
 
-/// A txn with no writes, served from a read view (etcd serves read-only txns without raft).
-struct ReadOnly<'a>(&'a dyn KvRead);
-
-impl KvRead for ReadOnly<'_> {
-    fn current_revision(&self) -> i64 {
-        self.0.current_revision()
-    }
-    fn compact_revision(&self) -> i64 {
-        self.0.compact_revision()
-    }
-    fn scan_latest(
-        &self,
-        bounds: KeyBounds,
-        visit: &mut dyn FnMut(KeyValue) -> bool,
-    ) -> Result<()> {
-        self.0.scan_latest(bounds, visit)
-    }
-    fn scan_history(
-        &self,
-        bounds: KeyBounds,
-        rev: i64,
-        visit: &mut dyn FnMut(KeyValue) -> bool,
-    ) -> Result<()> {
-        self.0.scan_history(bounds, rev, visit)
-    }
-}
-
-impl TxnTarget for ReadOnly<'_> {
-    fn put_request(&mut self, _: &PutRequest) -> Result<PutResponse> {
-        unreachable!("a read-only txn has no put")
-    }
-    fn delete_range_request(&mut self, _: &DeleteRangeRequest) -> Result<DeleteRangeResponse> {
-        unreachable!("a read-only txn has no delete")
-    }
-}
-
-/// Executes a txn that [`is_read_only`] against `reader`.
-pub(crate) fn txn_read_only(reader: &dyn KvRead, req: &TxnRequest) -> Result<TxnResponse> {
+/// Executes a txn that [`is_read_only`] against a reader whose writes are never called
+/// (etcd serves read-only txns without raft).
+pub(super) fn txn_read_only(reader: &mut dyn TxnTarget, req: &TxnRequest) -> Result<TxnResponse> {
     assert!(is_read_only(req), "only read-only txns run outside apply");
     let path = compare_path(reader, req)?;
-    run_txn(&mut ReadOnly(reader), req, &path)
+    run_txn(reader, req, &path)
 }
 
 /// The checks every txn passes before it runs (etcd `checkRequestRange`), then its execution; the
