@@ -450,6 +450,7 @@ fn script() -> Vec<Step> {
         ok("alarm list"),
         ok("alarm list -w json"),
         ok("alarm disarm"),
+        ok("defrag"),
     ]
 }
 

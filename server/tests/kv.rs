@@ -3,9 +3,10 @@
 mod common;
 
 use cairn_client::proto::etcdserverpb::lease_client::LeaseClient;
+use cairn_client::proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use cairn_client::proto::etcdserverpb::{
-    compare, request_op, response_op, Compare, DeleteRangeRequest, LeaseGrantRequest, PutRequest,
-    RangeRequest, RequestOp, TxnRequest,
+    compare, request_op, response_op, Compare, DefragmentRequest, DeleteRangeRequest,
+    LeaseGrantRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
 };
 use cairn_client::proto::grpc_health_v1::health_check_response::ServingStatus;
 use cairn_client::proto::grpc_health_v1::health_client::HealthClient;
@@ -237,6 +238,45 @@ async fn data_and_revisions_survive_restart_and_sigterm_is_clean() {
     assert_eq!(
         c.put("new", "x").await.unwrap().header.unwrap().revision,
         53
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_and_defragment_give_space_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Member::start(Kind::Cairn, &dir.path().join("m1"), &[]);
+    let mut c = Client::connect(m.endpoint()).await.unwrap();
+    for i in 0..200 {
+        c.put(format!("big/{i:03}"), vec![b'x'; 20_000])
+            .await
+            .unwrap();
+    }
+    let deleted = c
+        .delete(DeleteRangeRequest {
+            key: b"big/".to_vec().into(),
+            range_end: b"big0".to_vec().into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(deleted.deleted, 200);
+    let full = c.status().await.unwrap().db_size;
+    c.compact(deleted.header.unwrap().revision, true)
+        .await
+        .unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(m.endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    MaintenanceClient::new(channel)
+        .defragment(DefragmentRequest {})
+        .await
+        .unwrap();
+    let after = c.status().await.unwrap().db_size;
+    assert!(
+        after * 4 < full,
+        "db size {full} -> {after} after compaction and defragment"
     );
 }
 

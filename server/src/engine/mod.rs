@@ -169,10 +169,21 @@ impl Engine {
         RangeIter { raw }
     }
 
-    /// Estimated on-disk size of the live data (SST files plus memtables), in bytes.
-    pub fn size_bytes(&self) -> u64 {
+    /// Compacts every column family fully, dropping deleted and overwritten data from disk
+    /// (what etcd's defragment achieves for bbolt). Blocks until done.
+    pub fn compact_all(&self) {
+        for cf in Cf::ALL {
+            self.db
+                .compact_range_cf(self.handle(cf), None::<&[u8]>, None::<&[u8]>);
+        }
+    }
+
+    /// Estimated size of the state machine's data (SST files plus memtables of every column family
+    /// but the raft log's), in bytes: what etcd reports as its backend's `dbSize` (its WAL is apart).
+    pub fn state_size_bytes(&self) -> u64 {
         Cf::ALL
             .iter()
+            .filter(|cf| !matches!(cf, Cf::RaftLog | Cf::RaftState))
             .map(|&cf| {
                 let h = self.handle(cf);
                 let prop = |name: &str| {
