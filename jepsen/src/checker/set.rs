@@ -1,0 +1,307 @@
+//! Jepsen's `set-full` checker, linearizable flavour: once an element is known to be in the set
+//! (its add was acknowledged, or some read returned it), every read that *starts* afterwards must
+//! contain it.
+//!
+//! Per element it reports:
+//! - **lost**: known, yet absent from the last read that began after it became known (and from
+//!   every later one);
+//! - **stale**: absent from a read that began after it became known, but present in a later read;
+//! - **unexpected**: read but never added, or read although its add definitely failed;
+//! - **duplicated**: returned twice by one read;
+//! - **never read**: acknowledged, but no read began after the acknowledgement; with such
+//!   elements and nothing worse the verdict is `Unknown`, because nothing was checked for them.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::{CheckResult, Verdict, ANOMALIES_REPORTED_MAX};
+use crate::history::{Call, Op, Outcome, Reply, Value};
+
+/// What happened to one add.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AddOutcome {
+    Ok { complete_ns: u64 },
+    Fail,
+    Info,
+}
+
+/// A successful read of the whole set.
+struct SetRead {
+    invoke_ns: u64,
+    complete_ns: u64,
+    /// Sorted.
+    elements: Vec<Value>,
+}
+
+/// Checks every `Add` and `ReadSet` of `history`.
+pub fn check(history: &[Op]) -> CheckResult {
+    let mut adds: BTreeMap<Value, AddOutcome> = BTreeMap::new();
+    let mut reads: Vec<SetRead> = Vec::new();
+    let mut duplicated: BTreeSet<Value> = BTreeSet::new();
+    for op in history {
+        match (&op.call, &op.outcome) {
+            (Call::Add { element }, outcome) => {
+                let add = match outcome {
+                    Outcome::Ok { .. } => AddOutcome::Ok {
+                        complete_ns: op.complete_ns.expect("an ok op has completed"),
+                    },
+                    Outcome::Fail => AddOutcome::Fail,
+                    Outcome::Info => AddOutcome::Info,
+                };
+                adds.insert(*element, add);
+            }
+            (
+                Call::ReadSet,
+                Outcome::Ok {
+                    reply: Reply::ReadSet { elements },
+                    ..
+                },
+            ) => {
+                let mut elements = elements.clone();
+                elements.sort_unstable();
+                for pair in elements.windows(2) {
+                    if pair[0] == pair[1] {
+                        duplicated.insert(pair[0]);
+                    }
+                }
+                elements.dedup();
+                reads.push(SetRead {
+                    invoke_ns: op.invoke_ns,
+                    complete_ns: op.complete_ns.expect("an ok op has completed"),
+                    elements,
+                });
+            }
+            _ => {}
+        }
+    }
+    reads.sort_by_key(|r| r.invoke_ns);
+
+    let mut lost = Vec::new();
+    let mut stale = Vec::new();
+    let mut unexpected = Vec::new();
+    let mut never_read = Vec::new();
+    let mut ok_adds = 0;
+    let mut all_elements: BTreeSet<Value> = adds.keys().copied().collect();
+    for read in &reads {
+        all_elements.extend(read.elements.iter().copied());
+    }
+    for element in all_elements {
+        let contains = |r: &SetRead| r.elements.binary_search(&element).is_ok();
+        let first_seen_ns = reads
+            .iter()
+            .filter(|r| contains(r))
+            .map(|r| r.complete_ns)
+            .min();
+        let add = adds.get(&element).copied();
+        match add {
+            None => {
+                unexpected.push(format!("{element} was read but never added"));
+                continue;
+            }
+            Some(AddOutcome::Fail) if first_seen_ns.is_some() => {
+                unexpected.push(format!("{element} was read although its add failed"));
+                continue;
+            }
+            Some(AddOutcome::Ok { .. }) => ok_adds += 1,
+            _ => {}
+        }
+        let ack_ns = match add {
+            Some(AddOutcome::Ok { complete_ns }) => Some(complete_ns),
+            _ => None,
+        };
+        let Some(known_ns) = [ack_ns, first_seen_ns].into_iter().flatten().min() else {
+            continue;
+        };
+        let after: Vec<&SetRead> = reads.iter().filter(|r| r.invoke_ns > known_ns).collect();
+        if after.is_empty() {
+            if ack_ns.is_some() {
+                never_read.push(element);
+            }
+            continue;
+        }
+        let last_present = after.iter().rposition(|r| contains(r));
+        match last_present {
+            Some(last) if last + 1 == after.len() => {
+                if let Some(miss) = after[..last].iter().find(|r| !contains(r)) {
+                    stale.push(format!(
+                        "{element} known at {known_ns} ns, missing from the read invoked at {} ns, \
+                         present later",
+                        miss.invoke_ns
+                    ));
+                }
+            }
+            _ => lost.push(format!(
+                "{element} known at {known_ns} ns, missing from all {} reads invoked after \
+                 {} ns",
+                after.len() - last_present.map_or(0, |l| l + 1),
+                last_present.map_or(known_ns, |l| after[l].invoke_ns)
+            )),
+        }
+    }
+
+    let invalid =
+        !(lost.is_empty() && stale.is_empty() && unexpected.is_empty() && duplicated.is_empty());
+    let verdict = if invalid {
+        Verdict::Invalid
+    } else if !never_read.is_empty() || reads.is_empty() {
+        Verdict::Unknown
+    } else {
+        Verdict::Valid
+    };
+    let mut anomalies: Vec<String> = Vec::new();
+    for (kind, list) in [
+        ("lost", &lost),
+        ("stale", &stale),
+        ("unexpected", &unexpected),
+    ] {
+        for note in list.iter().take(ANOMALIES_REPORTED_MAX) {
+            anomalies.push(format!("{kind}: {note}"));
+        }
+    }
+    for element in duplicated.iter().take(ANOMALIES_REPORTED_MAX) {
+        anomalies.push(format!("duplicated: {element} returned twice by one read"));
+    }
+    if !never_read.is_empty() {
+        anomalies.push(format!(
+            "never read: {} acknowledged elements had no read begin after their add (e.g. {:?})",
+            never_read.len(),
+            &never_read[..never_read.len().min(5)]
+        ));
+    }
+    if reads.is_empty() {
+        anomalies.push("no successful read of the set".into());
+    }
+    CheckResult {
+        checker: "set-full".into(),
+        verdict,
+        anomalies,
+        stats: serde_json::json!({
+            "attempted": adds.len(),
+            "acknowledged": ok_adds,
+            "reads": reads.len(),
+            "lost": lost.len(),
+            "stale": stale.len(),
+            "unexpected": unexpected.len(),
+            "duplicated": duplicated.len(),
+            "never_read": never_read.len(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn add(element: Value, t0: u64, t1: u64, outcome: Outcome) -> Op {
+        Op {
+            process: element,
+            call: Call::Add { element },
+            complete_ns: (outcome != Outcome::Info).then_some(t1),
+            outcome,
+            invoke_ns: t0,
+        }
+    }
+
+    fn ok_add(element: Value, t0: u64, t1: u64) -> Op {
+        add(
+            element,
+            t0,
+            t1,
+            Outcome::Ok {
+                reply: Reply::Add,
+                revision: 0,
+            },
+        )
+    }
+
+    fn read(t0: u64, t1: u64, elements: &[Value]) -> Op {
+        Op {
+            process: 1000,
+            call: Call::ReadSet,
+            outcome: Outcome::Ok {
+                reply: Reply::ReadSet {
+                    elements: elements.to_vec(),
+                },
+                revision: 0,
+            },
+            invoke_ns: t0,
+            complete_ns: Some(t1),
+        }
+    }
+
+    #[test]
+    fn every_acknowledged_element_read_is_valid() {
+        let h = vec![
+            ok_add(1, 0, 1),
+            read(0, 2, &[]), // concurrent with the add: may miss it
+            ok_add(2, 3, 4),
+            add(3, 5, 0, Outcome::Info),
+            add(4, 5, 6, Outcome::Fail),
+            read(7, 8, &[1, 2]),
+            read(9, 10, &[1, 2, 3]), // the indeterminate add took effect late: fine
+        ];
+        let result = check(&h);
+        assert_eq!(result.verdict, Verdict::Valid, "{result:?}");
+        assert_eq!(result.stats["acknowledged"], 2);
+    }
+
+    #[test]
+    fn a_lost_acknowledged_add_is_caught() {
+        let h = vec![
+            ok_add(1, 0, 1),
+            ok_add(2, 0, 1),
+            read(2, 3, &[1, 2]),
+            read(4, 5, &[1]), // 2 vanished for good
+        ];
+        let result = check(&h);
+        assert_eq!(result.verdict, Verdict::Invalid);
+        assert_eq!(result.stats["lost"], 1);
+        assert!(result.anomalies[0].starts_with("lost: 2 "), "{result:?}");
+    }
+
+    #[test]
+    fn an_acknowledged_add_never_seen_is_lost() {
+        let h = vec![ok_add(1, 0, 1), read(2, 3, &[])];
+        assert_eq!(check(&h).stats["lost"], 1);
+    }
+
+    #[test]
+    fn a_stale_read_is_caught() {
+        let h = vec![ok_add(1, 0, 1), read(2, 3, &[]), read(4, 5, &[1])];
+        let result = check(&h);
+        assert_eq!(result.verdict, Verdict::Invalid);
+        assert_eq!(result.stats["stale"], 1);
+    }
+
+    #[test]
+    fn an_element_read_once_then_missing_is_lost_even_if_its_add_was_indeterminate() {
+        let h = vec![
+            add(1, 0, 0, Outcome::Info),
+            read(1, 2, &[1]),
+            read(3, 4, &[]),
+        ];
+        assert_eq!(check(&h).stats["lost"], 1);
+    }
+
+    #[test]
+    fn unexpected_and_duplicated_elements_are_caught() {
+        let h = vec![
+            add(1, 0, 1, Outcome::Fail),
+            read(2, 3, &[1]),
+            read(4, 5, &[7]),
+        ];
+        let result = check(&h);
+        assert_eq!(result.verdict, Verdict::Invalid);
+        assert_eq!(result.stats["unexpected"], 2);
+        let h = vec![ok_add(1, 0, 1), read(2, 3, &[1, 1])];
+        assert_eq!(check(&h).stats["duplicated"], 1);
+    }
+
+    #[test]
+    fn an_acknowledged_add_with_no_later_read_is_unknown() {
+        let h = vec![read(0, 1, &[]), ok_add(1, 2, 3)];
+        let result = check(&h);
+        assert_eq!(result.verdict, Verdict::Unknown);
+        assert_eq!(result.stats["never_read"], 1);
+        assert_eq!(check(&[ok_add(1, 0, 1)]).verdict, Verdict::Unknown);
+    }
+}

@@ -1,0 +1,262 @@
+//! A deliberately plain etcd v3 client for the harness: one gRPC channel to one member, no
+//! retries, no failover, an explicit deadline on every request, and a classification of every
+//! error as definite (the request cannot have taken effect) or indefinite (it may have).
+//!
+//! It speaks only the etcd 3.4 API through `cairn-proto`'s generated stubs, so it works against
+//! real etcd and Cairn alike.
+
+use std::time::Duration;
+
+use cairn_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use cairn_proto::etcdserverpb::kv_client::KvClient;
+use cairn_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use cairn_proto::etcdserverpb::request_op::Request;
+use cairn_proto::etcdserverpb::response_op::Response;
+use cairn_proto::etcdserverpb::{
+    Compare, PutRequest, RangeRequest, RequestOp, ResponseHeader, StatusRequest, TxnRequest,
+};
+use cairn_proto::mvccpb::KeyValue;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Code;
+
+/// How long a connection attempt may take, inside the request deadline.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Why a request did not succeed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientError {
+    /// The request certainly had no effect (rejected, or never sent).
+    Definite(String),
+    /// The request may or may not have taken effect (timeout, connection lost after sending,
+    /// leader change or no leader while proposing).
+    Indefinite(String),
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientError::Definite(e) => write!(f, "definite: {e}"),
+            ClientError::Indefinite(e) => write!(f, "indefinite: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+/// Classifies a gRPC status by etcd's semantics (consistency-testing.md §6.2).
+fn classify(status: &tonic::Status) -> ClientError {
+    let text = format!("{:?}: {}", status.code(), status.message());
+    let definite = match status.code() {
+        // Validation, compaction, quota, auth: rejected before proposing.
+        Code::InvalidArgument
+        | Code::FailedPrecondition
+        | Code::OutOfRange
+        | Code::PermissionDenied
+        | Code::Unauthenticated
+        | Code::ResourceExhausted
+        | Code::Unimplemented
+        | Code::NotFound
+        | Code::AlreadyExists => true,
+        // A refused connection was never sent.
+        Code::Unavailable => format!("{status:?}").contains("Connection refused"),
+        _ => false,
+    };
+    if definite {
+        ClientError::Definite(text)
+    } else {
+        ClientError::Indefinite(text)
+    }
+}
+
+/// A connection to one member.
+#[derive(Clone)]
+pub struct EtcdClient {
+    kv: KvClient<Channel>,
+    maintenance: MaintenanceClient<Channel>,
+    timeout: Duration,
+}
+
+/// The answer to a single-key get.
+pub struct Got {
+    pub kv: Option<KeyValue>,
+    pub revision: i64,
+}
+
+impl EtcdClient {
+    /// A client for `url` (e.g. `http://127.0.0.1:2379`); connects lazily, on the first request.
+    pub fn new(url: &str, timeout: Duration) -> anyhow::Result<EtcdClient> {
+        let channel = Endpoint::from_shared(url.to_string())?
+            .connect_timeout(CONNECT_TIMEOUT.min(timeout))
+            .timeout(timeout)
+            .connect_lazy();
+        Ok(EtcdClient {
+            kv: KvClient::new(channel.clone()),
+            maintenance: MaintenanceClient::new(channel),
+            timeout,
+        })
+    }
+
+    /// Runs `request` under the deadline; a missed deadline is indefinite.
+    async fn deadline<T>(
+        &self,
+        request: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T, ClientError> {
+        match tokio::time::timeout(self.timeout, request).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(classify(&status)),
+            Err(_) => Err(ClientError::Indefinite("client deadline exceeded".into())),
+        }
+    }
+
+    /// Gets one key; `serializable` reads the member's local state without a quorum round.
+    pub async fn get(&mut self, key: &str, serializable: bool) -> Result<Got, ClientError> {
+        let request = RangeRequest {
+            key: key.as_bytes().to_vec().into(),
+            serializable,
+            ..Default::default()
+        };
+        let mut kv = self.kv.clone();
+        let response = self.deadline(kv.range(request)).await?;
+        Ok(Got {
+            kv: response.kvs.into_iter().next(),
+            revision: revision(response.header.as_ref()),
+        })
+    }
+
+    /// Gets every key that starts with `prefix`.
+    pub async fn get_prefix(
+        &mut self,
+        prefix: &str,
+        serializable: bool,
+    ) -> Result<(Vec<KeyValue>, i64), ClientError> {
+        let request = RangeRequest {
+            key: prefix.as_bytes().to_vec().into(),
+            range_end: prefix_end(prefix.as_bytes()).into(),
+            serializable,
+            ..Default::default()
+        };
+        let mut kv = self.kv.clone();
+        let response = self.deadline(kv.range(request)).await?;
+        Ok((response.kvs, revision(response.header.as_ref())))
+    }
+
+    /// Puts `value` and returns the version it replaced (0 if the key was absent) and the
+    /// revision.
+    pub async fn put(&mut self, key: &str, value: &[u8]) -> Result<(u64, i64), ClientError> {
+        let request = PutRequest {
+            key: key.as_bytes().to_vec().into(),
+            value: value.to_vec().into(),
+            prev_kv: true,
+            ..Default::default()
+        };
+        let mut kv = self.kv.clone();
+        let response = self.deadline(kv.put(request)).await?;
+        let prev_version = response.prev_kv.map_or(0, |kv| kv.version as u64);
+        Ok((prev_version, revision(response.header.as_ref())))
+    }
+
+    /// Txn: if `key`'s value equals `expect`, put `value`. Returns whether it did, the version
+    /// it replaced, and the revision.
+    pub async fn cas(
+        &mut self,
+        key: &str,
+        expect: &[u8],
+        value: &[u8],
+    ) -> Result<(bool, u64, i64), ClientError> {
+        let key_bytes = key.as_bytes().to_vec();
+        let request = TxnRequest {
+            compare: vec![Compare {
+                result: CompareResult::Equal as i32,
+                target: CompareTarget::Value as i32,
+                key: key_bytes.clone().into(),
+                target_union: Some(TargetUnion::Value(expect.to_vec().into())),
+                ..Default::default()
+            }],
+            success: vec![RequestOp {
+                request: Some(Request::RequestPut(PutRequest {
+                    key: key_bytes.into(),
+                    value: value.to_vec().into(),
+                    prev_kv: true,
+                    ..Default::default()
+                })),
+            }],
+            failure: vec![],
+        };
+        let mut kv = self.kv.clone();
+        let response = self.deadline(kv.txn(request)).await?;
+        let prev_version = response
+            .responses
+            .first()
+            .and_then(|r| match &r.response {
+                Some(Response::ResponsePut(put)) => put.prev_kv.as_ref(),
+                _ => None,
+            })
+            .map_or(0, |kv| kv.version as u64);
+        Ok((
+            response.succeeded,
+            prev_version,
+            revision(response.header.as_ref()),
+        ))
+    }
+
+    /// This member's id and the leader it knows of (0 if none).
+    pub async fn status(&mut self) -> Result<(u64, u64), ClientError> {
+        let mut maintenance = self.maintenance.clone();
+        let response = self.deadline(maintenance.status(StatusRequest {})).await?;
+        let member_id = response.header.as_ref().map_or(0, |h| h.member_id);
+        Ok((member_id, response.leader))
+    }
+}
+
+fn revision(header: Option<&ResponseHeader>) -> i64 {
+    header.map_or(0, |h| h.revision)
+}
+
+/// The key just after every key that starts with `prefix` (etcd's prefix range end).
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xFF {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_increments_the_last_byte() {
+        assert_eq!(prefix_end(b"a/"), b"a0".to_vec());
+        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
+        assert_eq!(prefix_end(b"\xff"), vec![0]);
+    }
+
+    #[test]
+    fn errors_are_definite_only_when_etcd_rejects_before_proposing() {
+        let too_many = tonic::Status::resource_exhausted("etcdserver: too many requests");
+        assert!(matches!(classify(&too_many), ClientError::Definite(_)));
+        let timed_out = tonic::Status::unavailable("etcdserver: request timed out");
+        assert!(matches!(classify(&timed_out), ClientError::Indefinite(_)));
+        let leader = tonic::Status::unavailable("etcdserver: leader changed");
+        assert!(matches!(classify(&leader), ClientError::Indefinite(_)));
+        let cancelled = tonic::Status::cancelled("reset");
+        assert!(matches!(classify(&cancelled), ClientError::Indefinite(_)));
+    }
+
+    /// A member that is down: the request is refused before it is sent, so it is definite.
+    #[tokio::test]
+    async fn a_refused_connection_is_definite() {
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let url = format!("http://127.0.0.1:{port}");
+        let mut client = EtcdClient::new(&url, Duration::from_secs(2)).unwrap();
+        let error = client.put("k", b"v").await.err().unwrap();
+        assert!(matches!(error, ClientError::Definite(_)), "{error}");
+    }
+}

@@ -1,0 +1,354 @@
+//! The cluster driver: starts N members of any binary that takes etcd's flags (real etcd, or
+//! `cairn`) on 127.0.0.1, each with its own data directory and log, and crashes, restarts,
+//! pauses and resumes them.
+//!
+//! Owns the member processes and their directories. Peer traffic goes through one
+//! [`PeerProxy`] per member (see `proxy` for the topology); client traffic goes straight to
+//! each member's client port.
+//!
+//! **Invariant:** no member process outlives the [`Cluster`]: children are killed on drop
+//! (`kill_on_drop`), and each child also gets `PR_SET_PDEATHSIG = SIGKILL` so a harness that
+//! dies by a signal does not leave members behind. Only processes started here are ever
+//! signalled, by their pid.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::process::{Child, Command};
+
+use crate::client::EtcdClient;
+use crate::proxy::{Network, PeerProxy};
+
+/// How long a freshly started cluster may take to answer a linearizable read on every member.
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Deadline of one health probe.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// What to start.
+#[derive(Clone, Debug)]
+pub struct ClusterSpec {
+    /// The member binary (`/usr/bin/etcd`, or `cairn`).
+    pub bin: PathBuf,
+    /// 3 or 5.
+    pub members: usize,
+    /// Extra flags passed to every member (e.g. `--snapshot-count=100`).
+    pub extra_args: Vec<String>,
+}
+
+/// Whether a member process is running, stopped by SIGSTOP, or killed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemberState {
+    Running,
+    Paused,
+    Killed,
+}
+
+struct Member {
+    name: String,
+    client_addr: SocketAddr,
+    peer_addr: SocketAddr,
+    data_dir: PathBuf,
+    log_path: PathBuf,
+    child: Option<Child>,
+    state: MemberState,
+}
+
+/// A running cluster. Dropping it kills every member and deletes its directory.
+pub struct Cluster {
+    spec: ClusterSpec,
+    dir: tempfile::TempDir,
+    members: Vec<Member>,
+    proxies: Vec<PeerProxy>,
+    network: Network,
+    initial_cluster: String,
+    /// Each member's raft id, as its Status reports it; learned at startup.
+    member_ids: Vec<u64>,
+}
+
+/// Free loopback ports, all distinct: every listener is held until all are chosen.
+fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(listeners
+        .iter()
+        .map(|l| l.local_addr().expect("bound").port())
+        .collect())
+}
+
+impl Cluster {
+    /// Starts every member and waits until each answers a linearizable read.
+    pub async fn start(spec: ClusterSpec) -> anyhow::Result<Cluster> {
+        anyhow::ensure!(
+            spec.members == 3 || spec.members == 5,
+            "a cluster has 3 or 5 members, not {}",
+            spec.members
+        );
+        anyhow::ensure!(
+            spec.bin.exists(),
+            "member binary {} not found",
+            spec.bin.display()
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("cairn-jepsen-")
+            .tempdir()
+            .context("creating the cluster's directory")?;
+        let n = spec.members;
+        let ports = free_ports(2 * n)?;
+        let network = Network::new(n);
+        let mut members = Vec::with_capacity(n);
+        let mut proxies = Vec::with_capacity(n);
+        for i in 0..n {
+            let peer_addr = SocketAddr::from(([127, 0, 0, 1], ports[2 * i + 1]));
+            proxies.push(PeerProxy::start(network.clone(), i, peer_addr).await?);
+            members.push(Member {
+                name: format!("n{i}"),
+                client_addr: SocketAddr::from(([127, 0, 0, 1], ports[2 * i])),
+                peer_addr,
+                data_dir: dir.path().join(format!("n{i}")),
+                log_path: dir.path().join(format!("n{i}.log")),
+                child: None,
+                state: MemberState::Killed,
+            });
+        }
+        let initial_cluster = members
+            .iter()
+            .zip(&proxies)
+            .map(|(m, p)| format!("{}=http://{}", m.name, p.addr()))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Cluster {
+            spec,
+            dir,
+            members,
+            proxies,
+            network,
+            initial_cluster,
+            member_ids: Vec::new(),
+        };
+        for i in 0..n {
+            cluster.spawn(i)?;
+        }
+        cluster.wait_healthy(STARTUP_TIMEOUT).await?;
+        for i in 0..n {
+            let mut client = EtcdClient::new(&cluster.client_url(i), PROBE_TIMEOUT)?;
+            let (member_id, _) = client
+                .status()
+                .await
+                .with_context(|| format!("status of n{i}"))?;
+            cluster.member_ids.push(member_id);
+        }
+        Ok(cluster)
+    }
+
+    fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
+        let member = &self.members[i];
+        let advertised = self.proxies[i].addr();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&member.log_path)?;
+        let mut command = Command::new(&self.spec.bin);
+        command
+            .arg(format!("--name={}", member.name))
+            .arg(format!("--data-dir={}", member.data_dir.display()))
+            .arg(format!(
+                "--listen-client-urls=http://{}",
+                member.client_addr
+            ))
+            .arg(format!(
+                "--advertise-client-urls=http://{}",
+                member.client_addr
+            ))
+            .arg(format!("--listen-peer-urls=http://{}", member.peer_addr))
+            .arg(format!("--initial-advertise-peer-urls=http://{advertised}"))
+            .arg(format!("--initial-cluster={}", self.initial_cluster))
+            .arg("--initial-cluster-state=new")
+            .arg("--initial-cluster-token=cairn-jepsen")
+            .args(&self.spec.extra_args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true);
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {}", self.spec.bin.display()))?;
+        self.network.set_pid(i, child.id());
+        let member = &mut self.members[i];
+        member.child = Some(child);
+        member.state = MemberState::Running;
+        Ok(())
+    }
+
+    fn signal(&self, i: usize, signal: libc::c_int) -> anyhow::Result<()> {
+        let pid = self.members[i]
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .with_context(|| format!("member {i} has no process"))?;
+        let pid = libc::pid_t::try_from(pid).expect("pids fit pid_t");
+        // SAFETY: plain syscall on a pid we spawned and have not reaped.
+        if unsafe { libc::kill(pid, signal) } != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        Ok(())
+    }
+
+    /// Number of members.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Never true: a cluster has 3 or 5 members.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// The URL clients use for member `i`.
+    pub fn client_url(&self, i: usize) -> String {
+        format!("http://{}", self.members[i].client_addr)
+    }
+
+    pub fn state(&self, i: usize) -> MemberState {
+        self.members[i].state
+    }
+
+    /// The partition controls.
+    pub fn network(&self) -> &Network {
+        &self.network
+    }
+
+    /// Crashes member `i` (SIGKILL) and reaps it.
+    pub async fn kill(&mut self, i: usize) -> anyhow::Result<()> {
+        if let Some(mut child) = self.members[i].child.take() {
+            child.kill().await?;
+        }
+        self.network.set_pid(i, None);
+        self.members[i].state = MemberState::Killed;
+        Ok(())
+    }
+
+    /// Starts a killed member again, with the same flags and data directory.
+    pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.members[i].state == MemberState::Killed,
+            "member {i} is not killed"
+        );
+        self.spawn(i)
+    }
+
+    /// Stops member `i` with SIGSTOP.
+    pub fn pause(&mut self, i: usize) -> anyhow::Result<()> {
+        self.signal(i, libc::SIGSTOP)?;
+        self.members[i].state = MemberState::Paused;
+        Ok(())
+    }
+
+    /// Continues a paused member with SIGCONT.
+    pub fn resume(&mut self, i: usize) -> anyhow::Result<()> {
+        self.signal(i, libc::SIGCONT)?;
+        self.members[i].state = MemberState::Running;
+        Ok(())
+    }
+
+    /// Undoes every fault: heals the network, resumes paused and restarts killed members.
+    pub fn heal_all(&mut self) -> anyhow::Result<()> {
+        self.network.heal();
+        for i in 0..self.members.len() {
+            match self.members[i].state {
+                MemberState::Paused => self.resume(i)?,
+                MemberState::Killed => self.restart(i)?,
+                MemberState::Running => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until every member answers a linearizable read, or fails after `timeout`.
+    /// Returns how long that took.
+    pub async fn wait_healthy(&self, timeout: Duration) -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        let mut pending: Vec<usize> = (0..self.members.len()).collect();
+        let mut last_error = String::new();
+        while !pending.is_empty() {
+            if start.elapsed() > timeout {
+                anyhow::bail!(
+                    "members {pending:?} not healthy after {timeout:?} (last error: {last_error})"
+                );
+            }
+            let mut still = Vec::new();
+            for &i in &pending {
+                let mut client = EtcdClient::new(&self.client_url(i), PROBE_TIMEOUT)?;
+                if let Err(e) = client.get("cairn-jepsen/health", false).await {
+                    last_error = format!("n{i}: {e}");
+                    still.push(i);
+                }
+            }
+            pending = still;
+            if !pending.is_empty() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(start.elapsed())
+    }
+
+    /// The member that most running members name as leader, if any.
+    pub async fn leader(&self) -> Option<usize> {
+        let mut votes: Vec<u64> = Vec::new();
+        for i in 0..self.members.len() {
+            if self.members[i].state != MemberState::Running {
+                continue;
+            }
+            let Ok(mut client) = EtcdClient::new(&self.client_url(i), PROBE_TIMEOUT) else {
+                continue;
+            };
+            if let Ok((_, leader)) = client.status().await {
+                if leader != 0 {
+                    votes.push(leader);
+                }
+            }
+        }
+        votes.sort_unstable();
+        let leader = votes
+            .chunk_by(|a, b| a == b)
+            .max_by_key(|run| run.len())
+            .map(|run| run[0])?;
+        self.member_ids.iter().position(|&id| id == leader)
+    }
+
+    /// The directory holding data directories and logs.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Each member's log file.
+    pub fn log_paths(&self) -> Vec<PathBuf> {
+        self.members.iter().map(|m| m.log_path.clone()).collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for member in &mut self.members {
+            if let Some(child) = member.child.as_mut() {
+                // SIGKILL also ends a stopped process; kill_on_drop would too, but reaping here
+                // keeps zombies from lingering while the runtime winds down.
+                let _ = child.start_kill();
+                let _ = child.try_wait();
+            }
+        }
+    }
+}

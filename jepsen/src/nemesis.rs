@@ -1,0 +1,182 @@
+//! The nemesis: a schedule of faults against the cluster, Jepsen style. Every interval (±20 %
+//! jitter) it picks one enabled fault class, starts it against a target (the leader half of the
+//! time, else a random member or split), holds it for one interval, and undoes it. It records a
+//! `nemesis` event in the history at every start and stop.
+//!
+//! It owns the [`Cluster`] for the duration of the run and hands it back when done, so the
+//! runner can heal it; nothing else signals members meanwhile.
+
+use std::time::Duration;
+
+use rand::seq::{IndexedRandom, SliceRandom};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::cluster::Cluster;
+use crate::history::{Actor, EventKind, Recorder};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Fault {
+    /// SIGKILL a member, restart it with the same data when the fault stops.
+    Kill,
+    /// SIGSTOP a member, SIGCONT it when the fault stops.
+    Pause,
+    /// Isolate the leader, or split the members into a random majority and minority.
+    Partition,
+}
+
+/// A fault in progress, with what is needed to undo it.
+#[derive(Debug)]
+enum Active {
+    Killed(usize),
+    Paused(usize),
+    Partitioned(Vec<Vec<usize>>),
+}
+
+/// Members `0..n` split into a minority (first) and a majority, at random.
+fn majority_split(n: usize, rng: &mut impl Rng) -> Vec<Vec<usize>> {
+    let mut members: Vec<usize> = (0..n).collect();
+    members.shuffle(rng);
+    let majority = members.split_off(n / 2);
+    vec![members, majority]
+}
+
+/// The leader half of the time when one is known, else a random member.
+fn target(leader: Option<usize>, n: usize, rng: &mut impl Rng) -> usize {
+    match leader {
+        Some(leader) if rng.random_bool(0.5) => leader,
+        _ => rng.random_range(0..n),
+    }
+}
+
+fn describe(groups: &[Vec<usize>]) -> String {
+    groups
+        .iter()
+        .map(|g| {
+            g.iter()
+                .map(|m| format!("n{m}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+async fn start(
+    cluster: &mut Cluster,
+    fault: Fault,
+    rng: &mut impl Rng,
+) -> anyhow::Result<(Active, String)> {
+    let leader = cluster.leader().await;
+    let n = cluster.len();
+    Ok(match fault {
+        Fault::Kill => {
+            let m = target(leader, n, rng);
+            cluster.kill(m).await?;
+            (Active::Killed(m), format!("kill n{m}"))
+        }
+        Fault::Pause => {
+            let m = target(leader, n, rng);
+            cluster.pause(m)?;
+            (Active::Paused(m), format!("pause n{m}"))
+        }
+        Fault::Partition => {
+            let groups = match leader {
+                Some(leader) if rng.random_bool(0.5) => {
+                    vec![vec![leader], (0..n).filter(|&m| m != leader).collect()]
+                }
+                _ => majority_split(n, rng),
+            };
+            cluster.network().partition(&groups);
+            let text = format!("partition {}", describe(&groups));
+            (Active::Partitioned(groups), text)
+        }
+    })
+}
+
+fn stop(cluster: &mut Cluster, active: Active) -> anyhow::Result<String> {
+    Ok(match active {
+        Active::Killed(m) => {
+            cluster.restart(m)?;
+            format!("restart n{m}")
+        }
+        Active::Paused(m) => {
+            cluster.resume(m)?;
+            format!("resume n{m}")
+        }
+        Active::Partitioned(groups) => {
+            cluster.network().heal();
+            format!("heal partition {}", describe(&groups))
+        }
+    })
+}
+
+/// Runs the schedule until `end`, leaving no fault active, and returns the cluster.
+pub async fn run(
+    mut cluster: Cluster,
+    faults: Vec<Fault>,
+    interval: Duration,
+    end: Instant,
+    mut rng: impl Rng + Send,
+    recorder: Recorder,
+) -> (Cluster, anyhow::Result<()>) {
+    let note = |action: String| {
+        recorder.record(Actor::Nemesis, None, EventKind::Nemesis { action });
+    };
+    if faults.is_empty() {
+        tokio::time::sleep_until(end).await;
+        return (cluster, Ok(()));
+    }
+    let jittered = |rng: &mut dyn rand::RngCore| interval.mul_f64(rng.random_range(0.8..1.2));
+    loop {
+        tokio::time::sleep_until(end.min(Instant::now() + jittered(&mut rng))).await;
+        if Instant::now() >= end {
+            return (cluster, Ok(()));
+        }
+        let fault = *faults.choose(&mut rng).expect("faults is not empty");
+        let active = match start(&mut cluster, fault, &mut rng).await {
+            Ok((active, text)) => {
+                note(format!("start {text}"));
+                active
+            }
+            Err(e) => return (cluster, Err(e.context(format!("starting {fault:?}")))),
+        };
+        tokio::time::sleep_until(end.min(Instant::now() + jittered(&mut rng))).await;
+        match stop(&mut cluster, active) {
+            Ok(text) => note(format!("stop {text}")),
+            Err(e) => return (cluster, Err(e.context(format!("stopping {fault:?}")))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn majority_splits_leave_a_strict_majority() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+        for n in [3, 5] {
+            for _ in 0..20 {
+                let groups = majority_split(n, &mut rng);
+                assert_eq!(groups[0].len(), n / 2);
+                assert_eq!(groups[1].len(), n - n / 2);
+                let mut all: Vec<usize> = groups.concat();
+                all.sort_unstable();
+                assert_eq!(all, (0..n).collect::<Vec<_>>());
+            }
+        }
+    }
+
+    #[test]
+    fn targets_are_members() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let picks: Vec<usize> = (0..100).map(|_| target(Some(2), 3, &mut rng)).collect();
+        assert!(picks.iter().all(|&m| m < 3));
+        assert!(picks.iter().filter(|&&m| m == 2).count() > 50);
+        assert_eq!(describe(&[vec![0], vec![1, 2]]), "n0 | n1,n2");
+    }
+}

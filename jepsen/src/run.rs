@@ -1,0 +1,418 @@
+//! One test run, start to verdict: start the cluster, run the clients and the nemesis until the
+//! time limit, heal and let the cluster settle, run the workload's final reads, then check the
+//! history and write the report directory:
+//!
+//! ```text
+//! <store>/<workload>-<unix seconds>-<seed>/
+//!   test.json      options and seed
+//!   history.jsonl  every event (see `history`)
+//!   results.json   every checker's result and the verdict
+//!   nodes/n<i>.log member logs, only when the verdict is not valid
+//! ```
+//!
+//! Every wait is bounded: client requests by `--request-timeout-ms`, the run by `--time-limit`,
+//! recovery by `--settle-timeout`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::checker::{self, CheckResult, Verdict};
+use crate::client::EtcdClient;
+use crate::cluster::{Cluster, ClusterSpec};
+use crate::history::{self, Actor, Call, EventKind, Recorder};
+use crate::nemesis::{self, Fault};
+use crate::workload::{self, Generator, ReadMode, Workload};
+
+/// Attempts per member at the final read of the set.
+const FINAL_READ_ATTEMPTS_MAX: usize = 10;
+
+/// Log lines that mean a member crashed by itself (Go and Rust panics, fatal log levels).
+const CRASH_PATTERNS: [&str; 5] = [
+    "panic:",
+    "panicked at",
+    "fatal error:",
+    "\"level\":\"fatal\"",
+    "\"level\":\"panic\"",
+];
+
+/// Everything that defines a run; written to `test.json`.
+#[derive(Clone, Debug, Serialize, Deserialize, clap::Args)]
+pub struct RunOptions {
+    /// The member binary: real etcd, or `cairn`.
+    #[arg(long, default_value = "/usr/bin/etcd")]
+    pub bin: PathBuf,
+    /// Cluster size: 3 or 5.
+    #[arg(long, default_value_t = 3)]
+    pub members: usize,
+    #[arg(long, value_enum, default_value_t = Workload::Register)]
+    pub workload: Workload,
+    /// Fault classes, comma-separated; `--nemesis` with no value for none.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        num_args = 0..,
+        default_value = "kill,pause,partition"
+    )]
+    pub nemesis: Vec<Fault>,
+    /// Seconds between fault changes (a fault is held for one interval, then healed for one).
+    #[arg(long, default_value_t = 5.0)]
+    pub nemesis_interval_s: f64,
+    /// Seconds of client traffic and faults before the final phase.
+    #[arg(long, default_value_t = 30)]
+    pub time_limit_s: u64,
+    /// Client threads; each is pinned to member `thread % members`.
+    #[arg(long, default_value_t = 10)]
+    pub concurrency: usize,
+    /// Target total request rate, ops/s.
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+    /// Deadline of every client request, ms; a write past it is indeterminate.
+    #[arg(long, default_value_t = 1000)]
+    pub request_timeout_ms: u64,
+    /// register: threads sharing one key at a time (half of them only read).
+    #[arg(long, default_value_t = 10)]
+    pub threads_per_key: usize,
+    /// register: operations on a key before its group moves to a fresh key.
+    #[arg(long, default_value_t = 200)]
+    pub ops_per_key: u64,
+    #[arg(long, value_enum, default_value_t = ReadMode::Linearizable)]
+    pub reads: ReadMode,
+    /// Seconds the healed cluster may take to serve a linearizable read on every member.
+    #[arg(long, default_value_t = 30)]
+    pub settle_timeout_s: u64,
+    /// Random seed for the generator and the nemesis (default: from the clock).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Extra flag passed to every member, repeatable (e.g. --member-arg=--snapshot-count=100).
+    #[arg(long = "member-arg", allow_hyphen_values = true)]
+    pub member_args: Vec<String>,
+    /// Where report directories go.
+    #[arg(long, default_value = "store")]
+    pub store: PathBuf,
+}
+
+/// What a run produced.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Results {
+    pub verdict: Verdict,
+    pub checkers: Vec<CheckResult>,
+    /// Counts of completions by call and type, and timings.
+    pub stats: serde_json::Value,
+}
+
+/// Runs the checkers that read only the history (also used by `check`).
+pub fn check_history(workload: Workload, events: &[history::Event]) -> anyhow::Result<Results> {
+    let ops = history::pair(events)?;
+    let result = match workload {
+        Workload::Register => checker::linearizable::check(&ops),
+        Workload::Set => checker::set::check(&ops),
+    };
+    Ok(Results {
+        verdict: result.verdict,
+        checkers: vec![result],
+        stats: history_stats(events),
+    })
+}
+
+/// Completions by call and type, and how many ops the history has.
+fn history_stats(events: &[history::Event]) -> serde_json::Value {
+    use std::collections::{BTreeMap, HashMap};
+    let mut calls: HashMap<Actor, &'static str> = HashMap::new();
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    for event in events {
+        let name = match &event.kind {
+            EventKind::Invoke { call } => {
+                let name = match call {
+                    Call::Read { .. } => "read",
+                    Call::Write { .. } => "write",
+                    Call::Cas { .. } => "cas",
+                    Call::Add { .. } => "add",
+                    Call::ReadSet => "read_set",
+                };
+                calls.insert(event.actor, name);
+                continue;
+            }
+            EventKind::Ok { .. } => "ok",
+            EventKind::Fail { .. } => "fail",
+            EventKind::Info { .. } => "info",
+            EventKind::Nemesis { .. } => {
+                *counts.entry("nemesis_events".into()).or_default() += 1;
+                continue;
+            }
+        };
+        let call = calls.get(&event.actor).copied().unwrap_or("unknown");
+        *counts.entry(format!("{call}_{name}")).or_default() += 1;
+    }
+    serde_json::to_value(counts).expect("a map of counters serializes")
+}
+
+/// Greps member logs for crashes the harness did not cause (SIGKILL leaves no such line).
+fn check_server_logs(paths: &[PathBuf]) -> CheckResult {
+    let mut anomalies = Vec::new();
+    for path in paths {
+        let Ok(text) = std::fs::read_to_string(path) else {
+            anomalies.push(format!("cannot read {}", path.display()));
+            continue;
+        };
+        for line in text.lines() {
+            if CRASH_PATTERNS.iter().any(|p| line.contains(p)) {
+                let name = path.file_name().unwrap_or_default().to_string_lossy();
+                anomalies.push(format!("{name}: {line}"));
+                break;
+            }
+        }
+    }
+    CheckResult {
+        checker: "server-logs".into(),
+        verdict: if anomalies.is_empty() {
+            Verdict::Valid
+        } else {
+            Verdict::Invalid
+        },
+        anomalies,
+        stats: serde_json::json!({ "logs": paths.len() }),
+    }
+}
+
+/// One client thread: invoke, record, repeat until `end`. An indeterminate completion retires
+/// the process; the thread carries on as a fresh process with a fresh connection.
+#[allow(clippy::too_many_arguments)]
+async fn client_thread(
+    thread: usize,
+    concurrency: usize,
+    url: String,
+    node: usize,
+    generator: Arc<Generator>,
+    recorder: Recorder,
+    options: Arc<RunOptions>,
+    seed: u64,
+    end: Instant,
+) -> anyhow::Result<()> {
+    let timeout = Duration::from_millis(options.request_timeout_ms);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ (thread as u64).wrapping_mul(0x9E37));
+    let mean_delay = Duration::from_secs_f64(concurrency as f64 / options.rate.max(0.001));
+    let mut process = thread as u64;
+    let mut client = EtcdClient::new(&url, timeout)?;
+    loop {
+        let delay = mean_delay.mul_f64(rng.random_range(0.0..2.0));
+        tokio::time::sleep_until(end.min(Instant::now() + delay)).await;
+        if Instant::now() >= end {
+            return Ok(());
+        }
+        let call = generator.next_call(thread, &mut rng);
+        let actor = Actor::Client(process);
+        recorder.record(actor, Some(node), EventKind::Invoke { call: call.clone() });
+        let completion = workload::invoke(&mut client, &call, options.reads).await;
+        generator.observe(thread, &call, &completion);
+        let indeterminate = matches!(completion, EventKind::Info { .. });
+        recorder.record(actor, Some(node), completion);
+        if indeterminate {
+            process += concurrency as u64;
+            client = EtcdClient::new(&url, timeout)?;
+        }
+    }
+}
+
+/// After healing: one successful read of the whole set from every member, each by a fresh
+/// process, so every acknowledged add has a read that began after it.
+async fn final_set_reads(
+    cluster: &Cluster,
+    recorder: &Recorder,
+    first_process: u64,
+    timeout: Duration,
+    reads: ReadMode,
+) -> anyhow::Result<()> {
+    for node in 0..cluster.len() {
+        let process = first_process + node as u64;
+        let mut client = EtcdClient::new(&cluster.client_url(node), timeout)?;
+        for _ in 0..FINAL_READ_ATTEMPTS_MAX {
+            let actor = Actor::Client(process);
+            recorder.record(
+                actor,
+                Some(node),
+                EventKind::Invoke {
+                    call: Call::ReadSet,
+                },
+            );
+            let completion = workload::invoke(&mut client, &Call::ReadSet, reads).await;
+            let ok = matches!(completion, EventKind::Ok { .. });
+            recorder.record(actor, Some(node), completion);
+            if ok {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Ok(())
+}
+
+/// Runs one test and writes its report; returns the report directory and the results.
+pub async fn run(mut options: RunOptions) -> anyhow::Result<(PathBuf, Results)> {
+    anyhow::ensure!(options.concurrency >= 2, "--concurrency must be at least 2");
+    anyhow::ensure!(options.rate > 0.0, "--rate must be positive");
+    let seed = *options.seed.get_or_insert_with(|| rand::rng().random());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_secs();
+    let dir = options
+        .store
+        .join(format!("{:?}-{now}-{seed}", options.workload).to_lowercase());
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(dir.join("test.json"), serde_json::to_vec_pretty(&options)?)?;
+    let options = Arc::new(options);
+
+    eprintln!(
+        "cairn-jepsen: starting {} members of {}",
+        options.members,
+        options.bin.display()
+    );
+    let cluster = Cluster::start(ClusterSpec {
+        bin: options.bin.clone(),
+        members: options.members,
+        extra_args: options.member_args.clone(),
+    })
+    .await?;
+    let recorder = Recorder::new();
+    let generator = Arc::new(Generator::new(
+        options.workload,
+        options.concurrency,
+        options.threads_per_key,
+        options.ops_per_key,
+    ));
+    let end = Instant::now() + Duration::from_secs(options.time_limit_s);
+    eprintln!(
+        "cairn-jepsen: {:?} workload for {} s, faults {:?}, seed {seed}",
+        options.workload, options.time_limit_s, options.nemesis
+    );
+    let mut clients = tokio::task::JoinSet::new();
+    for thread in 0..options.concurrency {
+        let node = thread % cluster.len();
+        clients.spawn(client_thread(
+            thread,
+            options.concurrency,
+            cluster.client_url(node),
+            node,
+            generator.clone(),
+            recorder.clone(),
+            options.clone(),
+            seed,
+            end,
+        ));
+    }
+    let nemesis = tokio::spawn(nemesis::run(
+        cluster,
+        options.nemesis.clone(),
+        Duration::from_secs_f64(options.nemesis_interval_s),
+        end,
+        rand::rngs::StdRng::seed_from_u64(seed),
+        recorder.clone(),
+    ));
+    while let Some(joined) = clients.join_next().await {
+        joined.context("client thread panicked")??;
+    }
+    let (mut cluster, nemesis_result) = nemesis.await.context("nemesis panicked")?;
+    nemesis_result?;
+
+    eprintln!(
+        "cairn-jepsen: healing, then waiting up to {} s for recovery",
+        options.settle_timeout_s
+    );
+    cluster.heal_all()?;
+    recorder.record(
+        Actor::Nemesis,
+        None,
+        EventKind::Nemesis {
+            action: "heal all".into(),
+        },
+    );
+    let settle = cluster
+        .wait_healthy(Duration::from_secs(options.settle_timeout_s))
+        .await;
+    let recovery = CheckResult {
+        checker: "recovery".into(),
+        verdict: if settle.is_ok() {
+            Verdict::Valid
+        } else {
+            Verdict::Invalid
+        },
+        anomalies: settle
+            .as_ref()
+            .err()
+            .map(|e| format!("{e:#}"))
+            .into_iter()
+            .collect(),
+        stats: serde_json::json!({
+            "recovery_ms": settle.as_ref().ok().map(|d| d.as_millis() as u64),
+        }),
+    };
+    if options.workload == Workload::Set && settle.is_ok() {
+        let first_process = options.concurrency as u64 * 1_000_000;
+        let timeout = Duration::from_millis(options.request_timeout_ms);
+        final_set_reads(&cluster, &recorder, first_process, timeout, options.reads).await?;
+    }
+
+    let events = recorder.snapshot();
+    history::write_jsonl(&dir.join("history.jsonl"), &events)?;
+    let check_started = std::time::Instant::now();
+    let mut results = check_history(options.workload, &events)?;
+    let check_ms = check_started.elapsed().as_millis() as u64;
+    results.checkers.push(recovery);
+    results
+        .checkers
+        .push(check_server_logs(&cluster.log_paths()));
+    results.verdict = results
+        .checkers
+        .iter()
+        .fold(Verdict::Valid, |v, c| v.and(c.verdict));
+    results.stats["check_ms"] = check_ms.into();
+    std::fs::write(
+        dir.join("results.json"),
+        serde_json::to_vec_pretty(&results)?,
+    )?;
+    if results.verdict != Verdict::Valid {
+        let nodes = dir.join("nodes");
+        std::fs::create_dir_all(&nodes)?;
+        for log in cluster.log_paths() {
+            let name = log.file_name().expect("log paths have names");
+            std::fs::copy(&log, nodes.join(name))?;
+        }
+    }
+    drop(cluster);
+    Ok((dir, results))
+}
+
+/// Re-checks a saved report directory's history.
+pub fn check_dir(dir: &Path) -> anyhow::Result<Results> {
+    let options: RunOptions = serde_json::from_slice(
+        &std::fs::read(dir.join("test.json")).context("reading test.json")?,
+    )?;
+    let events = history::read_jsonl(&dir.join("history.jsonl"))?;
+    check_history(options.workload, &events)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_log_check_finds_panics_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let clean = dir.path().join("n0.log");
+        let crashed = dir.path().join("n1.log");
+        std::fs::write(&clean, "2026 I | raft: elected leader\nlost leader\n").unwrap();
+        std::fs::write(&crashed, "ok\npanic: runtime error: index out of range\n").unwrap();
+        let result = check_server_logs(std::slice::from_ref(&clean));
+        assert_eq!(result.verdict, Verdict::Valid);
+        let result = check_server_logs(&[clean, crashed]);
+        assert_eq!(result.verdict, Verdict::Invalid);
+        assert!(result.anomalies[0].starts_with("n1.log: panic:"));
+    }
+}

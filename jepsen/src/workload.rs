@@ -1,0 +1,332 @@
+//! Workloads: what each client thread asks of the store, and how a call becomes a completion.
+//!
+//! - `register` (Jepsen's etcd register): groups of `threads_per_key` threads share one key at a
+//!   time and move to a fresh key every `ops_per_key` operations; half of each group only reads,
+//!   the others put or compare-and-set unique values (a CAS expects the last value the group saw,
+//!   so it often succeeds). Checked by `checker::linearizable`.
+//! - `set`: half the threads add unique elements (a put of `jepsen/s/<element>`), the others read
+//!   the whole prefix; every member is read again after healing. Checked by `checker::set`.
+//!
+//! Values are unique across the run, so a read identifies the write it observed.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::client::{ClientError, EtcdClient};
+use crate::history::{Call, EventKind, Reply, Value, Versioned};
+
+/// Prefix of the register keys.
+const REGISTER_PREFIX: &str = "jepsen/r/";
+/// Prefix of the set's element keys.
+pub const SET_PREFIX: &str = "jepsen/s/";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Workload {
+    Register,
+    Set,
+}
+
+/// How reads are served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadMode {
+    /// Quorum reads (etcd's default): must be linearizable.
+    Linearizable,
+    /// `serializable: true`: a member's local state, which may be stale. A negative control:
+    /// under partitions the linearizability checker should fail.
+    Serializable,
+}
+
+/// One group of register threads: its progress through keys and the last value it saw.
+struct Group {
+    ops: AtomicU64,
+    last_value: AtomicU64,
+}
+
+/// Hands out calls to client threads. Shared by all threads; lock-free.
+pub struct Generator {
+    workload: Workload,
+    concurrency: usize,
+    threads_per_key: usize,
+    ops_per_key: u64,
+    next_value: AtomicU64,
+    groups: Vec<Group>,
+}
+
+impl Generator {
+    pub fn new(
+        workload: Workload,
+        concurrency: usize,
+        threads_per_key: usize,
+        ops_per_key: u64,
+    ) -> Generator {
+        let threads_per_key = threads_per_key.clamp(1, concurrency);
+        Generator {
+            workload,
+            concurrency,
+            threads_per_key,
+            ops_per_key: ops_per_key.max(1),
+            next_value: AtomicU64::new(1),
+            groups: (0..concurrency.div_ceil(threads_per_key))
+                .map(|_| Group {
+                    ops: AtomicU64::new(0),
+                    last_value: AtomicU64::new(0),
+                })
+                .collect(),
+        }
+    }
+
+    fn fresh_value(&self) -> Value {
+        self.next_value.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Whether `thread` only reads (half of each group, rounded down, at least one writer).
+    fn is_reader(&self, thread: usize) -> bool {
+        let (slot, size) = match self.workload {
+            Workload::Register => {
+                let group = thread / self.threads_per_key;
+                let start = group * self.threads_per_key;
+                let size = self.threads_per_key.min(self.concurrency - start);
+                (thread - start, size)
+            }
+            Workload::Set => (thread, self.concurrency),
+        };
+        slot < size / 2
+    }
+
+    /// The next call for `thread`.
+    pub fn next_call(&self, thread: usize, rng: &mut impl Rng) -> Call {
+        match self.workload {
+            Workload::Set => {
+                if self.is_reader(thread) {
+                    Call::ReadSet
+                } else {
+                    Call::Add {
+                        element: self.fresh_value(),
+                    }
+                }
+            }
+            Workload::Register => {
+                let g = thread / self.threads_per_key;
+                let group = &self.groups[g];
+                let done = group.ops.fetch_add(1, Ordering::Relaxed);
+                let key_index = g as u64 + self.groups.len() as u64 * (done / self.ops_per_key);
+                let key = format!("{REGISTER_PREFIX}{key_index}");
+                if self.is_reader(thread) {
+                    Call::Read { key }
+                } else if rng.random_bool(0.5) {
+                    Call::Write {
+                        key,
+                        value: self.fresh_value(),
+                    }
+                } else {
+                    Call::Cas {
+                        key,
+                        expect: group.last_value.load(Ordering::Relaxed),
+                        value: self.fresh_value(),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Learns from a completion (the value a register group last saw, for its next CAS).
+    pub fn observe(&self, thread: usize, call: &Call, completion: &EventKind) {
+        let EventKind::Ok { reply, .. } = completion else {
+            return;
+        };
+        let seen = match (call, reply) {
+            (
+                _,
+                Reply::Read {
+                    found: Some(Versioned { value, .. }),
+                },
+            ) => *value,
+            (Call::Write { value, .. }, Reply::Write { .. }) => *value,
+            (
+                Call::Cas { value, .. },
+                Reply::Cas {
+                    succeeded: true, ..
+                },
+            ) => *value,
+            _ => return,
+        };
+        if let Some(group) = self.groups.get(thread / self.threads_per_key) {
+            group.last_value.store(seen, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Values are stored as decimal text; anything else reads as `u64::MAX`, which is never
+/// written, so the checkers flag it.
+fn parse_value(bytes: &[u8]) -> Value {
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(u64::MAX)
+}
+
+/// A write's error: definite → `fail`, indefinite → `info`.
+fn write_error(error: ClientError) -> EventKind {
+    match error {
+        ClientError::Definite(error) => EventKind::Fail { error },
+        ClientError::Indefinite(error) => EventKind::Info { error },
+    }
+}
+
+/// A read's error is always `fail`: a read has no effect, so whether it ran does not matter.
+fn read_error(error: ClientError) -> EventKind {
+    EventKind::Fail {
+        error: error.to_string(),
+    }
+}
+
+/// Performs `call` and describes its completion.
+pub async fn invoke(client: &mut EtcdClient, call: &Call, reads: ReadMode) -> EventKind {
+    let serializable = reads == ReadMode::Serializable;
+    match call {
+        Call::Read { key } => match client.get(key, serializable).await {
+            Ok(got) => EventKind::Ok {
+                reply: Reply::Read {
+                    found: got.kv.map(|kv| Versioned {
+                        value: parse_value(&kv.value),
+                        version: kv.version as u64,
+                    }),
+                },
+                revision: got.revision,
+            },
+            Err(e) => read_error(e),
+        },
+        Call::Write { key, value } => match client.put(key, value.to_string().as_bytes()).await {
+            Ok((prev_version, revision)) => EventKind::Ok {
+                reply: Reply::Write { prev_version },
+                revision,
+            },
+            Err(e) => write_error(e),
+        },
+        Call::Cas { key, expect, value } => {
+            let (expect, value) = (expect.to_string(), value.to_string());
+            match client.cas(key, expect.as_bytes(), value.as_bytes()).await {
+                Ok((succeeded, prev_version, revision)) => EventKind::Ok {
+                    reply: Reply::Cas {
+                        succeeded,
+                        prev_version,
+                    },
+                    revision,
+                },
+                Err(e) => write_error(e),
+            }
+        }
+        Call::Add { element } => match client.put(&format!("{SET_PREFIX}{element}"), b"").await {
+            Ok((_, revision)) => EventKind::Ok {
+                reply: Reply::Add,
+                revision,
+            },
+            Err(e) => write_error(e),
+        },
+        Call::ReadSet => match client.get_prefix(SET_PREFIX, serializable).await {
+            Ok((kvs, revision)) => EventKind::Ok {
+                reply: Reply::ReadSet {
+                    elements: kvs
+                        .iter()
+                        .map(|kv| parse_value(&kv.key[SET_PREFIX.len()..]))
+                        .collect(),
+                },
+                revision,
+            },
+            Err(e) => read_error(e),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn register_groups_split_readers_and_move_to_fresh_keys() {
+        let generator = Generator::new(Workload::Register, 10, 5, 4);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        // Threads 0..2 read, 2..5 write, in group 0; group 1 is threads 5..10.
+        assert!(matches!(
+            generator.next_call(0, &mut rng),
+            Call::Read { .. }
+        ));
+        assert!(!matches!(
+            generator.next_call(4, &mut rng),
+            Call::Read { .. }
+        ));
+        let keys: Vec<String> = (0..4)
+            .map(|_| generator.next_call(1, &mut rng).key().unwrap().to_string())
+            .collect();
+        // Group 0 has made 6 calls: ops 0..3 on key 0, ops 4..5 on key 2 (group 1 owns 1, 3, ...).
+        assert_eq!(
+            keys,
+            ["jepsen/r/0", "jepsen/r/0", "jepsen/r/2", "jepsen/r/2"]
+        );
+        assert_eq!(
+            generator.next_call(5, &mut rng).key().unwrap(),
+            "jepsen/r/1"
+        );
+    }
+
+    #[test]
+    fn values_are_unique_and_cas_expects_the_last_seen_value() {
+        let generator = Generator::new(Workload::Register, 2, 2, 100);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+        let mut values = std::collections::HashSet::new();
+        for _ in 0..50 {
+            match generator.next_call(1, &mut rng) {
+                Call::Write { value, .. } | Call::Cas { value, .. } => {
+                    assert!(values.insert(value))
+                }
+                other => panic!("thread 1 writes, got {other:?}"),
+            }
+        }
+        let read = Call::Read {
+            key: "jepsen/r/0".into(),
+        };
+        let completion = EventKind::Ok {
+            reply: Reply::Read {
+                found: Some(Versioned {
+                    value: 42,
+                    version: 3,
+                }),
+            },
+            revision: 9,
+        };
+        generator.observe(0, &read, &completion);
+        let cas = (0..20)
+            .map(|_| generator.next_call(1, &mut rng))
+            .find_map(|c| match c {
+                Call::Cas { expect, .. } => Some(expect),
+                _ => None,
+            });
+        assert_eq!(cas, Some(42));
+    }
+
+    #[test]
+    fn set_threads_split_into_readers_and_adders() {
+        let generator = Generator::new(Workload::Set, 4, 4, 1);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        assert_eq!(generator.next_call(1, &mut rng), Call::ReadSet);
+        assert!(matches!(
+            generator.next_call(2, &mut rng),
+            Call::Add { element: 1 }
+        ));
+        assert!(matches!(
+            generator.next_call(3, &mut rng),
+            Call::Add { element: 2 }
+        ));
+    }
+
+    #[test]
+    fn unparseable_values_never_match_a_written_value() {
+        assert_eq!(parse_value(b"17"), 17);
+        assert_eq!(parse_value(b"x"), u64::MAX);
+    }
+}
