@@ -57,8 +57,11 @@ fn classify(status: &tonic::Status) -> ClientError {
         | Code::Unimplemented
         | Code::NotFound
         | Code::AlreadyExists => true,
-        // A refused connection was never sent.
-        Code::Unavailable => format!("{status:?}").contains("Connection refused"),
+        // A request whose connection could not be made was never sent.
+        Code::Unavailable => {
+            status.message().contains("tcp connect error")
+                || format!("{status:?}").contains("Connection refused")
+        }
         _ => false,
     };
     if definite {

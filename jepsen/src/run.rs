@@ -266,7 +266,11 @@ pub async fn run(mut options: RunOptions) -> anyhow::Result<(PathBuf, Results)> 
         .store
         .join(format!("{:?}-{now}-{seed}", options.workload).to_lowercase());
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::write(dir.join("test.json"), serde_json::to_vec_pretty(&options)?)?;
+    let test = serde_json::json!({
+        "options": options,
+        "bin_version": bin_version(&options.bin),
+    });
+    std::fs::write(dir.join("test.json"), serde_json::to_vec_pretty(&test)?)?;
     let options = Arc::new(options);
 
     eprintln!(
@@ -389,13 +393,27 @@ pub async fn run(mut options: RunOptions) -> anyhow::Result<(PathBuf, Results)> 
     Ok((dir, results))
 }
 
-/// Re-checks a saved report directory's history.
+/// The first line of `<bin> --version`, for the report.
+fn bin_version(bin: &Path) -> String {
+    match std::process::Command::new(bin).arg("--version").output() {
+        Ok(out) => String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string(),
+        Err(e) => format!("unknown ({e})"),
+    }
+}
+
+/// Re-checks a saved report directory's history (`test.json` names the workload).
 pub fn check_dir(dir: &Path) -> anyhow::Result<Results> {
-    let options: RunOptions = serde_json::from_slice(
+    let test: serde_json::Value = serde_json::from_slice(
         &std::fs::read(dir.join("test.json")).context("reading test.json")?,
     )?;
+    let workload: Workload = serde_json::from_value(test["options"]["workload"].clone())
+        .context("test.json: options.workload")?;
     let events = history::read_jsonl(&dir.join("history.jsonl"))?;
-    check_history(options.workload, &events)
+    check_history(workload, &events)
 }
 
 #[cfg(test)]

@@ -171,9 +171,10 @@ fn parse_value(bytes: &[u8]) -> Value {
 
 /// A write's error: definite → `fail`, indefinite → `info`.
 fn write_error(error: ClientError) -> EventKind {
+    let text = error.to_string();
     match error {
-        ClientError::Definite(error) => EventKind::Fail { error },
-        ClientError::Indefinite(error) => EventKind::Info { error },
+        ClientError::Definite(_) => EventKind::Fail { error: text },
+        ClientError::Indefinite(_) => EventKind::Info { error: text },
     }
 }
 

@@ -11,6 +11,15 @@
 //! effect at any point after their invocation, or never (their return is at +∞, so the search
 //! may place them last, where they change nothing that was observed); `info` reads are dropped.
 //! The search has a step budget per key; running out answers `Unknown`.
+//!
+//! Symmetry reduction: indeterminate writes are what make the search explode (each may apply
+//! anywhere after its invocation, or never). An indeterminate put or CAS whose unique value no
+//! read ever returned and no CAS ever expected is indistinguishable from any other such op with
+//! the same expectation once both have been invoked, so the cache counts those ops per class
+//! instead of naming them, and their value becomes one unobservable [`UNSEEN`] value. Two
+//! configurations that differ only in which members of a class were linearized are equivalent:
+//! every linearized member was callable when placed, so the members left are the same up to
+//! renaming.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -19,6 +28,9 @@ use crate::history::{Call, Op, Outcome, Reply, Versioned};
 
 /// Search steps allowed per key before the answer is `Unknown`.
 pub const STEPS_PER_KEY_MAX: u64 = 20_000_000;
+
+/// The value given to indeterminate writes whose value nobody observed; never written.
+const UNSEEN: u64 = u64::MAX - 1;
 
 /// A register: `None` while the key does not exist.
 type State = Option<Versioned>;
@@ -85,6 +97,8 @@ struct KeyOp {
     return_ns: u64,
     /// The op's index in the full paired history, for reports.
     history_at: usize,
+    /// For unobserved indeterminate writes: their equivalence class (see the module docs).
+    class: Option<usize>,
 }
 
 /// Reduces an op to the model, or `None` if it is irrelevant (failed, or an indeterminate read).
@@ -234,8 +248,16 @@ fn check_key(ops: &[KeyOp], steps_max: u64) -> KeyVerdict {
         entries[next].prev = e;
     }
 
+    // The cache key of a configuration: the linearized ops outside any class, how many of each
+    // class are linearized, and the state.
+    let classes = ops
+        .iter()
+        .filter_map(|op| op.class)
+        .max()
+        .map_or(0, |c| c + 1);
     let mut linearized = Bits::new(ops.len());
-    let mut cache: HashSet<(Bits, State)> = HashSet::new();
+    let mut counts = vec![0u32; classes];
+    let mut cache: HashSet<(Bits, Vec<u32>, State)> = HashSet::new();
     let mut stack: Vec<(usize, State)> = Vec::new();
     let mut state: State = None;
     let mut deepest = (0, NIL);
@@ -249,12 +271,17 @@ fn check_key(ops: &[KeyOp], steps_max: u64) -> KeyVerdict {
         if entries[entry].is_call {
             let op = entries[entry].op;
             if let Some(next_state) = step(state, ops[op].model) {
-                let mut candidate = linearized.clone();
-                candidate.set(op);
-                if cache.insert((candidate.clone(), next_state)) {
+                let mut bits = linearized.clone();
+                let mut class_counts = counts.clone();
+                match ops[op].class {
+                    Some(c) => class_counts[c] += 1,
+                    None => bits.set(op),
+                }
+                if cache.insert((bits.clone(), class_counts.clone(), next_state)) {
                     stack.push((entry, state));
                     state = next_state;
-                    linearized = candidate;
+                    linearized = bits;
+                    counts = class_counts;
                     lift(&mut entries, entry);
                     entry = entries[0].next;
                     continue;
@@ -272,12 +299,56 @@ fn check_key(ops: &[KeyOp], steps_max: u64) -> KeyVerdict {
                 };
             };
             state = prev_state;
-            linearized.clear(entries[call].op);
+            let op = entries[call].op;
+            match ops[op].class {
+                Some(c) => counts[c] -= 1,
+                None => linearized.clear(op),
+            }
             unlift(&mut entries, call);
             entry = entries[call].next;
         }
     }
     KeyVerdict::Linearizable
+}
+
+/// Puts every indeterminate write whose value nobody observed into an equivalence class:
+/// puts all in one, CASes by expected value (see the module docs).
+fn classify_unseen_writes(ops: &mut [KeyOp]) {
+    let mut observed: HashSet<u64> = HashSet::new();
+    for op in ops.iter() {
+        match op.model {
+            ModelOp::Read(Some(seen)) => {
+                observed.insert(seen.value);
+            }
+            ModelOp::Cas { expect, .. } => {
+                observed.insert(expect);
+            }
+            _ => {}
+        }
+    }
+    let mut classes: BTreeMap<Option<u64>, usize> = BTreeMap::new();
+    for op in ops.iter_mut() {
+        let expect = match &mut op.model {
+            ModelOp::Write {
+                value,
+                prev_version: None,
+            } if !observed.contains(value) => {
+                *value = UNSEEN;
+                None
+            }
+            ModelOp::Cas {
+                expect,
+                value,
+                result: None,
+            } if !observed.contains(value) => {
+                *value = UNSEEN;
+                Some(*expect)
+            }
+            _ => continue,
+        };
+        let next = classes.len();
+        op.class = Some(*classes.entry(expect).or_insert(next));
+    }
 }
 
 /// Checks every register key of `history` independently.
@@ -296,7 +367,11 @@ fn check_with_budget(history: &[Op], steps_per_key_max: u64) -> CheckResult {
             invoke_ns: op.invoke_ns,
             return_ns: op.complete_ns.unwrap_or(u64::MAX),
             history_at: at,
+            class: None,
         });
+    }
+    for ops in by_key.values_mut() {
+        classify_unseen_writes(ops);
     }
     let mut verdict = Verdict::Valid;
     let mut anomalies = Vec::new();
@@ -588,6 +663,62 @@ mod tests {
         h.push(read(99, 100, 101, v(112, 13)));
         assert_eq!(check_with_budget(&h, 5).verdict, Verdict::Unknown);
         assert_eq!(check(&h).verdict, Verdict::Valid);
+    }
+
+    #[test]
+    fn many_unobserved_indeterminate_writes_stay_cheap() {
+        // 40 concurrent indeterminate puts nobody read: without symmetry reduction 2^40
+        // configurations; with it, 41 counts.
+        let mut h = vec![write(0, 0, 1, 1, 0)];
+        for p in 1..=40 {
+            h.push(write_info(p, 2, 100 + p));
+        }
+        // A later put saw 30 of them applied: possible.
+        h.push(write(99, 50, 51, 500, 31));
+        h.push(read(99, 52, 53, v(500, 32)));
+        assert_eq!(check_with_budget(&h, 100_000).verdict, Verdict::Valid);
+        // A stale read of the first value after that put returned: impossible, and decided.
+        h.push(read(98, 60, 61, v(1, 1)));
+        assert_eq!(check_with_budget(&h, 100_000).verdict, Verdict::Invalid);
+    }
+
+    #[test]
+    fn unobserved_indeterminate_writes_still_count_towards_versions() {
+        let mut h = vec![write(0, 0, 1, 1, 0)];
+        for p in 1..=3 {
+            h.push(write_info(p, 2, 100 + p));
+        }
+        // At most 3 of them can have applied before this put: version 1 + 3 = 4.
+        h.push(write(99, 50, 51, 500, 4));
+        assert_eq!(verdict(&h), Verdict::Valid);
+        h.pop();
+        h.push(write(99, 50, 51, 500, 5));
+        assert_eq!(verdict(&h), Verdict::Invalid);
+    }
+
+    #[test]
+    fn indeterminate_cas_classes_respect_their_expectation() {
+        // Two indeterminate CASes expecting 1 (the current value): at most one can apply, since
+        // the first changes the value. A put that saw version 3 needs both: impossible.
+        let cas_info = |p: u64, value: u64| {
+            op(
+                p,
+                2,
+                None,
+                Call::Cas {
+                    key: "k".into(),
+                    expect: 1,
+                    value,
+                },
+                Outcome::Info,
+            )
+        };
+        let mut h = vec![write(0, 0, 1, 1, 0), cas_info(1, 101), cas_info(2, 102)];
+        h.push(write(99, 50, 51, 500, 2));
+        assert_eq!(verdict(&h), Verdict::Valid);
+        h.pop();
+        h.push(write(99, 50, 51, 500, 3));
+        assert_eq!(verdict(&h), Verdict::Invalid);
     }
 
     /// A larger valid history: a simulated atomic register with overlapping ops must pass.
