@@ -64,9 +64,11 @@ pub struct Versioned {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "f", rename_all = "snake_case")]
 pub enum Reply {
-    /// `None`: the key does not exist.
+    /// `None`: the key does not exist. `mod_revision` is the key's (0 when absent).
     Read {
         found: Option<Versioned>,
+        #[serde(default)]
+        mod_revision: i64,
     },
     /// `prev_version` is 0 when the key did not exist before the put.
     Write {
@@ -336,7 +338,10 @@ mod tests {
                 2,
                 1,
                 EventKind::Ok {
-                    reply: Reply::Read { found: None },
+                    reply: Reply::Read {
+                        found: None,
+                        mod_revision: 0,
+                    },
                     revision: 1,
                 },
             ),

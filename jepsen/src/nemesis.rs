@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use crate::cluster::Cluster;
 use crate::history::{Actor, EventKind, Recorder};
+use crate::proxy::Blocked;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -23,7 +24,8 @@ pub enum Fault {
     Kill,
     /// SIGSTOP a member, SIGCONT it when the fault stops.
     Pause,
-    /// Isolate the leader, or split the members into a random majority and minority.
+    /// Isolate the leader, split the members into a random majority and minority, or (with 5
+    /// members) a majorities ring.
     Partition,
 }
 
@@ -32,7 +34,7 @@ pub enum Fault {
 enum Active {
     Killed(usize),
     Paused(usize),
-    Partitioned(Vec<Vec<usize>>),
+    Partitioned(String),
 }
 
 /// Members `0..n` split into a minority (first) and a majority, at random.
@@ -41,6 +43,29 @@ fn majority_split(n: usize, rng: &mut impl Rng) -> Vec<Vec<usize>> {
     members.shuffle(rng);
     let majority = members.split_off(n / 2);
     vec![members, majority]
+}
+
+/// Jepsen's majorities ring: members in a random ring, each talks only to its two neighbours,
+/// so with 5 members each sees a majority (itself and its neighbours) but no two see the same.
+fn majorities_ring(n: usize, rng: &mut impl Rng) -> (Blocked, String) {
+    let mut ring: Vec<usize> = (0..n).collect();
+    ring.shuffle(rng);
+    let mut blocked = Blocked::new();
+    for i in 0..n {
+        for j in i + 1..n {
+            let distance = (j - i).min(n - (j - i));
+            if distance > 1 {
+                let (a, b) = (ring[i], ring[j]);
+                blocked.insert((a.min(b), a.max(b)));
+            }
+        }
+    }
+    let text = ring
+        .iter()
+        .map(|m| format!("n{m}"))
+        .collect::<Vec<_>>()
+        .join("-");
+    (blocked, format!("ring {text}"))
 }
 
 /// The leader half of the time when one is known, else a random member.
@@ -83,15 +108,28 @@ async fn start(
             (Active::Paused(m), format!("pause n{m}"))
         }
         Fault::Partition => {
-            let groups = match leader {
-                Some(leader) if rng.random_bool(0.5) => {
-                    vec![vec![leader], (0..n).filter(|&m| m != leader).collect()]
+            let choice = rng.random_range(0..if n >= 5 { 3 } else { 2 });
+            let text = match (choice, leader) {
+                (0, Some(leader)) => {
+                    let groups = vec![vec![leader], (0..n).filter(|&m| m != leader).collect()];
+                    cluster.network().partition(&groups);
+                    describe(&groups)
                 }
-                _ => majority_split(n, rng),
+                (2, _) => {
+                    let (blocked, text) = majorities_ring(n, rng);
+                    cluster.network().block(blocked);
+                    text
+                }
+                _ => {
+                    let groups = majority_split(n, rng);
+                    cluster.network().partition(&groups);
+                    describe(&groups)
+                }
             };
-            cluster.network().partition(&groups);
-            let text = format!("partition {}", describe(&groups));
-            (Active::Partitioned(groups), text)
+            (
+                Active::Partitioned(text.clone()),
+                format!("partition {text}"),
+            )
         }
     })
 }
@@ -106,9 +144,9 @@ fn stop(cluster: &mut Cluster, active: Active) -> anyhow::Result<String> {
             cluster.resume(m)?;
             format!("resume n{m}")
         }
-        Active::Partitioned(groups) => {
+        Active::Partitioned(text) => {
             cluster.network().heal();
-            format!("heal partition {}", describe(&groups))
+            format!("heal partition {text}")
         }
     })
 }
@@ -169,6 +207,20 @@ mod tests {
                 assert_eq!(all, (0..n).collect::<Vec<_>>());
             }
         }
+    }
+
+    #[test]
+    fn a_majorities_ring_gives_everyone_a_different_majority() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(6);
+        let (blocked, _) = majorities_ring(5, &mut rng);
+        let sees = |m: usize| -> Vec<usize> {
+            (0..5)
+                .filter(|&o| !blocked.contains(&(m.min(o), m.max(o))))
+                .collect()
+        };
+        let views: std::collections::BTreeSet<Vec<usize>> = (0..5).map(sees).collect();
+        assert_eq!(views.len(), 5, "{blocked:?}");
+        assert!(views.iter().all(|v| v.len() == 3), "{views:?}");
     }
 
     #[test]

@@ -54,6 +54,11 @@ impl Network {
         self.pids.send_modify(|pids| pids[member] = pid);
     }
 
+    /// Blocks exactly `blocked` (replacing any earlier partition).
+    pub fn block(&self, blocked: Blocked) {
+        self.blocked.send_replace(blocked);
+    }
+
     /// Splits the members into groups that can only talk within themselves.
     /// Members in no group can talk to everyone.
     pub fn partition(&self, groups: &[Vec<usize>]) {
@@ -67,7 +72,7 @@ impl Network {
                 }
             }
         }
-        self.blocked.send_replace(blocked);
+        self.block(blocked);
     }
 
     /// Removes every partition.

@@ -110,13 +110,16 @@ pub struct Results {
 /// Runs the checkers that read only the history (also used by `check`).
 pub fn check_history(workload: Workload, events: &[history::Event]) -> anyhow::Result<Results> {
     let ops = history::pair(events)?;
-    let result = match workload {
+    let workload_result = match workload {
         Workload::Register => checker::linearizable::check(&ops),
         Workload::Set => checker::set::check(&ops),
     };
+    let checkers = vec![workload_result, checker::revision::check(&ops)];
     Ok(Results {
-        verdict: result.verdict,
-        checkers: vec![result],
+        verdict: checkers
+            .iter()
+            .fold(Verdict::Valid, |v, c| v.and(c.verdict)),
+        checkers,
         stats: history_stats(events),
     })
 }

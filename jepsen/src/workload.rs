@@ -143,6 +143,7 @@ impl Generator {
                 _,
                 Reply::Read {
                     found: Some(Versioned { value, .. }),
+                    ..
                 },
             ) => *value,
             (Call::Write { value, .. }, Reply::Write { .. }) => *value,
@@ -192,6 +193,7 @@ pub async fn invoke(client: &mut EtcdClient, call: &Call, reads: ReadMode) -> Ev
         Call::Read { key } => match client.get(key, serializable).await {
             Ok(got) => EventKind::Ok {
                 reply: Reply::Read {
+                    mod_revision: got.kv.as_ref().map_or(0, |kv| kv.mod_revision),
                     found: got.kv.map(|kv| Versioned {
                         value: parse_value(&kv.value),
                         version: kv.version as u64,
@@ -297,6 +299,7 @@ mod tests {
                     value: 42,
                     version: 3,
                 }),
+                mod_revision: 8,
             },
             revision: 9,
         };

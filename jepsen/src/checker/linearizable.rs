@@ -108,7 +108,7 @@ fn model_op(op: &Op) -> Option<ModelOp> {
         (
             Call::Read { .. },
             Outcome::Ok {
-                reply: Reply::Read { found },
+                reply: Reply::Read { found, .. },
                 ..
             },
         ) => Some(ModelOp::Read(*found)),
@@ -351,6 +351,39 @@ fn classify_unseen_writes(ops: &mut [KeyOp]) {
     }
 }
 
+/// Threads that search keys at once.
+const CHECK_THREADS_MAX: usize = 4;
+
+/// Searches every key, on up to [`CHECK_THREADS_MAX`] threads; verdicts in key order.
+fn check_keys_in_parallel(keys: &[(&str, Vec<KeyOp>)], steps_max: u64) -> Vec<KeyVerdict> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, CHECK_THREADS_MAX);
+    let next = AtomicUsize::new(0);
+    let verdicts: Mutex<Vec<Option<KeyVerdict>>> =
+        Mutex::new((0..keys.len()).map(|_| None).collect());
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                let at = next.fetch_add(1, Ordering::Relaxed);
+                let Some((_, ops)) = keys.get(at) else {
+                    return;
+                };
+                let verdict = check_key(ops, steps_max);
+                verdicts.lock().expect("no thread panics holding it")[at] = Some(verdict);
+            });
+        }
+    });
+    verdicts
+        .into_inner()
+        .expect("no thread panics holding it")
+        .into_iter()
+        .map(|v| v.expect("every key was searched"))
+        .collect()
+}
+
 /// Checks every register key of `history` independently.
 pub fn check(history: &[Op]) -> CheckResult {
     check_with_budget(history, STEPS_PER_KEY_MAX)
@@ -373,12 +406,13 @@ fn check_with_budget(history: &[Op], steps_per_key_max: u64) -> CheckResult {
     for ops in by_key.values_mut() {
         classify_unseen_writes(ops);
     }
+    let keys: Vec<(&str, Vec<KeyOp>)> = by_key.into_iter().collect();
+    let verdicts = check_keys_in_parallel(&keys, steps_per_key_max);
     let mut verdict = Verdict::Valid;
     let mut anomalies = Vec::new();
     let mut ops_checked = 0;
-    for (key, ops) in &by_key {
+    for ((key, ops), key_verdict) in keys.iter().zip(verdicts) {
         ops_checked += ops.len();
-        let key_verdict = check_key(ops, steps_per_key_max);
         let (this, note) = match key_verdict {
             KeyVerdict::Linearizable => (Verdict::Valid, None),
             KeyVerdict::Illegal {
@@ -419,7 +453,7 @@ fn check_with_budget(history: &[Op], steps_per_key_max: u64) -> CheckResult {
         checker: "linearizable".into(),
         verdict,
         anomalies,
-        stats: serde_json::json!({ "keys": by_key.len(), "ops": ops_checked }),
+        stats: serde_json::json!({ "keys": keys.len(), "ops": ops_checked }),
     }
 }
 
@@ -449,7 +483,10 @@ mod tests {
             Some(t1),
             Call::Read { key: "k".into() },
             Outcome::Ok {
-                reply: Reply::Read { found },
+                reply: Reply::Read {
+                    found,
+                    mod_revision: 0,
+                },
                 revision: 0,
             },
         )
@@ -771,7 +808,7 @@ mod tests {
         let stale = states[at / 2];
         assert_ne!(stale, states[at]);
         if let Outcome::Ok {
-            reply: Reply::Read { found },
+            reply: Reply::Read { found, .. },
             ..
         } = &mut h[at].outcome
         {

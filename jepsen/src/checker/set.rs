@@ -11,7 +11,7 @@
 //! - **never read**: acknowledged, but no read began after the acknowledgement; with such
 //!   elements and nothing worse the verdict is `Unknown`, because nothing was checked for them.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::{CheckResult, Verdict, ANOMALIES_REPORTED_MAX};
 use crate::history::{Call, Op, Outcome, Reply, Value};
@@ -80,17 +80,20 @@ pub fn check(history: &[Op]) -> CheckResult {
     let mut unexpected = Vec::new();
     let mut never_read = Vec::new();
     let mut ok_adds = 0;
-    let mut all_elements: BTreeSet<Value> = adds.keys().copied().collect();
-    for read in &reads {
-        all_elements.extend(read.elements.iter().copied());
+    // For each element, the reads (indexes in invocation order) that returned it. Linear in the
+    // size of all reads together.
+    let mut present_in: HashMap<Value, Vec<usize>> = HashMap::new();
+    for (at, read) in reads.iter().enumerate() {
+        for &element in &read.elements {
+            present_in.entry(element).or_default().push(at);
+        }
     }
+    let mut all_elements: BTreeSet<Value> = adds.keys().copied().collect();
+    all_elements.extend(present_in.keys().copied());
+    let no_reads = Vec::new();
     for element in all_elements {
-        let contains = |r: &SetRead| r.elements.binary_search(&element).is_ok();
-        let first_seen_ns = reads
-            .iter()
-            .filter(|r| contains(r))
-            .map(|r| r.complete_ns)
-            .min();
+        let present = present_in.get(&element).unwrap_or(&no_reads);
+        let first_seen_ns = present.iter().map(|&at| reads[at].complete_ns).min();
         let add = adds.get(&element).copied();
         match add {
             None => {
@@ -111,29 +114,35 @@ pub fn check(history: &[Op]) -> CheckResult {
         let Some(known_ns) = [ack_ns, first_seen_ns].into_iter().flatten().min() else {
             continue;
         };
-        let after: Vec<&SetRead> = reads.iter().filter(|r| r.invoke_ns > known_ns).collect();
-        if after.is_empty() {
+        // Reads [first_after, len) began after the element was known.
+        let first_after = reads.partition_point(|r| r.invoke_ns <= known_ns);
+        if first_after == reads.len() {
             if ack_ns.is_some() {
                 never_read.push(element);
             }
             continue;
         }
-        let last_present = after.iter().rposition(|r| contains(r));
-        match last_present {
-            Some(last) if last + 1 == after.len() => {
-                if let Some(miss) = after[..last].iter().find(|r| !contains(r)) {
+        let present_after = &present[present.partition_point(|&at| at < first_after)..];
+        match present_after.last() {
+            Some(&last) if last + 1 == reads.len() => {
+                // Present at the end; any gap in between is a stale read.
+                let missing = (first_after..)
+                    .zip(present_after)
+                    .find(|(expected, &at)| *expected != at)
+                    .map(|(expected, _)| expected);
+                if let Some(miss) = missing {
                     stale.push(format!(
                         "{element} known at {known_ns} ns, missing from the read invoked at {} ns, \
                          present later",
-                        miss.invoke_ns
+                        reads[miss].invoke_ns
                     ));
                 }
             }
-            _ => lost.push(format!(
+            last => lost.push(format!(
                 "{element} known at {known_ns} ns, missing from all {} reads invoked after \
                  {} ns",
-                after.len() - last_present.map_or(0, |l| l + 1),
-                last_present.map_or(known_ns, |l| after[l].invoke_ns)
+                reads.len() - last.map_or(first_after, |&l| l + 1),
+                last.map_or(known_ns, |&l| reads[l].invoke_ns)
             )),
         }
     }

@@ -1,0 +1,258 @@
+//! etcd's revision guarantees, checked directly on the revisions the store reports
+//! (consistency-testing.md §3.4). Linear-time passes that do not trust the values, next to the
+//! WGL search that does not trust the revisions: a store that lies about one is caught by the
+//! other.
+//!
+//! - **Real time**: if op A completed before op B was invoked, `rev(B) >= rev(A)`, and
+//!   `rev(B) > rev(A)` when B wrote (a put, an add, a CAS that succeeded). A read whose header
+//!   revision is below one already returned to someone is a stale read or time travel.
+//! - **One revision per write**: two acknowledged writes never share a revision.
+//! - **Reads agree with writes**: a read of value v reports `mod_revision` = the revision of
+//!   the acknowledged write of v (if v's write was acknowledged), never a revision that an
+//!   acknowledged write of something else owns, and never above the read's own header revision.
+
+use std::collections::HashMap;
+
+use super::{CheckResult, Verdict, ANOMALIES_REPORTED_MAX};
+use crate::history::{Call, Op, Outcome, Reply, Value};
+
+/// What an acknowledged write put where.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Written {
+    key: String,
+    value: Value,
+}
+
+/// Checks every acknowledged op of `history`.
+pub fn check(history: &[Op]) -> CheckResult {
+    let mut anomalies: Vec<String> = Vec::new();
+    let mut note = |text: String| {
+        if anomalies.len() < ANOMALIES_REPORTED_MAX {
+            anomalies.push(text);
+        }
+    };
+    let mut count = 0usize;
+
+    // Acknowledged ops: (invoke, complete, revision, wrote, index).
+    let mut acked: Vec<(u64, u64, i64, bool, usize)> = Vec::new();
+    let mut writes_by_rev: HashMap<i64, Written> = HashMap::new();
+    let mut rev_by_write: HashMap<Written, i64> = HashMap::new();
+    for (at, op) in history.iter().enumerate() {
+        let Outcome::Ok { reply, revision } = &op.outcome else {
+            continue;
+        };
+        let complete = op.complete_ns.expect("an ok op has completed");
+        let written = match (&op.call, reply) {
+            (Call::Write { key, value }, _)
+            | (
+                Call::Cas { key, value, .. },
+                Reply::Cas {
+                    succeeded: true, ..
+                },
+            ) => Some(Written {
+                key: key.clone(),
+                value: *value,
+            }),
+            (Call::Add { element }, _) => Some(Written {
+                key: String::new(),
+                value: *element,
+            }),
+            _ => None,
+        };
+        acked.push((op.invoke_ns, complete, *revision, written.is_some(), at));
+        if let Some(written) = written {
+            if let Some(other) = writes_by_rev.insert(*revision, written.clone()) {
+                count += 1;
+                note(format!(
+                    "revision {revision} reused: {other:?} and {written:?} were both acknowledged \
+                     at it"
+                ));
+            }
+            rev_by_write.insert(written, *revision);
+        }
+    }
+
+    // Real time: sweep ops by invocation, folding in everything that completed before.
+    let mut by_complete: Vec<usize> = (0..acked.len()).collect();
+    by_complete.sort_by_key(|&i| acked[i].1);
+    let mut by_invoke: Vec<usize> = (0..acked.len()).collect();
+    by_invoke.sort_by_key(|&i| acked[i].0);
+    let mut done = 0;
+    let mut max_before: Option<(i64, usize)> = None;
+    for &b in &by_invoke {
+        let (invoke, _, rev, wrote, at) = acked[b];
+        while done < by_complete.len() && acked[by_complete[done]].1 < invoke {
+            let a = acked[by_complete[done]];
+            if max_before.is_none_or(|(r, _)| a.2 > r) {
+                max_before = Some((a.2, a.4));
+            }
+            done += 1;
+        }
+        let Some((before, before_at)) = max_before else {
+            continue;
+        };
+        if rev < before || (wrote && rev == before) {
+            count += 1;
+            note(format!(
+                "real time: process {}'s {:?} invoked at {invoke} ns got revision {rev}, but \
+                 process {}'s {:?} had already completed at revision {before}",
+                history[at].process,
+                history[at].call,
+                history[before_at].process,
+                history[before_at].call
+            ));
+        }
+    }
+
+    // Reads agree with writes.
+    for op in history {
+        let (
+            Call::Read { key },
+            Outcome::Ok {
+                reply:
+                    Reply::Read {
+                        found: Some(found),
+                        mod_revision,
+                    },
+                revision,
+            },
+        ) = (&op.call, &op.outcome)
+        else {
+            continue;
+        };
+        let read = Written {
+            key: key.clone(),
+            value: found.value,
+        };
+        if mod_revision > revision {
+            count += 1;
+            note(format!(
+                "{read:?} read at revision {revision} has mod_revision {mod_revision} from the \
+                 future"
+            ));
+        }
+        if let Some(&written_at) = rev_by_write.get(&read) {
+            if written_at != *mod_revision {
+                count += 1;
+                note(format!(
+                    "{read:?} was acknowledged at revision {written_at} but read with \
+                     mod_revision {mod_revision}"
+                ));
+            }
+        }
+        if let Some(owner) = writes_by_rev.get(mod_revision) {
+            if *owner != read {
+                count += 1;
+                note(format!(
+                    "{read:?} read with mod_revision {mod_revision}, which the acknowledged write \
+                     {owner:?} owns"
+                ));
+            }
+        }
+    }
+
+    CheckResult {
+        checker: "revision".into(),
+        verdict: if count == 0 {
+            Verdict::Valid
+        } else {
+            Verdict::Invalid
+        },
+        anomalies,
+        stats: serde_json::json!({ "ops": acked.len(), "anomalies": count }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::Versioned;
+
+    fn ok(call: Call, reply: Reply, revision: i64, t0: u64, t1: u64) -> Op {
+        Op {
+            process: t0,
+            call,
+            outcome: Outcome::Ok { reply, revision },
+            invoke_ns: t0,
+            complete_ns: Some(t1),
+        }
+    }
+
+    fn put(value: Value, revision: i64, t0: u64, t1: u64) -> Op {
+        ok(
+            Call::Write {
+                key: "k".into(),
+                value,
+            },
+            Reply::Write { prev_version: 0 },
+            revision,
+            t0,
+            t1,
+        )
+    }
+
+    fn get(value: Value, mod_revision: i64, revision: i64, t0: u64, t1: u64) -> Op {
+        ok(
+            Call::Read { key: "k".into() },
+            Reply::Read {
+                found: Some(Versioned { value, version: 1 }),
+                mod_revision,
+            },
+            revision,
+            t0,
+            t1,
+        )
+    }
+
+    #[test]
+    fn consistent_revisions_pass() {
+        let h = vec![
+            put(1, 2, 0, 1),
+            get(1, 2, 2, 2, 3),
+            put(2, 3, 4, 5),
+            // Concurrent with the put of 2: may still see 1.
+            get(1, 2, 2, 4, 6),
+            get(2, 3, 5, 7, 8),
+        ];
+        let result = check(&h);
+        assert_eq!(result.verdict, Verdict::Valid, "{result:?}");
+    }
+
+    #[test]
+    fn a_read_behind_a_completed_write_is_caught() {
+        let h = vec![put(1, 2, 0, 1), put(2, 3, 2, 3), get(1, 2, 2, 4, 5)];
+        let result = check(&h);
+        assert_eq!(result.verdict, Verdict::Invalid);
+        assert!(result.anomalies[0].starts_with("real time"), "{result:?}");
+    }
+
+    #[test]
+    fn a_write_must_get_a_newer_revision_than_anything_completed_before() {
+        let h = vec![put(1, 5, 0, 1), put(2, 5, 2, 3)];
+        let result = check(&h);
+        assert_eq!(result.verdict, Verdict::Invalid);
+        // Both the reuse and the real-time order are reported.
+        assert_eq!(result.stats["anomalies"], 2, "{result:?}");
+    }
+
+    #[test]
+    fn a_reused_revision_is_caught_even_between_concurrent_writes() {
+        let h = vec![put(1, 5, 0, 10), put(2, 5, 1, 11)];
+        let result = check(&h);
+        assert_eq!(result.verdict, Verdict::Invalid);
+        assert!(result.anomalies[0].contains("reused"), "{result:?}");
+    }
+
+    #[test]
+    fn reads_must_report_the_writes_revision() {
+        // The read's mod_revision is not the revision at which 1 was written.
+        let h = vec![put(1, 2, 0, 1), get(1, 3, 3, 2, 3)];
+        assert_eq!(check(&h).verdict, Verdict::Invalid);
+        // A mod_revision owned by another write.
+        let h = vec![put(1, 2, 0, 1), put(2, 3, 0, 1), get(1, 3, 3, 2, 3)];
+        assert_eq!(check(&h).stats["anomalies"], 2);
+        // A mod_revision above the read's own revision.
+        let h = vec![put(1, 2, 0, 1), get(1, 2, 1, 0, 3)];
+        assert_eq!(check(&h).verdict, Verdict::Invalid);
+    }
+}
