@@ -1,6 +1,6 @@
 //! The nemesis: a schedule of faults against the cluster, Jepsen style. Every interval (±20 %
-//! jitter) it picks one enabled fault class, starts it against a target (the leader half of the
-//! time, else a random member or split), holds it for one interval, and undoes it. It records a
+//! jitter) it picks one enabled fault class, starts it against its targets (see [`Fault`]),
+//! holds it for one interval, and undoes it. It records a
 //! `nemesis` event in the history at every start and stop.
 //!
 //! It owns the [`Cluster`] for the duration of the run and hands it back when done, so the
@@ -20,9 +20,10 @@ use crate::proxy::Blocked;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Fault {
-    /// SIGKILL a member, restart it with the same data when the fault stops.
+    /// SIGKILL members (the leader, one, a minority or all), restart them with the same data
+    /// when the fault stops.
     Kill,
-    /// SIGSTOP a member, SIGCONT it when the fault stops.
+    /// SIGSTOP members (the leader, one, a minority or all), SIGCONT them when the fault stops.
     Pause,
     /// Isolate the leader, split the members into a random majority and minority, or (with 5
     /// members) a majorities ring.
@@ -32,8 +33,8 @@ pub enum Fault {
 /// A fault in progress, with what is needed to undo it.
 #[derive(Debug)]
 enum Active {
-    Killed(usize),
-    Paused(usize),
+    Killed(Vec<usize>),
+    Paused(Vec<usize>),
     Partitioned(String),
 }
 
@@ -68,23 +69,35 @@ fn majorities_ring(n: usize, rng: &mut impl Rng) -> (Blocked, String) {
     (blocked, format!("ring {text}"))
 }
 
-/// The leader half of the time when one is known, else a random member.
-fn target(leader: Option<usize>, n: usize, rng: &mut impl Rng) -> usize {
-    match leader {
-        Some(leader) if rng.random_bool(0.5) => leader,
-        _ => rng.random_range(0..n),
+/// Whom `kill` and `pause` hit: the leader (40 % when one is known), one random member (30 %),
+/// a random minority (20 %), or every member (10 %).
+fn targets(leader: Option<usize>, n: usize, rng: &mut impl Rng) -> Vec<usize> {
+    let mut members: Vec<usize> = (0..n).collect();
+    match (rng.random_range(0..10), leader) {
+        (0..=3, Some(leader)) => vec![leader],
+        (4..=5, _) => {
+            members.shuffle(rng);
+            members.truncate(n / 2);
+            members.sort_unstable();
+            members
+        }
+        (6, _) => members,
+        _ => vec![rng.random_range(0..n)],
     }
+}
+
+fn names(members: &[usize]) -> String {
+    members
+        .iter()
+        .map(|m| format!("n{m}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn describe(groups: &[Vec<usize>]) -> String {
     groups
         .iter()
-        .map(|g| {
-            g.iter()
-                .map(|m| format!("n{m}"))
-                .collect::<Vec<_>>()
-                .join(",")
-        })
+        .map(|g| names(g))
         .collect::<Vec<_>>()
         .join(" | ")
 }
@@ -98,14 +111,20 @@ async fn start(
     let n = cluster.len();
     Ok(match fault {
         Fault::Kill => {
-            let m = target(leader, n, rng);
-            cluster.kill(m).await?;
-            (Active::Killed(m), format!("kill n{m}"))
+            let members = targets(leader, n, rng);
+            for &m in &members {
+                cluster.kill(m).await?;
+            }
+            let text = format!("kill {}", names(&members));
+            (Active::Killed(members), text)
         }
         Fault::Pause => {
-            let m = target(leader, n, rng);
-            cluster.pause(m)?;
-            (Active::Paused(m), format!("pause n{m}"))
+            let members = targets(leader, n, rng);
+            for &m in &members {
+                cluster.pause(m)?;
+            }
+            let text = format!("pause {}", names(&members));
+            (Active::Paused(members), text)
         }
         Fault::Partition => {
             let choice = rng.random_range(0..if n >= 5 { 3 } else { 2 });
@@ -136,13 +155,17 @@ async fn start(
 
 fn stop(cluster: &mut Cluster, active: Active) -> anyhow::Result<String> {
     Ok(match active {
-        Active::Killed(m) => {
-            cluster.restart(m)?;
-            format!("restart n{m}")
+        Active::Killed(members) => {
+            for &m in &members {
+                cluster.restart(m)?;
+            }
+            format!("restart {}", names(&members))
         }
-        Active::Paused(m) => {
-            cluster.resume(m)?;
-            format!("resume n{m}")
+        Active::Paused(members) => {
+            for &m in &members {
+                cluster.resume(m)?;
+            }
+            format!("resume {}", names(&members))
         }
         Active::Partitioned(text) => {
             cluster.network().heal();
@@ -224,11 +247,15 @@ mod tests {
     }
 
     #[test]
-    fn targets_are_members() {
+    fn targets_cover_leader_one_minority_and_all() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(5);
-        let picks: Vec<usize> = (0..100).map(|_| target(Some(2), 3, &mut rng)).collect();
-        assert!(picks.iter().all(|&m| m < 3));
-        assert!(picks.iter().filter(|&&m| m == 2).count() > 50);
+        let picks: Vec<Vec<usize>> = (0..200).map(|_| targets(Some(2), 5, &mut rng)).collect();
+        assert!(picks.iter().flatten().all(|&m| m < 5));
+        assert!(picks.iter().any(|p| p == &vec![2]));
+        assert!(picks.iter().any(|p| p.len() == 1 && p[0] != 2));
+        assert!(picks.iter().any(|p| p.len() == 2));
+        assert!(picks.iter().any(|p| p.len() == 5));
+        assert!(picks.iter().all(|p| p.len() != 3 && p.len() != 4));
         assert_eq!(describe(&[vec![0], vec![1, 2]]), "n0 | n1,n2");
     }
 }

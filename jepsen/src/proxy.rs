@@ -21,6 +21,7 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -39,6 +40,14 @@ pub type Blocked = BTreeSet<(usize, usize)>;
 pub struct Network {
     blocked: Arc<watch::Sender<Blocked>>,
     pids: Arc<watch::Sender<Vec<Option<u32>>>>,
+    counts: Arc<ConnectionCounts>,
+}
+
+/// Connections accepted by all proxies, by whether their source member was identified.
+#[derive(Default)]
+struct ConnectionCounts {
+    identified: AtomicU64,
+    unidentified: AtomicU64,
 }
 
 impl Network {
@@ -46,6 +55,7 @@ impl Network {
         Network {
             blocked: Arc::new(watch::Sender::new(Blocked::new())),
             pids: Arc::new(watch::Sender::new(vec![None; members])),
+            counts: Arc::default(),
         }
     }
 
@@ -78,6 +88,15 @@ impl Network {
     /// Removes every partition.
     pub fn heal(&self) {
         self.blocked.send_replace(Blocked::new());
+    }
+
+    /// Peer connections accepted so far: (identified, unidentified). Unidentified ones are
+    /// treated as blocked by every grudge against their target, so they should stay rare.
+    pub fn connection_counts(&self) -> (u64, u64) {
+        (
+            self.counts.identified.load(Ordering::Relaxed),
+            self.counts.unidentified.load(Ordering::Relaxed),
+        )
     }
 
     /// The pairs currently blocked.
@@ -155,6 +174,11 @@ async fn proxy_connection(
     let from = tokio::task::spawn_blocking(move || identify(source, proxy_addr, &pids))
         .await
         .unwrap_or(None);
+    let counter = match from {
+        Some(_) => &network.counts.identified,
+        None => &network.counts.unidentified,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
     let mut gate = network.blocked.subscribe();
     if gate.wait_for(|b| !is_blocked(b, from, to)).await.is_err() {
         return;
@@ -307,6 +331,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(&buf, b"hello");
+        assert_eq!(network.connection_counts(), (1, 0));
 
         network.partition(&[vec![0], vec![1]]);
         conn.write_all(b"again").await.unwrap();

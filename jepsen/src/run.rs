@@ -380,6 +380,9 @@ pub async fn run(mut options: RunOptions) -> anyhow::Result<(PathBuf, Results)> 
         .iter()
         .fold(Verdict::Valid, |v, c| v.and(c.verdict));
     results.stats["check_ms"] = check_ms.into();
+    let (identified, unidentified) = cluster.network().connection_counts();
+    results.stats["peer_connections"] = identified.into();
+    results.stats["peer_connections_unidentified"] = unidentified.into();
     std::fs::write(
         dir.join("results.json"),
         serde_json::to_vec_pretty(&results)?,

@@ -190,8 +190,35 @@ struct Entry {
     next: usize,
 }
 
+/// How the search remembers visited configurations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cache {
+    /// 128-bit Zobrist hashes: fast; a collision could only prune a configuration never seen,
+    /// i.e. turn a linearizable key into a false `Illegal`, so `Illegal` is re-checked `Exact`.
+    Hashed,
+    /// The linearized set verbatim.
+    Exact,
+}
+
+/// Zobrist key space of single ops; classes use their index (always below it).
+const OP_SPACE: u64 = u64::MAX;
+
+/// A pseudo-random 128-bit key for (`space`, `n`): two rounds of splitmix64.
+fn zobrist(space: u64, n: u32) -> u128 {
+    fn splitmix64(mut z: u64) -> u64 {
+        z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    let seed = splitmix64(space) ^ u64::from(n).rotate_left(17);
+    let high = splitmix64(seed);
+    let low = splitmix64(high ^ 0x5851_F42D_4C95_7F2D);
+    (u128::from(high) << 64) | u128::from(low)
+}
+
 /// WGL/Lowe search over one key's ops (porcupine's `checkSingle`).
-fn check_key(ops: &[KeyOp], steps_max: u64) -> KeyVerdict {
+fn check_key(ops: &[KeyOp], steps_max: u64, cache: Cache) -> KeyVerdict {
     // Entry 0 is the list head. Calls sort before returns at the same instant, so touching
     // intervals count as concurrent (closed intervals, as porcupine).
     let mut events: Vec<(u64, bool, usize)> = Vec::with_capacity(2 * ops.len());
@@ -249,7 +276,8 @@ fn check_key(ops: &[KeyOp], steps_max: u64) -> KeyVerdict {
     }
 
     // The cache key of a configuration: the linearized ops outside any class, how many of each
-    // class are linearized, and the state.
+    // class are linearized, and the state. `Cache::Hashed` keeps a 128-bit Zobrist hash of the
+    // first two instead (no allocation per step); `Cache::Exact` keeps them verbatim.
     let classes = ops
         .iter()
         .filter_map(|op| op.class)
@@ -257,8 +285,10 @@ fn check_key(ops: &[KeyOp], steps_max: u64) -> KeyVerdict {
         .map_or(0, |c| c + 1);
     let mut linearized = Bits::new(ops.len());
     let mut counts = vec![0u32; classes];
-    let mut cache: HashSet<(Bits, Vec<u32>, State)> = HashSet::new();
-    let mut stack: Vec<(usize, State)> = Vec::new();
+    let mut hash: u128 = 0;
+    let mut exact_cache: HashSet<(Bits, Vec<u32>, State)> = HashSet::new();
+    let mut hashed_cache: HashSet<(u128, State)> = HashSet::new();
+    let mut stack: Vec<(usize, State, u128)> = Vec::new();
     let mut state: State = None;
     let mut deepest = (0, NIL);
     let mut steps = 0u64;
@@ -271,17 +301,31 @@ fn check_key(ops: &[KeyOp], steps_max: u64) -> KeyVerdict {
         if entries[entry].is_call {
             let op = entries[entry].op;
             if let Some(next_state) = step(state, ops[op].model) {
-                let mut bits = linearized.clone();
-                let mut class_counts = counts.clone();
-                match ops[op].class {
-                    Some(c) => class_counts[c] += 1,
-                    None => bits.set(op),
-                }
-                if cache.insert((bits.clone(), class_counts.clone(), next_state)) {
-                    stack.push((entry, state));
+                let next_hash = hash
+                    ^ match ops[op].class {
+                        Some(c) => zobrist(c as u64, counts[c]) ^ zobrist(c as u64, counts[c] + 1),
+                        None => zobrist(OP_SPACE, op as u32),
+                    };
+                let fresh = match cache {
+                    Cache::Hashed => hashed_cache.insert((next_hash, next_state)),
+                    Cache::Exact => {
+                        let mut bits = linearized.clone();
+                        let mut class_counts = counts.clone();
+                        match ops[op].class {
+                            Some(c) => class_counts[c] += 1,
+                            None => bits.set(op),
+                        }
+                        exact_cache.insert((bits, class_counts, next_state))
+                    }
+                };
+                if fresh {
+                    stack.push((entry, state, hash));
                     state = next_state;
-                    linearized = bits;
-                    counts = class_counts;
+                    hash = next_hash;
+                    match ops[op].class {
+                        Some(c) => counts[c] += 1,
+                        None => linearized.set(op),
+                    }
                     lift(&mut entries, entry);
                     entry = entries[0].next;
                     continue;
@@ -292,13 +336,14 @@ fn check_key(ops: &[KeyOp], steps_max: u64) -> KeyVerdict {
             if deepest.1 == NIL || stack.len() > deepest.0 {
                 deepest = (stack.len(), entries[entry].op);
             }
-            let Some((call, prev_state)) = stack.pop() else {
+            let Some((call, prev_state, prev_hash)) = stack.pop() else {
                 return KeyVerdict::Illegal {
                     linearized: deepest.0,
                     stuck_history_at: ops[deepest.1].history_at,
                 };
             };
             state = prev_state;
+            hash = prev_hash;
             let op = entries[call].op;
             match ops[op].class {
                 Some(c) => counts[c] -= 1,
@@ -351,6 +396,27 @@ fn classify_unseen_writes(ops: &mut [KeyOp]) {
     }
 }
 
+/// Each key's ops, reduced to the model, with unobserved indeterminate writes classified.
+fn key_ops(history: &[Op]) -> BTreeMap<&str, Vec<KeyOp>> {
+    let mut by_key: BTreeMap<&str, Vec<KeyOp>> = BTreeMap::new();
+    for (at, op) in history.iter().enumerate() {
+        let (Some(key), Some(model)) = (op.call.key(), model_op(op)) else {
+            continue;
+        };
+        by_key.entry(key).or_default().push(KeyOp {
+            model,
+            invoke_ns: op.invoke_ns,
+            return_ns: op.complete_ns.unwrap_or(u64::MAX),
+            history_at: at,
+            class: None,
+        });
+    }
+    for ops in by_key.values_mut() {
+        classify_unseen_writes(ops);
+    }
+    by_key
+}
+
 /// Threads that search keys at once.
 const CHECK_THREADS_MAX: usize = 4;
 
@@ -371,7 +437,10 @@ fn check_keys_in_parallel(keys: &[(&str, Vec<KeyOp>)], steps_max: u64) -> Vec<Ke
                 let Some((_, ops)) = keys.get(at) else {
                     return;
                 };
-                let verdict = check_key(ops, steps_max);
+                let verdict = match check_key(ops, steps_max, Cache::Hashed) {
+                    KeyVerdict::Illegal { .. } => check_key(ops, steps_max, Cache::Exact),
+                    verdict => verdict,
+                };
                 verdicts.lock().expect("no thread panics holding it")[at] = Some(verdict);
             });
         }
@@ -390,22 +459,7 @@ pub fn check(history: &[Op]) -> CheckResult {
 }
 
 fn check_with_budget(history: &[Op], steps_per_key_max: u64) -> CheckResult {
-    let mut by_key: BTreeMap<&str, Vec<KeyOp>> = BTreeMap::new();
-    for (at, op) in history.iter().enumerate() {
-        let (Some(key), Some(model)) = (op.call.key(), model_op(op)) else {
-            continue;
-        };
-        by_key.entry(key).or_default().push(KeyOp {
-            model,
-            invoke_ns: op.invoke_ns,
-            return_ns: op.complete_ns.unwrap_or(u64::MAX),
-            history_at: at,
-            class: None,
-        });
-    }
-    for ops in by_key.values_mut() {
-        classify_unseen_writes(ops);
-    }
+    let by_key = key_ops(history);
     let keys: Vec<(&str, Vec<KeyOp>)> = by_key.into_iter().collect();
     let verdicts = check_keys_in_parallel(&keys, steps_per_key_max);
     let mut verdict = Verdict::Valid;
@@ -756,6 +810,27 @@ mod tests {
         h.pop();
         h.push(write(99, 50, 51, 500, 3));
         assert_eq!(verdict(&h), Verdict::Invalid);
+    }
+
+    #[test]
+    fn hashed_and_exact_caches_agree() {
+        let mut h = vec![write(0, 0, 1, 1, 0)];
+        for p in 1..=8 {
+            h.push(write_info(p, 2, 100 + p));
+            h.push(read(50 + p, 2 + p, 20 + p, v(100 + p, 2)));
+        }
+        let ops = &key_ops(&h)["k"];
+        for cache in [Cache::Hashed, Cache::Exact] {
+            assert!(matches!(
+                check_key(ops, 1_000_000, cache),
+                KeyVerdict::Illegal { .. }
+            ));
+        }
+        h.truncate(3);
+        let ops = &key_ops(&h)["k"];
+        for cache in [Cache::Hashed, Cache::Exact] {
+            assert_eq!(check_key(ops, 1_000_000, cache), KeyVerdict::Linearizable);
+        }
     }
 
     /// A larger valid history: a simulated atomic register with overlapping ops must pass.
