@@ -12,7 +12,7 @@
 //! signalled, by their pid.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -60,13 +60,15 @@ struct Member {
 /// A running cluster. Dropping it kills every member and deletes its directory.
 pub struct Cluster {
     spec: ClusterSpec,
-    dir: tempfile::TempDir,
     members: Vec<Member>,
     proxies: Vec<PeerProxy>,
     network: Network,
     initial_cluster: String,
     /// Each member's raft id, as its Status reports it; learned at startup.
     member_ids: Vec<u64>,
+    /// Data directories and logs. Held only to be deleted on drop; declared last so it goes
+    /// after the members' processes.
+    _dir: tempfile::TempDir,
 }
 
 /// Free loopback ports, all distinct: every listener is held until all are chosen.
@@ -123,12 +125,12 @@ impl Cluster {
             .join(",");
         let mut cluster = Cluster {
             spec,
-            dir,
             members,
             proxies,
             network,
             initial_cluster,
             member_ids: Vec::new(),
+            _dir: dir,
         };
         for i in 0..n {
             cluster.spawn(i)?;
@@ -208,22 +210,13 @@ impl Cluster {
     }
 
     /// Number of members.
-    pub fn len(&self) -> usize {
+    pub fn size(&self) -> usize {
         self.members.len()
-    }
-
-    /// Never true: a cluster has 3 or 5 members.
-    pub fn is_empty(&self) -> bool {
-        self.members.is_empty()
     }
 
     /// The URL clients use for member `i`.
     pub fn client_url(&self, i: usize) -> String {
         format!("http://{}", self.members[i].client_addr)
-    }
-
-    pub fn state(&self, i: usize) -> MemberState {
-        self.members[i].state
     }
 
     /// The partition controls.
@@ -326,12 +319,12 @@ impl Cluster {
             .chunk_by(|a, b| a == b)
             .max_by_key(|run| run.len())
             .map(|run| run[0])?;
-        self.member_ids.iter().position(|&id| id == leader)
+        self.member_index(leader)
     }
 
-    /// The directory holding data directories and logs.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
+    /// The index of the member whose raft id is `member_id` (as Status reports it).
+    pub fn member_index(&self, member_id: u64) -> Option<usize> {
+        self.member_ids.iter().position(|&id| id == member_id)
     }
 
     /// Each member's log file.

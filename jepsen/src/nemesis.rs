@@ -108,7 +108,7 @@ async fn start(
     rng: &mut impl Rng,
 ) -> anyhow::Result<(Active, String)> {
     let leader = cluster.leader().await;
-    let n = cluster.len();
+    let n = cluster.size();
     Ok(match fault {
         Fault::Kill => {
             let members = targets(leader, n, rng);

@@ -100,7 +100,8 @@ impl Network {
     }
 
     /// The pairs currently blocked.
-    pub fn blocked(&self) -> Blocked {
+    #[cfg(test)]
+    fn blocked(&self) -> Blocked {
         self.blocked.borrow().clone()
     }
 }

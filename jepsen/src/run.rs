@@ -232,7 +232,7 @@ async fn final_set_reads(
     timeout: Duration,
     reads: ReadMode,
 ) -> anyhow::Result<()> {
-    for node in 0..cluster.len() {
+    for node in 0..cluster.size() {
         let process = first_process + node as u64;
         let mut client = EtcdClient::new(&cluster.client_url(node), timeout)?;
         for _ in 0..FINAL_READ_ATTEMPTS_MAX {
@@ -301,7 +301,7 @@ pub async fn run(mut options: RunOptions) -> anyhow::Result<(PathBuf, Results)> 
     );
     let mut clients = tokio::task::JoinSet::new();
     for thread in 0..options.concurrency {
-        let node = thread % cluster.len();
+        let node = thread % cluster.size();
         clients.spawn(client_thread(
             thread,
             options.concurrency,
