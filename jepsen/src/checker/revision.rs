@@ -10,6 +10,10 @@
 //! - **Reads agree with writes**: a read of value v reports `mod_revision` = the revision of
 //!   the acknowledged write of v (if v's write was acknowledged), never a revision that an
 //!   acknowledged write of something else owns, and never above the read's own header revision.
+//! - **Reads are snapshots at their revision**: no write known to the key (acknowledged, or
+//!   revealed by some read's `mod_revision`) lies in `(mod_revision, revision]` of a read; a read
+//!   of the set at revision R holds every add acknowledged at or below R and none above it.
+//!   This holds for serializable reads too: they may be old, never torn.
 
 use std::collections::HashMap;
 
@@ -151,6 +155,83 @@ pub fn check(history: &[Op]) -> CheckResult {
         }
     }
 
+    // Reads are snapshots at their revision. Known write revisions per key: acknowledged ones,
+    // and those that reads revealed (a found key's mod_revision is a write to it).
+    let mut key_revisions: HashMap<&str, Vec<i64>> = HashMap::new();
+    let mut add_revisions: Vec<(i64, Value)> = Vec::new();
+    for (&rev, written) in &writes_by_rev {
+        if written.key.is_empty() {
+            add_revisions.push((rev, written.value));
+        } else {
+            key_revisions.entry(&written.key).or_default().push(rev);
+        }
+    }
+    for op in history {
+        if let (
+            Call::Read { key },
+            Outcome::Ok {
+                reply:
+                    Reply::Read {
+                        found: Some(_),
+                        mod_revision,
+                    },
+                ..
+            },
+        ) = (&op.call, &op.outcome)
+        {
+            key_revisions.entry(key).or_default().push(*mod_revision);
+        }
+    }
+    for revisions in key_revisions.values_mut() {
+        revisions.sort_unstable();
+        revisions.dedup();
+    }
+    add_revisions.sort_unstable();
+    let none = Vec::new();
+    for op in history {
+        let Outcome::Ok { reply, revision } = &op.outcome else {
+            continue;
+        };
+        match (&op.call, reply) {
+            (
+                Call::Read { key },
+                Reply::Read {
+                    found,
+                    mod_revision,
+                },
+            ) => {
+                let revisions = key_revisions.get(key.as_str()).unwrap_or(&none);
+                let seen = if found.is_some() { *mod_revision } else { 0 };
+                let next = revisions.get(revisions.partition_point(|&r| r <= seen));
+                if let Some(&next) = next.filter(|&&next| next <= *revision) {
+                    count += 1;
+                    note(format!(
+                        "process {}'s read of {key:?} at revision {revision} returned the version \
+                         of revision {seen}, but the key was written at revision {next}",
+                        op.process
+                    ));
+                }
+            }
+            (Call::ReadSet, Reply::ReadSet { elements }) => {
+                let mut elements = elements.clone();
+                elements.sort_unstable();
+                for &(added_at, element) in &add_revisions {
+                    let present = elements.binary_search(&element).is_ok();
+                    if present != (added_at <= *revision) {
+                        count += 1;
+                        note(format!(
+                            "process {}'s read of the set at revision {revision} {} element \
+                             {element}, added at revision {added_at}",
+                            op.process,
+                            if present { "holds" } else { "misses" }
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
     CheckResult {
         checker: "revision".into(),
         verdict: if count == 0 {
@@ -241,6 +322,61 @@ mod tests {
         let result = check(&h);
         assert_eq!(result.verdict, Verdict::Invalid);
         assert!(result.anomalies[0].contains("reused"), "{result:?}");
+    }
+
+    #[test]
+    fn a_read_must_be_current_at_its_own_revision() {
+        // Concurrent with the put at revision 3, the read claims revision 4 yet returns the
+        // version of revision 2: real time allows it, the snapshot rule does not.
+        let h = vec![put(1, 2, 0, 1), put(2, 3, 2, 10), get(1, 2, 4, 3, 5)];
+        let result = check(&h);
+        assert_eq!(result.verdict, Verdict::Invalid);
+        assert!(
+            result.anomalies[0].contains("written at revision 3"),
+            "{result:?}"
+        );
+        // The same read at revision 2 is fine.
+        let h = vec![put(1, 2, 0, 1), put(2, 3, 2, 10), get(1, 2, 2, 3, 5)];
+        assert_eq!(check(&h).verdict, Verdict::Valid);
+        // A write revealed only by a read's mod_revision counts too.
+        let h = vec![
+            put(1, 2, 0, 1),
+            get(7, 5, 5, 2, 3), // 7's put was indeterminate; it landed at revision 5
+            get(1, 2, 6, 4, 5),
+        ];
+        assert_eq!(check(&h).stats["anomalies"], 1);
+    }
+
+    #[test]
+    fn a_set_read_holds_exactly_the_adds_at_or_below_its_revision() {
+        let add =
+            |element, revision, t0, t1| ok(Call::Add { element }, Reply::Add, revision, t0, t1);
+        let read_set = |elements: &[Value], revision, t0, t1| {
+            ok(
+                Call::ReadSet,
+                Reply::ReadSet {
+                    elements: elements.to_vec(),
+                },
+                revision,
+                t0,
+                t1,
+            )
+        };
+        let h = vec![
+            add(1, 2, 0, 1),
+            add(2, 3, 0, 10),
+            read_set(&[1], 2, 2, 3),
+            read_set(&[1, 2], 3, 2, 11),
+        ];
+        assert_eq!(check(&h).verdict, Verdict::Valid);
+        let h = vec![add(1, 2, 0, 1), add(2, 3, 0, 10), read_set(&[2], 3, 2, 11)];
+        assert!(check(&h).anomalies[0].contains("misses element 1"));
+        let h = vec![
+            add(1, 2, 0, 1),
+            add(2, 3, 0, 10),
+            read_set(&[1, 2], 2, 2, 11),
+        ];
+        assert!(check(&h).anomalies[0].contains("holds element 2"));
     }
 
     #[test]
