@@ -202,6 +202,79 @@ impl EtcdClient {
         ))
     }
 
+    /// Reads `keys` atomically (one txn of ranges): each key's value (if present) and
+    /// `mod_revision` (0 if absent), and the revision of the snapshot. With `serializable`
+    /// (on every range) etcd serves the txn from the member's local state.
+    pub async fn snapshot(
+        &mut self,
+        keys: &[&str],
+        serializable: bool,
+    ) -> Result<(Vec<(Option<Vec<u8>>, i64)>, i64), ClientError> {
+        let request = TxnRequest {
+            compare: vec![],
+            success: keys
+                .iter()
+                .map(|key| RequestOp {
+                    request: Some(Request::RequestRange(RangeRequest {
+                        key: key.as_bytes().to_vec().into(),
+                        serializable,
+                        ..Default::default()
+                    })),
+                })
+                .collect(),
+            failure: vec![],
+        };
+        let mut kv = self.kv.clone();
+        let response = self.deadline(kv.txn(request)).await?;
+        let values = response
+            .responses
+            .iter()
+            .map(|r| match &r.response {
+                Some(Response::ResponseRange(range)) => range
+                    .kvs
+                    .first()
+                    .map_or((None, 0), |kv| (Some(kv.value.to_vec()), kv.mod_revision)),
+                _ => (None, 0),
+            })
+            .collect();
+        Ok((values, revision(response.header.as_ref())))
+    }
+
+    /// Txn: if every `(key, mod_revision)` still holds (0: the key is absent), put every
+    /// `(key, value)`. Returns whether it did, and the revision.
+    pub async fn guarded_put(
+        &mut self,
+        guards: &[(&str, i64)],
+        puts: &[(&str, Vec<u8>)],
+    ) -> Result<(bool, i64), ClientError> {
+        let request = TxnRequest {
+            compare: guards
+                .iter()
+                .map(|&(key, mod_revision)| Compare {
+                    result: CompareResult::Equal as i32,
+                    target: CompareTarget::Mod as i32,
+                    key: key.as_bytes().to_vec().into(),
+                    target_union: Some(TargetUnion::ModRevision(mod_revision)),
+                    ..Default::default()
+                })
+                .collect(),
+            success: puts
+                .iter()
+                .map(|(key, value)| RequestOp {
+                    request: Some(Request::RequestPut(PutRequest {
+                        key: key.as_bytes().to_vec().into(),
+                        value: value.clone().into(),
+                        ..Default::default()
+                    })),
+                })
+                .collect(),
+            failure: vec![],
+        };
+        let mut kv = self.kv.clone();
+        let response = self.deadline(kv.txn(request)).await?;
+        Ok((response.succeeded, revision(response.header.as_ref())))
+    }
+
     /// This member's id and the leader it knows of (0 if none).
     pub async fn status(&mut self) -> Result<(u64, u64), ClientError> {
         let mut maintenance = self.maintenance.clone();

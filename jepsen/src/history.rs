@@ -40,6 +40,26 @@ pub enum Call {
     Add { element: Value },
     /// Read the whole set (a range over the set's prefix).
     ReadSet,
+    /// An Elle list-append transaction: micro-operations on lists, applied atomically.
+    Txn { mops: Vec<Mop> },
+}
+
+/// A micro-operation of a list-append transaction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "m", rename_all = "snake_case")]
+pub enum Mop {
+    /// Append a unique value to the key's list.
+    Append { key: String, value: Value },
+    /// Read the key's whole list.
+    Read { key: String },
+}
+
+impl Mop {
+    pub fn key(&self) -> &str {
+        match self {
+            Mop::Append { key, .. } | Mop::Read { key } => key,
+        }
+    }
 }
 
 impl Call {
@@ -47,7 +67,7 @@ impl Call {
     pub fn key(&self) -> Option<&str> {
         match self {
             Call::Read { key } | Call::Write { key, .. } | Call::Cas { key, .. } => Some(key),
-            Call::Add { .. } | Call::ReadSet => None,
+            Call::Add { .. } | Call::ReadSet | Call::Txn { .. } => None,
         }
     }
 }
@@ -82,6 +102,10 @@ pub enum Reply {
     Add,
     ReadSet {
         elements: Vec<Value>,
+    },
+    /// One entry per micro-operation: the list read, or `None` for an append.
+    Txn {
+        reads: Vec<Option<Vec<Value>>>,
     },
 }
 

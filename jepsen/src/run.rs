@@ -113,6 +113,7 @@ pub fn check_history(workload: Workload, events: &[history::Event]) -> anyhow::R
     let workload_result = match workload {
         Workload::Register => checker::linearizable::check(&ops),
         Workload::Set => checker::set::check(&ops),
+        Workload::Append => checker::elle::check(&ops),
     };
     let checkers = vec![workload_result, checker::revision::check(&ops)];
     Ok(Results {
@@ -138,6 +139,7 @@ fn history_stats(events: &[history::Event]) -> serde_json::Value {
                     Call::Cas { .. } => "cas",
                     Call::Add { .. } => "add",
                     Call::ReadSet => "read_set",
+                    Call::Txn { .. } => "txn",
                 };
                 calls.insert(event.actor, name);
                 continue;

@@ -6,6 +6,10 @@
 //!   so it often succeeds). Checked by `checker::linearizable`.
 //! - `set`: half the threads add unique elements (a put of `jepsen/s/<element>`), the others read
 //!   the whole prefix; every member is read again after healing. Checked by `checker::set`.
+//! - `append` (Jepsen's etcd append): transactions of 1–4 reads and appends over 3 active keys
+//!   holding lists. A client reads the keys in one txn, computes the reads and new lists, and
+//!   commits with a txn guarded by every key's `mod_revision` (so a commit means the reads held
+//!   at the commit's revision); a failed guard is a definite failure. Checked by `checker::elle`.
 //!
 //! Values are unique across the run, so a read identifies the write it observed.
 
@@ -15,18 +19,28 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::client::{ClientError, EtcdClient};
-use crate::history::{Call, EventKind, Reply, Value, Versioned};
+use crate::history::{Call, EventKind, Mop, Reply, Value, Versioned};
 
 /// Prefix of the register keys.
 const REGISTER_PREFIX: &str = "jepsen/r/";
 /// Prefix of the set's element keys.
 pub const SET_PREFIX: &str = "jepsen/s/";
+/// Prefix of the append workload's list keys.
+const APPEND_PREFIX: &str = "jepsen/a/";
+/// append: keys a transaction picks from (Elle's key-count).
+const APPEND_ACTIVE_KEYS: u64 = 3;
+/// append: transactions before the window of active keys slides by one key, keeping lists short.
+const APPEND_TXNS_PER_KEY_SHIFT: u64 = 100;
+/// append: micro-operations per transaction, at most (Elle's max-txn-length).
+const APPEND_TXN_MOPS_MAX: usize = 4;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Workload {
     Register,
     Set,
+    /// Elle list-append transactions (strict serializability).
+    Append,
 }
 
 /// How reads are served.
@@ -54,6 +68,8 @@ pub struct Generator {
     ops_per_key: u64,
     next_value: AtomicU64,
     groups: Vec<Group>,
+    /// append: transactions handed out so far.
+    txns: AtomicU64,
 }
 
 impl Generator {
@@ -76,6 +92,7 @@ impl Generator {
                     last_value: AtomicU64::new(0),
                 })
                 .collect(),
+            txns: AtomicU64::new(0),
         }
     }
 
@@ -92,7 +109,7 @@ impl Generator {
                 let size = self.threads_per_key.min(self.concurrency - start);
                 (thread - start, size)
             }
-            Workload::Set => (thread, self.concurrency),
+            Workload::Set | Workload::Append => (thread, self.concurrency),
         };
         slot < size / 2
     }
@@ -100,6 +117,27 @@ impl Generator {
     /// The next call for `thread`.
     pub fn next_call(&self, thread: usize, rng: &mut impl Rng) -> Call {
         match self.workload {
+            Workload::Append => {
+                let base = self.txns.fetch_add(1, Ordering::Relaxed) / APPEND_TXNS_PER_KEY_SHIFT;
+                let len = rng.random_range(1..=APPEND_TXN_MOPS_MAX);
+                let mops = (0..len)
+                    .map(|_| {
+                        let key = format!(
+                            "{APPEND_PREFIX}{}",
+                            base + rng.random_range(0..APPEND_ACTIVE_KEYS)
+                        );
+                        if rng.random_bool(0.5) {
+                            Mop::Append {
+                                key,
+                                value: self.fresh_value(),
+                            }
+                        } else {
+                            Mop::Read { key }
+                        }
+                    })
+                    .collect();
+                Call::Txn { mops }
+            }
             Workload::Set => {
                 if self.is_reader(thread) {
                     Call::ReadSet
@@ -168,6 +206,87 @@ fn parse_value(bytes: &[u8]) -> Value {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(u64::MAX)
+}
+
+/// A list as stored: decimal values separated by commas.
+fn encode_list(list: &[Value]) -> Vec<u8> {
+    list.iter()
+        .map(Value::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+        .into_bytes()
+}
+
+fn parse_list(bytes: &[u8]) -> Vec<Value> {
+    bytes
+        .split(|&b| b == b',')
+        .filter(|part| !part.is_empty())
+        .map(parse_value)
+        .collect()
+}
+
+/// Runs a list-append transaction: read every key in one snapshot, compute the reads and new
+/// lists, commit guarded by every key's `mod_revision`.
+async fn invoke_txn(client: &mut EtcdClient, mops: &[Mop], serializable: bool) -> EventKind {
+    let mut keys: Vec<&str> = Vec::new();
+    for mop in mops {
+        if !keys.contains(&mop.key()) {
+            keys.push(mop.key());
+        }
+    }
+    let (snapshot, snapshot_revision) = match client.snapshot(&keys, serializable).await {
+        Ok(snapshot) => snapshot,
+        // Nothing was written yet.
+        Err(e) => return read_error(e),
+    };
+    let mut lists: Vec<Vec<Value>> = snapshot
+        .iter()
+        .map(|(value, _)| value.as_deref().map_or_else(Vec::new, parse_list))
+        .collect();
+    let mut appended = vec![false; keys.len()];
+    let mut reads = Vec::with_capacity(mops.len());
+    for mop in mops {
+        let at = keys
+            .iter()
+            .position(|k| *k == mop.key())
+            .expect("every key was collected");
+        match mop {
+            Mop::Append { value, .. } => {
+                lists[at].push(*value);
+                appended[at] = true;
+                reads.push(None);
+            }
+            Mop::Read { .. } => reads.push(Some(lists[at].clone())),
+        }
+    }
+    if !appended.contains(&true) {
+        return EventKind::Ok {
+            reply: Reply::Txn { reads },
+            revision: snapshot_revision,
+        };
+    }
+    let guards: Vec<(&str, i64)> = keys
+        .iter()
+        .zip(&snapshot)
+        .map(|(key, (_, mod_revision))| (*key, *mod_revision))
+        .collect();
+    let puts: Vec<(&str, Vec<u8>)> = keys
+        .iter()
+        .zip(&lists)
+        .zip(&appended)
+        .filter(|(_, appended)| **appended)
+        .map(|((key, list), _)| (*key, encode_list(list)))
+        .collect();
+    match client.guarded_put(&guards, &puts).await {
+        Ok((true, revision)) => EventKind::Ok {
+            reply: Reply::Txn { reads },
+            revision,
+        },
+        Ok((false, _)) => EventKind::Fail {
+            error: "guard failed: a key changed since it was read".into(),
+        },
+        Err(e) => write_error(e),
+    }
 }
 
 /// A write's error: definite → `fail`, indefinite → `info`.
@@ -242,6 +361,7 @@ pub async fn invoke(client: &mut EtcdClient, call: &Call, reads: ReadMode) -> Ev
             },
             Err(e) => read_error(e),
         },
+        Call::Txn { mops } => invoke_txn(client, mops, serializable).await,
     }
 }
 
@@ -326,6 +446,31 @@ mod tests {
             generator.next_call(3, &mut rng),
             Call::Add { element: 2 }
         ));
+    }
+
+    #[test]
+    fn append_txns_use_a_sliding_window_of_three_keys() {
+        let generator = Generator::new(Workload::Append, 4, 1, 1);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+        let mut keys = std::collections::BTreeSet::new();
+        for _ in 0..APPEND_TXNS_PER_KEY_SHIFT {
+            let Call::Txn { mops } = generator.next_call(0, &mut rng) else {
+                panic!("append hands out txns");
+            };
+            assert!((1..=APPEND_TXN_MOPS_MAX).contains(&mops.len()));
+            keys.extend(mops.iter().map(|m| m.key().to_string()));
+        }
+        assert_eq!(keys.len(), 3, "{keys:?}");
+        let Call::Txn { mops } = generator.next_call(0, &mut rng) else {
+            panic!("append hands out txns");
+        };
+        assert!(mops.iter().all(|m| m.key() != "jepsen/a/0"), "{mops:?}");
+    }
+
+    #[test]
+    fn lists_round_trip() {
+        assert_eq!(parse_list(&encode_list(&[3, 1, 2])), vec![3, 1, 2]);
+        assert_eq!(parse_list(b""), Vec::<Value>::new());
     }
 
     #[test]

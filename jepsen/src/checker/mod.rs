@@ -3,6 +3,7 @@
 //! They never talk to a store or read the clock: a search that runs out of its step budget
 //! answers [`Verdict::Unknown`], never a pass.
 
+pub mod elle;
 pub mod linearizable;
 pub mod revision;
 pub mod set;

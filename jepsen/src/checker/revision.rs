@@ -4,7 +4,7 @@
 //! other.
 //!
 //! - **Real time**: if op A completed before op B was invoked, `rev(B) >= rev(A)`, and
-//!   `rev(B) > rev(A)` when B wrote (a put, an add, a CAS that succeeded). A read whose header
+//!   `rev(B) > rev(A)` when B wrote (a put, an add, a CAS that succeeded, a txn that appended). A read whose header
 //!   revision is below one already returned to someone is a stale read or time travel.
 //! - **One revision per write**: two acknowledged writes never share a revision.
 //! - **Reads agree with writes**: a read of value v reports `mod_revision` = the revision of
@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 
 use super::{CheckResult, Verdict, ANOMALIES_REPORTED_MAX};
-use crate::history::{Call, Op, Outcome, Reply, Value};
+use crate::history::{Call, Mop, Op, Outcome, Reply, Value};
 
 /// What an acknowledged write put where.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -63,7 +63,17 @@ pub fn check(history: &[Op]) -> CheckResult {
             }),
             _ => None,
         };
-        acked.push((op.invoke_ns, complete, *revision, written.is_some(), at));
+        let appended = match &op.call {
+            Call::Txn { mops } => mops.iter().any(|m| matches!(m, Mop::Append { .. })),
+            _ => false,
+        };
+        acked.push((
+            op.invoke_ns,
+            complete,
+            *revision,
+            written.is_some() || appended,
+            at,
+        ));
         if let Some(written) = written {
             if let Some(other) = writes_by_rev.insert(*revision, written.clone()) {
                 count += 1;
