@@ -25,6 +25,9 @@ use crate::proxy::{Network, PeerProxy};
 /// How long a freshly started cluster may take to answer a linearizable read on every member.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Lines of a member's log quoted when it exits by itself.
+const LOG_TAIL_LINES: usize = 20;
+
 /// Deadline of one health probe.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(1000);
 
@@ -270,9 +273,10 @@ impl Cluster {
         Ok(())
     }
 
-    /// Waits until every member answers a linearizable read, or fails after `timeout`.
+    /// Waits until every member answers a linearizable read, or fails after `timeout`, or as
+    /// soon as a member process has exited by itself (with the end of its log).
     /// Returns how long that took.
-    pub async fn wait_healthy(&self, timeout: Duration) -> anyhow::Result<Duration> {
+    pub async fn wait_healthy(&mut self, timeout: Duration) -> anyhow::Result<Duration> {
         let start = Instant::now();
         let mut pending: Vec<usize> = (0..self.members.len()).collect();
         let mut last_error = String::new();
@@ -284,6 +288,7 @@ impl Cluster {
             }
             let mut still = Vec::new();
             for &i in &pending {
+                self.fail_if_exited(i)?;
                 let mut client = EtcdClient::new(&self.client_url(i), PROBE_TIMEOUT)?;
                 if let Err(e) = client.get("cairn-jepsen/health", false).await {
                     last_error = format!("n{i}: {e}");
@@ -296,6 +301,26 @@ impl Cluster {
             }
         }
         Ok(start.elapsed())
+    }
+
+    /// An error if member `i`'s process has exited although the harness did not kill it.
+    fn fail_if_exited(&mut self, i: usize) -> anyhow::Result<()> {
+        let member = &mut self.members[i];
+        let Some(child) = member.child.as_mut() else {
+            return Ok(());
+        };
+        let Some(status) = child.try_wait()? else {
+            return Ok(());
+        };
+        let log = std::fs::read_to_string(&member.log_path).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(LOG_TAIL_LINES).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        anyhow::bail!(
+            "member {} exited by itself ({status}); end of {}:\n{}",
+            member.name,
+            member.log_path.display(),
+            tail.join("\n")
+        )
     }
 
     /// The member that most running members name as leader, if any.

@@ -109,3 +109,23 @@ async fn partitions_pauses_and_kills_act_on_a_real_etcd_cluster() {
     let restarted = client(&cluster, m).get("k", false).await.unwrap();
     assert_eq!(restarted.kv.unwrap().value.as_ref(), b"3");
 }
+
+/// A member binary that dies at once makes `start` fail fast, quoting the member, instead of
+/// waiting out the startup timeout.
+#[tokio::test]
+async fn a_member_that_exits_by_itself_fails_startup_fast() {
+    let started = Instant::now();
+    let error = Cluster::start(ClusterSpec {
+        bin: "/bin/false".into(),
+        members: 3,
+        extra_args: vec![],
+    })
+    .await
+    .err()
+    .expect("/bin/false is no store");
+    assert!(
+        format!("{error:#}").contains("exited by itself"),
+        "{error:#}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
