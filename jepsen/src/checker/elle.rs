@@ -23,6 +23,9 @@ use std::collections::{HashMap, VecDeque};
 use super::{CheckResult, Verdict, ANOMALIES_REPORTED_MAX};
 use crate::history::{Call, Mop, Op, Outcome, Reply, Value};
 
+/// Transactions of one strongly connected component tried as the start of its reported cycle.
+const CYCLE_STARTS_MAX: usize = 32;
+
 /// Why one transaction precedes another.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Edge {
@@ -312,14 +315,19 @@ pub fn check(history: &[Op]) -> CheckResult {
 
     let mut cycles = 0;
     for component in components(&graph) {
-        let Some(&start) = component.iter().find(|&&n| n < chain) else {
-            continue;
-        };
-        if component.len() < 2 {
+        if component.len() < 2 || !component.iter().any(|&n| n < chain) {
             continue;
         }
         cycles += 1;
-        let cycle = shortest_cycle(&graph, &component, start);
+        // The shortest cycle through any of the first few transactions: a short witness reads
+        // best and names the anomaly most precisely.
+        let cycle = component
+            .iter()
+            .filter(|&&n| n < chain)
+            .take(CYCLE_STARTS_MAX)
+            .map(|&start| shortest_cycle(&graph, &component, start))
+            .min_by_key(|cycle| cycle.iter().filter(|&&(n, _)| n < chain).count())
+            .expect("the component holds a transaction");
         let edges: Vec<Edge> = cycle.iter().map(|&(_, e)| e).collect();
         let steps: Vec<String> = cycle
             .iter()
