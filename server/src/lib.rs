@@ -9,3 +9,4 @@ pub mod engine;
 pub mod mvcc;
 pub mod raft;
 pub mod server;
+pub mod snapshot;

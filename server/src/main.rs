@@ -35,8 +35,10 @@ fn main() -> ExitCode {
 
 async fn run(cfg: Config) -> anyhow::Result<()> {
     let server = cairn_server::server::start(&cfg).await?;
-    shutdown_signal().await;
-    tracing::info!("received shutdown signal; stopping");
+    tokio::select! {
+        _ = shutdown_signal() => tracing::info!("received shutdown signal; stopping"),
+        _ = server.removed() => tracing::warn!("this member was removed from the cluster; stopping"),
+    }
     server.stop().await;
     Ok(())
 }

@@ -7,21 +7,29 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context};
+use cairn_proto::cairnpb::peer_client::PeerClient;
+use cairn_proto::cairnpb::peer_server::PeerServer;
+use cairn_proto::cairnpb::{internal_request, MemberAttributes, MembersRequest};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::{self, ClientListener, Core, IdGenerator};
-use crate::apply::{self, wait::Wait};
-use crate::cluster::Membership;
+use crate::apply::{self, wait::Wait, Apply};
+use crate::cluster::{Member, Membership};
 use crate::config::{parse_http_url, Config};
 use crate::engine::Engine;
 use crate::mvcc::{Compactor, Store, Writer};
 use crate::raft::storage::{self, LogStore};
-use crate::raft::{self, RaftConfig};
+use crate::raft::{self, PeerService, RaftConfig};
+use crate::snapshot;
 
-/// A running member: its client addresses and a way to stop it.
+/// A running member: its addresses and a way to stop it.
 pub struct Server {
     pub client_addrs: Vec<SocketAddr>,
+    pub peer_addrs: Vec<SocketAddr>,
+    member_id: u64,
+    membership: watch::Receiver<Membership>,
     shutdown: watch::Sender<bool>,
     serving: Vec<tokio::task::JoinHandle<()>>,
     /// The raft loop (which outlives its log writer) and the apply worker.
@@ -32,6 +40,13 @@ pub struct Server {
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Server {
+    /// Returns once this member has been removed from the cluster (it should then stop).
+    pub async fn removed(&self) {
+        let mut membership = self.membership.clone();
+        let id = self.member_id;
+        let _ = membership.wait_for(|m| m.removed.contains(&id)).await;
+    }
+
     /// Stops accepting requests, lets the listeners close, then stops the raft loop, log writer,
     /// apply worker and compactor and waits for them: the database must be idle when the process
     /// exits (RocksDB aborts if its threads are torn down under a writer).
@@ -54,64 +69,77 @@ impl Server {
     }
 }
 
-/// Opens (or creates) the member's data, starts it, and serves its client URLs.
+/// Opens (or creates) the member's data, starts it, serves its peer URLs at once and its client URLs
+/// once it has joined the cluster (published its name and client URLs through raft, as etcd does).
 pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
     let data_dir = cfg.data_dir();
     let engine = open_engine(&data_dir)?;
-    let membership = recover_or_bootstrap(cfg, &engine)?;
+    let snapshot_dir = data_dir.join("member").join("snap");
+    snapshot::resume_install(&engine)?;
+    snapshot::remove_stale_files(&engine, &snapshot_dir)?;
+    let (membership, member_id) = recover_or_bootstrap(cfg, &engine).await?;
     tracing::info!(
         name = %cfg.name,
         data_dir = %data_dir.display(),
-        member_id = format_args!("{:x}", membership.member_id),
+        member_id = format_args!("{member_id:x}"),
         cluster_id = format_args!("{:x}", membership.cluster_id),
         "starting member"
     );
-
-    let mut writer = Writer::open(engine.clone())?;
-    if writer.applied_index()? < storage::BOOTSTRAP_INDEX {
-        // The bootstrap entry carries no request: it counts as applied.
-        writer.set_applied(storage::BOOTSTRAP_INDEX)?;
+    let cluster_id = membership.cluster_id;
+    if membership.removed.contains(&member_id) {
+        bail!("member {member_id:x} has been removed from the cluster; its data dir cannot rejoin");
     }
+
+    let writer = Writer::open(engine.clone())?;
     let applied_index = writer.applied_index()?;
     let compactor = Arc::new(Compactor::start(engine.clone())?);
     let wait = Wait::default();
+    let (membership_tx, membership_rx) = watch::channel(membership);
     let (committed_tx, committed_rx) = crossbeam_channel::bounded(raft::APPLY_QUEUE_LEN_MAX);
     let (applied_tx, applied_rx) = watch::channel(applied_index);
     let apply_thread = apply::start(
-        writer,
-        compactor.clone(),
+        Apply {
+            writer,
+            compactor: compactor.clone(),
+            wait: wait.clone(),
+            membership: membership_tx,
+        },
         committed_rx,
         applied_tx,
-        wait.clone(),
     );
     let (raft, raft_thread) = raft::start(
         engine.clone(),
         RaftConfig {
-            member_id: membership.member_id,
+            member_id,
             tick: cfg.tick(),
             election_ticks: cfg.election_ticks(),
             heartbeat_ticks: 1,
             snapshot_count: cfg.snapshot_count,
             applied: applied_index,
+            cluster_id,
+            snapshot_dir: snapshot_dir.clone(),
         },
         committed_tx,
         applied_rx,
+        membership_rx.clone(),
+        tokio::runtime::Handle::current(),
     )?;
-
-    // Serve only once the log committed before this start is applied, as etcd does.
-    tokio::time::timeout(cfg.request_timeout(), async {
-        raft.wait_leader().await?;
-        raft.wait_applied(raft.status().commit_index).await
-    })
-    .await
-    .context("no leader elected in time")??;
+    let peer_service = PeerService::new(
+        &raft,
+        member_id,
+        cluster_id,
+        membership_rx.clone(),
+        snapshot_dir,
+    );
 
     let core = Arc::new(Core {
         store: Store::new(engine.clone()),
         raft,
         wait,
-        ids: IdGenerator::new(membership.member_id, SystemTime::now()),
-        membership,
+        ids: IdGenerator::new(member_id, SystemTime::now()),
+        member_id,
+        cluster_id,
+        membership: membership_rx.clone(),
         client_urls: cfg.advertise_client_urls.clone(),
         compactor,
         engine,
@@ -119,7 +147,19 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
         max_txn_ops: cfg.max_txn_ops as usize,
         request_timeout: cfg.request_timeout(),
     });
-    serve(cfg, core, vec![raft_thread, apply_thread]).await
+    let (shutdown, _) = watch::channel(false);
+    let mut serving = vec![];
+    let peer_addrs = serve_peers(cfg, peer_service, &shutdown, &mut serving).await?;
+    let client_addrs = serve_clients(cfg, core, &shutdown, &mut serving).await?;
+    Ok(Server {
+        client_addrs,
+        peer_addrs,
+        member_id,
+        membership: membership_rx,
+        shutdown,
+        serving,
+        threads: vec![raft_thread, apply_thread],
+    })
 }
 
 fn open_engine(data_dir: &Path) -> anyhow::Result<Engine> {
@@ -135,33 +175,21 @@ fn open_engine(data_dir: &Path) -> anyhow::Result<Engine> {
 }
 
 /// An existing member keeps its stored membership (the `--initial-cluster*` flags are ignored, as
-/// with etcd); a new one derives it from the flags and bootstraps its raft log.
-fn recover_or_bootstrap(cfg: &Config, engine: &Engine) -> anyhow::Result<Membership> {
+/// with etcd). A member of a new cluster derives it from the flags; a member joining a running one
+/// (`--initial-cluster-state=existing`) asks the other members listed in `--initial-cluster`.
+async fn recover_or_bootstrap(cfg: &Config, engine: &Engine) -> anyhow::Result<(Membership, u64)> {
     if LogStore::exists(engine)? {
-        if let Some(m) = Membership::load(engine)? {
-            return Ok(m);
+        if let Some(found) = Membership::load(engine)? {
+            return Ok(found);
         }
     }
-    if cfg.initial_cluster_state == "existing" {
-        bail!("--initial-cluster-state=existing (joining a running cluster) is not supported yet; a member with data ignores the flag");
-    }
     let initial = cfg.initial_cluster()?;
-    let membership =
+    let (flags, local) =
         Membership::from_initial_cluster(&initial, &cfg.name, &cfg.initial_cluster_token)
             .map_err(anyhow::Error::msg)?;
-    if membership.members.len() > 1 {
-        bail!(
-            "--initial-cluster names {} members: multi-member clusters are not supported yet",
-            membership.members.len()
-        );
-    }
     let mut advertised = cfg.initial_advertise_peer_urls.clone();
     advertised.sort();
-    let me = membership
-        .members
-        .iter()
-        .find(|m| m.id == membership.member_id)
-        .expect("local member is in the membership");
+    let me = flags.get(local).expect("local member is in the membership");
     let mut listed = me.peer_urls.clone();
     listed.sort();
     if listed != advertised {
@@ -172,44 +200,178 @@ fn recover_or_bootstrap(cfg: &Config, engine: &Engine) -> anyhow::Result<Members
             cfg.initial_advertise_peer_urls.join(",")
         );
     }
-    membership.save(engine)?;
-    LogStore::bootstrap(engine, &membership.voter_ids())?;
-    Ok(membership)
+    if cfg.initial_cluster_state == "existing" {
+        let others: Vec<&Member> = flags.members.iter().filter(|m| m.id != local).collect();
+        let (membership, local) = fetch_membership(&others, &advertised).await?;
+        membership.save_bootstrap(engine, local)?;
+        LogStore::bootstrap_joining(engine)?;
+        return Ok((membership, local));
+    }
+    flags.save_bootstrap(engine, local)?;
+    LogStore::bootstrap(engine, &flags.voter_ids())?;
+    // The bootstrap entry carries no request: it counts as applied.
+    Writer::open(engine.clone())?.set_applied(storage::BOOTSTRAP_INDEX)?;
+    Ok((flags, local))
 }
 
-async fn serve(
-    cfg: &Config,
-    core: Arc<Core>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-) -> anyhow::Result<Server> {
-    let (shutdown, _) = watch::channel(false);
-    let mut client_addrs = vec![];
-    let mut serving = vec![];
-    for url in &cfg.listen_client_urls {
-        let (host, port) = parse_http_url(url)?;
-        let listener = TcpListener::bind((host.as_str(), port))
-            .await
-            .with_context(|| format!("cannot listen on {url}"))?;
-        let addr = listener.local_addr()?;
-        client_addrs.push(addr);
-        let router = api::router(core.clone());
-        let mut stop = shutdown.subscribe();
-        serving.push(tokio::spawn(async move {
-            let result = axum::serve(ClientListener(listener), router)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|&s| s).await;
+/// Asks the running members for the cluster, and finds this member in it by its peer URLs.
+async fn fetch_membership(
+    others: &[&Member],
+    advertised: &[String],
+) -> anyhow::Result<(Membership, u64)> {
+    let mut last_error = anyhow::anyhow!("--initial-cluster names no other member to join");
+    for url in others.iter().flat_map(|m| &m.peer_urls) {
+        let answer = async {
+            let mut client = PeerClient::connect(url.clone()).await?;
+            Ok::<_, anyhow::Error>(client.members(MembersRequest {}).await?.into_inner())
+        };
+        let resp = match tokio::time::timeout(Duration::from_secs(5), answer).await {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => {
+                last_error = e.context(format!("cannot fetch the cluster from {url}"));
+                continue;
+            }
+            Err(_) => {
+                last_error = anyhow::anyhow!("cannot fetch the cluster from {url}: timed out");
+                continue;
+            }
+        };
+        let membership = Membership {
+            cluster_id: resp.cluster_id,
+            members: resp
+                .members
+                .into_iter()
+                .map(|m| Member {
+                    id: m.id,
+                    name: m.name,
+                    peer_urls: m.peer_ur_ls,
+                    client_urls: m.client_ur_ls,
+                    is_learner: m.is_learner,
                 })
-                .await;
-            if let Err(e) = result {
-                tracing::error!("client listener failed: {e}");
+                .collect(),
+            removed: vec![],
+        };
+        let local = membership.members.iter().find(|m| {
+            let mut urls = m.peer_urls.clone();
+            urls.sort();
+            urls == advertised
+        });
+        let Some(local) = local else {
+            bail!(
+                "this member (peer URLs {}) is not in the cluster: add it with `member add` first",
+                advertised.join(",")
+            );
+        };
+        let local = local.id;
+        return Ok((membership, local));
+    }
+    Err(last_error)
+}
+
+async fn serve_peers(
+    cfg: &Config,
+    service: PeerService,
+    shutdown: &watch::Sender<bool>,
+    serving: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> anyhow::Result<Vec<SocketAddr>> {
+    let service = PeerServer::new(service)
+        .max_decoding_message_size(raft::PEER_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(raft::PEER_MESSAGE_BYTES_MAX);
+    let mut addrs = vec![];
+    for url in &cfg.listen_peer_urls {
+        let listener = bind(url).await?;
+        let addr = listener.local_addr()?;
+        addrs.push(addr);
+        let mut stop = shutdown.subscribe();
+        let router = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(service.clone());
+        serving.push(tokio::spawn(async move {
+            let incoming = TcpListenerStream::new(listener);
+            let stopped = async move {
+                let _ = stop.wait_for(|&s| s).await;
+            };
+            if let Err(e) = router.serve_with_incoming_shutdown(incoming, stopped).await {
+                tracing::error!("peer listener failed: {e}");
             }
         }));
-        tracing::info!(%addr, "serving client requests");
+        tracing::info!(%addr, "serving peer traffic");
     }
-    Ok(Server {
-        client_addrs,
-        shutdown,
-        serving,
-        threads,
-    })
+    Ok(addrs)
+}
+
+async fn bind(url: &str) -> anyhow::Result<TcpListener> {
+    let (host, port) = parse_http_url(url)?;
+    TcpListener::bind((host.as_str(), port))
+        .await
+        .with_context(|| format!("cannot listen on {url}"))
+}
+
+/// Binds the client URLs now and serves them once this member has published its attributes through
+/// raft: by then it has a leader and has applied everything committed before it started.
+async fn serve_clients(
+    cfg: &Config,
+    core: Arc<Core>,
+    shutdown: &watch::Sender<bool>,
+    serving: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> anyhow::Result<Vec<SocketAddr>> {
+    let mut listeners = vec![];
+    for url in &cfg.listen_client_urls {
+        listeners.push(bind(url).await?);
+    }
+    let addrs = listeners
+        .iter()
+        .map(|l| l.local_addr())
+        .collect::<Result<Vec<_>, _>>()?;
+    let attributes = MemberAttributes {
+        member_id: core.member_id,
+        name: cfg.name.clone(),
+        client_urls: cfg.advertise_client_urls.clone(),
+    };
+    let mut stop = shutdown.subscribe();
+    serving.push(tokio::spawn(async move {
+        tokio::select! {
+            _ = publish(&core, attributes) => {}
+            _ = stop.wait_for(|&s| s) => return,
+        }
+        let mut tasks = vec![];
+        for listener in listeners {
+            let addr = listener.local_addr().ok();
+            let router = api::router(core.clone());
+            let mut stop = stop.clone();
+            tasks.push(tokio::spawn(async move {
+                let result = axum::serve(ClientListener(listener), router)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.wait_for(|&s| s).await;
+                    })
+                    .await;
+                if let Err(e) = result {
+                    tracing::error!("client listener failed: {e}");
+                }
+            }));
+            tracing::info!(addr = ?addr, "serving client requests");
+        }
+        drop(core);
+        for t in tasks {
+            let _ = t.await;
+        }
+    }));
+    Ok(addrs)
+}
+
+/// Proposes this member's name and client URLs until it succeeds (etcd: `publish`).
+async fn publish(core: &Core, attributes: MemberAttributes) {
+    loop {
+        let request = internal_request::Request::MemberAttributes(attributes.clone());
+        match core.propose(request).await {
+            Ok(_) => {
+                tracing::info!("published member attributes; ready to serve clients");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!("publishing member attributes: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
 }

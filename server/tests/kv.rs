@@ -219,7 +219,7 @@ async fn data_and_revisions_survive_restart_and_sigterm_is_clean() {
     assert!(m.terminate().success(), "SIGTERM exits cleanly");
 
     // Like etcd, a member with data ignores the bootstrap flags.
-    m.extra_args = vec!["--initial-cluster-state".into(), "existing".into()];
+    m.initial_cluster_state = "existing".into();
     m.restart();
     let mut c = Client::connect(m.endpoint()).await.unwrap();
     let after = c.get_prefix("k").await.unwrap();

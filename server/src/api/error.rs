@@ -25,10 +25,50 @@ pub enum ApiError {
     DuplicateKey,
     #[error("request is too large")]
     RequestTooLarge,
+    #[error(transparent)]
+    Member(#[from] MemberError),
+    #[error("{0}")]
+    Internal(String),
+    #[error("rpc not supported for learner")]
+    NotSupportedForLearner,
+}
+
+/// Why a membership request was refused (etcd: `membership` errors as `rpctypes` maps them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum MemberError {
+    #[error("member ID already exist")]
+    IdExists,
+    #[error("Peer URLs already exists")]
+    PeerUrlExists,
+    #[error("re-configuration failed due to not enough started members")]
+    NotEnoughStarted,
+    #[error("given member URLs are invalid")]
+    BadUrls,
+    #[error("member not found")]
+    NotFound,
+    #[error("can only promote a learner member")]
+    NotLearner,
+    #[error("can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    #[error("too many learner members in cluster")]
+    TooManyLearners,
+    #[error("bad leader transferee")]
+    BadLeaderTransferee,
+    #[error("request timed out, leader transfer took too long")]
+    LeaderTransferTimeout,
 }
 
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Status {
+        if let ApiError::Member(m) = &e {
+            let code = match m {
+                MemberError::BadUrls => Code::InvalidArgument,
+                MemberError::NotFound => Code::NotFound,
+                MemberError::LeaderTransferTimeout => Code::Unavailable,
+                _ => Code::FailedPrecondition,
+            };
+            return Status::new(code, format!("etcdserver: {m}"));
+        }
         let (code, msg) = match &e {
             ApiError::EmptyKey => (Code::InvalidArgument, "etcdserver: key is not provided"),
             ApiError::ValueProvided => (Code::InvalidArgument, "etcdserver: value is provided"),
@@ -69,7 +109,14 @@ impl From<ApiError> for Status {
                 }
                 RaftError::Stopped => (Code::Unavailable, "etcdserver: server stopped"),
                 RaftError::Timeout => (Code::Unavailable, "etcdserver: request timed out"),
+                RaftError::NotLeader => (Code::FailedPrecondition, "etcdserver: not leader"),
             },
+            ApiError::Internal(msg) => return Status::internal(msg.clone()),
+            ApiError::NotSupportedForLearner => (
+                Code::Unavailable,
+                "etcdserver: rpc not supported for learner",
+            ),
+            ApiError::Member(_) => unreachable!("mapped above"),
         };
         Status::new(code, msg)
     }

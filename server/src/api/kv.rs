@@ -45,6 +45,9 @@ impl KvService {
 
     async fn range_inner(&self, req: RangeRequest) -> Result<RangeResponse, ApiError> {
         validate::check_range(&req)?;
+        if !req.serializable && self.core.is_learner() {
+            return Err(ApiError::NotSupportedForLearner);
+        }
         if !req.serializable {
             self.core.linearizable_barrier().await?;
         }

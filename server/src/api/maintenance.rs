@@ -1,15 +1,15 @@
-//! `etcdserverpb.Maintenance` and `etcdserverpb.Cluster`: what `etcdctl endpoint status`,
-//! `endpoint health` and `member list` need. The other methods answer `Unimplemented` by name.
+//! `etcdserverpb.Maintenance`: what `etcdctl endpoint status`, `endpoint health`, `defrag` and
+//! `move-leader` need. The other methods answer `Unimplemented` by name.
 
 use std::sync::Arc;
 
-use cairn_proto::etcdserverpb::cluster_server::Cluster;
 use cairn_proto::etcdserverpb::maintenance_server::Maintenance;
 use cairn_proto::etcdserverpb::*;
 use tonic::{Request, Response, Status};
 
-use super::error::unimplemented;
+use super::error::{unimplemented, MemberError};
 use super::{ApiError, Core, ETCD_VERSION};
+use crate::raft::RaftError;
 
 pub struct MaintenanceService {
     core: Arc<Core>,
@@ -28,6 +28,11 @@ impl Maintenance for MaintenanceService {
         let raft = core.raft.status();
         let revision = core.store.current_revision().map_err(ApiError::from)?;
         let db_size = core.engine.state_size_bytes() as i64;
+        let is_learner = core
+            .membership
+            .borrow()
+            .get(core.member_id)
+            .is_some_and(|m| m.is_learner);
         Ok(Response::new(StatusResponse {
             header: core.header(revision),
             version: ETCD_VERSION.to_string(),
@@ -37,6 +42,7 @@ impl Maintenance for MaintenanceService {
             raft_term: raft.term,
             raft_applied_index: core.raft.applied_index(),
             db_size_in_use: db_size,
+            is_learner,
             ..Default::default()
         }))
     }
@@ -83,11 +89,41 @@ impl Maintenance for MaintenanceService {
         Err(unimplemented("/etcdserverpb.Maintenance/Snapshot"))
     }
 
+    /// etcd `MoveLeader`: only the leader hands over, only to a voting member, and answers once the
+    /// transferee leads (or with a timeout).
     async fn move_leader(
         &self,
-        _: Request<MoveLeaderRequest>,
+        req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
-        Err(unimplemented("/etcdserverpb.Maintenance/MoveLeader"))
+        let core = &self.core;
+        let target = req.into_inner().target_id;
+        if !core.raft.status().is_leader {
+            return Err(ApiError::from(RaftError::NotLeader).into());
+        }
+        let is_voter = core
+            .membership
+            .borrow()
+            .get(target)
+            .is_some_and(|m| !m.is_learner);
+        if !is_voter {
+            return Err(ApiError::from(MemberError::BadLeaderTransferee).into());
+        }
+        let mut status = core.raft.watch_status();
+        let moved = async {
+            core.raft.transfer_leader(target).map_err(ApiError::from)?;
+            status
+                .wait_for(|s| s.leader_id == target)
+                .await
+                .map_err(|_| ApiError::from(RaftError::Stopped))?;
+            Ok::<_, ApiError>(())
+        };
+        match tokio::time::timeout(core.request_timeout, moved).await {
+            Ok(r) => r?,
+            Err(_) => return Err(ApiError::from(MemberError::LeaderTransferTimeout).into()),
+        }
+        Ok(Response::new(MoveLeaderResponse {
+            header: core.header(core.store.current_revision().map_err(ApiError::from)?),
+        }))
     }
 
     async fn downgrade(
@@ -95,74 +131,5 @@ impl Maintenance for MaintenanceService {
         _: Request<DowngradeRequest>,
     ) -> Result<Response<DowngradeResponse>, Status> {
         Err(unimplemented("/etcdserverpb.Maintenance/Downgrade"))
-    }
-}
-
-pub struct ClusterService {
-    core: Arc<Core>,
-}
-
-impl ClusterService {
-    pub fn new(core: Arc<Core>) -> ClusterService {
-        ClusterService { core }
-    }
-}
-
-#[tonic::async_trait]
-impl Cluster for ClusterService {
-    async fn member_list(
-        &self,
-        _: Request<MemberListRequest>,
-    ) -> Result<Response<MemberListResponse>, Status> {
-        let core = &self.core;
-        let members = core
-            .membership
-            .members
-            .iter()
-            .map(|m| Member {
-                id: m.id,
-                name: m.name.clone(),
-                peer_ur_ls: m.peer_urls.clone(),
-                client_ur_ls: if m.id == core.membership.member_id {
-                    core.client_urls.clone()
-                } else {
-                    vec![]
-                },
-                is_learner: false,
-            })
-            .collect();
-        Ok(Response::new(MemberListResponse {
-            // etcd 3.4's cluster responses carry no revision.
-            header: core.header(0),
-            members,
-        }))
-    }
-
-    async fn member_add(
-        &self,
-        _: Request<MemberAddRequest>,
-    ) -> Result<Response<MemberAddResponse>, Status> {
-        Err(unimplemented("/etcdserverpb.Cluster/MemberAdd"))
-    }
-
-    async fn member_remove(
-        &self,
-        _: Request<MemberRemoveRequest>,
-    ) -> Result<Response<MemberRemoveResponse>, Status> {
-        Err(unimplemented("/etcdserverpb.Cluster/MemberRemove"))
-    }
-
-    async fn member_update(
-        &self,
-        _: Request<MemberUpdateRequest>,
-    ) -> Result<Response<MemberUpdateResponse>, Status> {
-        Err(unimplemented("/etcdserverpb.Cluster/MemberUpdate"))
-    }
-
-    async fn member_promote(
-        &self,
-        _: Request<MemberPromoteRequest>,
-    ) -> Result<Response<MemberPromoteResponse>, Status> {
-        Err(unimplemented("/etcdserverpb.Cluster/MemberPromote"))
     }
 }

@@ -6,6 +6,7 @@
 //!
 //! **Boundary:** the only module that implements tonic service traits or speaks HTTP.
 
+mod cluster;
 mod error;
 mod health;
 mod http;
@@ -18,20 +19,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cairn_proto::cairnpb::{internal_request, InternalRequest};
+use cairn_proto::cairnpb::{internal_request, InternalRequest, MemberChange};
 use cairn_proto::etcdserverpb::cluster_server::ClusterServer;
 use cairn_proto::etcdserverpb::kv_server::KvServer;
 use cairn_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use cairn_proto::etcdserverpb::ResponseHeader;
 use cairn_proto::grpc_health_v1::health_server::HealthServer;
 use prost::Message;
+use tokio::sync::{oneshot, watch};
+use tonic::service::interceptor::InterceptedService;
 
 use crate::apply::wait::Wait;
 use crate::apply::{Applied, ApplyResult};
 use crate::cluster::Membership;
 use crate::engine::Engine;
 use crate::mvcc::{Compactor, Store};
-use crate::raft::{RaftError, RaftHandle};
+use crate::raft::{MemberChangeKind, RaftError, RaftHandle};
 pub use error::ApiError;
 pub use listener::ClientListener;
 
@@ -73,7 +76,10 @@ pub struct Core {
     pub raft: RaftHandle,
     pub wait: Wait<ApplyResult>,
     pub ids: IdGenerator,
-    pub membership: Membership,
+    pub member_id: u64,
+    pub cluster_id: u64,
+    /// The membership as of the applied index.
+    pub membership: watch::Receiver<Membership>,
     pub client_urls: Vec<String>,
     pub compactor: Arc<Compactor>,
     pub engine: Engine,
@@ -99,6 +105,37 @@ impl Core {
             self.wait.cancel(id);
             return Err(e.into());
         }
+        self.wait_applied(id, applied).await
+    }
+
+    /// Proposes a membership change and waits until it is applied; returns the new membership.
+    pub async fn change_membership(
+        &self,
+        kind: MemberChangeKind,
+        mut change: MemberChange,
+    ) -> Result<Membership, ApiError> {
+        let id = self.ids.next();
+        change.id = id;
+        let applied = self.wait.register(id);
+        let member_id = change.member_id;
+        if let Err(e) = self
+            .raft
+            .propose_member_change(kind, member_id, change.encode_to_vec())
+        {
+            self.wait.cancel(id);
+            return Err(e.into());
+        }
+        match self.wait_applied(id, applied).await? {
+            Applied::Membership(m) => Ok(m),
+            other => Err(ApiError::Internal(format!("apply answered with {other:?}"))),
+        }
+    }
+
+    async fn wait_applied(
+        &self,
+        id: u64,
+        applied: oneshot::Receiver<ApplyResult>,
+    ) -> Result<Applied, ApiError> {
         match tokio::time::timeout(self.request_timeout, applied).await {
             Ok(Ok(result)) => Ok(result?),
             Ok(Err(_)) => Err(RaftError::Stopped.into()),
@@ -117,8 +154,8 @@ impl Core {
     /// etcd's response header: this member's identity, the raft term and `revision`.
     pub fn header(&self, revision: i64) -> Option<ResponseHeader> {
         Some(ResponseHeader {
-            cluster_id: self.membership.cluster_id,
-            member_id: self.membership.member_id,
+            cluster_id: self.cluster_id,
+            member_id: self.member_id,
             revision,
             raft_term: self.raft.status().term,
         })
@@ -129,21 +166,66 @@ impl Core {
 /// gRPC methods Cairn does not serve yet.
 pub fn router(core: Arc<Core>) -> axum::Router {
     let recv_max = core.max_request_bytes + GRPC_OVERHEAD_BYTES;
-    let grpc = tonic::service::Routes::new(
+    let has_leader = Admission(core.clone());
+    let grpc = tonic::service::Routes::new(InterceptedService::new(
         KvServer::new(kv::KvService::new(core.clone()))
             .max_decoding_message_size(recv_max)
             .max_encoding_message_size(usize::MAX),
-    )
-    .add_service(
+        has_leader.clone(),
+    ))
+    .add_service(InterceptedService::new(
         MaintenanceServer::new(maintenance::MaintenanceService::new(core.clone()))
             .max_decoding_message_size(recv_max)
             .max_encoding_message_size(usize::MAX),
-    )
-    .add_service(
-        ClusterServer::new(maintenance::ClusterService::new(core.clone()))
+        has_leader.clone(),
+    ))
+    .add_service(InterceptedService::new(
+        ClusterServer::new(cluster::ClusterService::new(core.clone()))
             .max_decoding_message_size(recv_max)
             .max_encoding_message_size(usize::MAX),
-    )
+        has_leader,
+    ))
     .add_service(HealthServer::new(health::HealthService));
     http::routes(grpc.into_axum_router(), core)
+}
+
+/// etcd's unary and stream interceptors: a client that sets the `hasleader` metadata (clientv3's
+/// `WithRequireLeader`) is refused with `no leader` while this member knows of none, and a learner
+/// serves only `Status` and serializable `Range` (the KV service checks the latter).
+#[derive(Clone)]
+struct Admission(Arc<Core>);
+
+impl Core {
+    pub fn is_learner(&self) -> bool {
+        self.membership
+            .borrow()
+            .get(self.member_id)
+            .is_some_and(|m| m.is_learner)
+    }
+}
+
+impl tonic::service::Interceptor for Admission {
+    fn call(&mut self, req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let core = &self.0;
+        if core.is_learner() {
+            let method = req.extensions().get::<tonic::GrpcMethod>();
+            let allowed = method.is_some_and(|m| {
+                matches!(
+                    (m.service(), m.method()),
+                    ("etcdserverpb.Maintenance", "Status") | ("etcdserverpb.KV", "Range")
+                )
+            });
+            if !allowed {
+                return Err(ApiError::NotSupportedForLearner.into());
+            }
+        }
+        let requires_leader = req
+            .metadata()
+            .get("hasleader")
+            .is_some_and(|v| v.as_bytes() == b"true");
+        if requires_leader && core.raft.status().leader_id == 0 {
+            return Err(ApiError::from(RaftError::NoLeader).into());
+        }
+        Ok(req)
+    }
 }

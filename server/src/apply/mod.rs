@@ -2,13 +2,17 @@
 //!
 //! **Invariant:** entries are applied exactly once, in order: an entry at or below the applied index
 //! stored with the data (etcd's consistent index) is skipped, so a replay after a crash is harmless.
-//! **Boundary:** apply never imports raft; it sees [`Committed`] entries carrying request bytes.
+//! It also owns the replicated membership: membership entries and member attributes change it in the
+//! same batch as their applied index, and every change is published on a `watch` channel.
+//!
+//! **Boundary:** apply never imports raft's crate; it sees [`Committed`] entries carrying request
+//! bytes, and raft's own state as opaque batches to write with them.
 
 pub mod wait;
 
 use std::thread;
 
-use cairn_proto::cairnpb::{internal_request, InternalRequest};
+use cairn_proto::cairnpb::{internal_request, member_change, InternalRequest, MemberChange};
 use cairn_proto::etcdserverpb::{
     CompactionResponse, DeleteRangeResponse, PutResponse, TxnResponse,
 };
@@ -16,8 +20,11 @@ use crossbeam_channel::Receiver;
 use prost::Message;
 use tokio::sync::watch;
 
+use crate::cluster::{Member, Membership};
+use crate::engine::Batch;
 use crate::mvcc::{self, Compactor, Writer};
 use crate::raft::Committed;
+use crate::snapshot;
 use wait::Wait;
 
 /// The state-machine outcome of one applied request.
@@ -27,34 +34,53 @@ pub enum Applied {
     DeleteRange(DeleteRangeResponse),
     Txn(TxnResponse),
     Compaction(CompactionResponse),
+    /// A membership change or member update: the membership after it.
+    Membership(Membership),
 }
 
 pub type ApplyResult = Result<Applied, mvcc::Error>;
 
+/// What the apply worker works on.
+pub struct Apply {
+    pub writer: Writer,
+    pub compactor: std::sync::Arc<Compactor>,
+    pub wait: Wait<ApplyResult>,
+    /// The membership as of the applied index; the worker publishes every change.
+    pub membership: watch::Sender<Membership>,
+}
+
 /// Starts the apply worker. It publishes its applied index on `applied` after each batch.
 pub fn start(
-    mut writer: Writer,
-    compactor: std::sync::Arc<Compactor>,
+    mut apply: Apply,
     committed: Receiver<Vec<Committed>>,
     applied: watch::Sender<u64>,
-    wait: Wait<ApplyResult>,
 ) -> thread::JoinHandle<()> {
     thread::Builder::new()
         .name("apply".into())
         .spawn(move || {
-            let mut applied_index = writer.applied_index().expect("read applied index at start");
+            let mut applied_index = apply
+                .writer
+                .applied_index()
+                .expect("read applied index at start");
             for batch in committed {
                 for entry in batch {
                     let index = entry.index();
                     if index <= applied_index {
                         continue;
                     }
-                    assert_eq!(
-                        index,
-                        applied_index + 1,
-                        "committed entries arrive in order"
-                    );
-                    apply_one(&mut writer, &compactor, &wait, entry);
+                    if let Committed::Snapshot {
+                        path, raft_state, ..
+                    } = entry
+                    {
+                        apply.install_snapshot(index, &path, raft_state);
+                    } else {
+                        assert_eq!(
+                            index,
+                            applied_index + 1,
+                            "committed entries arrive in order"
+                        );
+                        apply.apply_one(entry);
+                    }
                     applied_index = index;
                 }
                 applied.send_replace(applied_index);
@@ -63,49 +89,149 @@ pub fn start(
         .expect("spawn apply thread")
 }
 
-fn apply_one(
-    writer: &mut Writer,
-    compactor: &Compactor,
-    wait: &Wait<ApplyResult>,
-    entry: Committed,
-) {
-    let (index, data) = match entry {
-        Committed::Noop { index } => {
-            writer
-                .set_applied(index)
-                .unwrap_or_else(|e| fatal(index, e));
-            return;
-        }
-        Committed::Request { index, data } => (index, data),
-    };
-    let req = InternalRequest::decode(data)
-        .unwrap_or_else(|e| panic!("committed entry {index} is not an InternalRequest: {e}"));
-    let result = match req.request {
-        Some(internal_request::Request::Put(r)) => writer.put(&r, index).map(Applied::Put),
-        Some(internal_request::Request::DeleteRange(r)) => {
-            writer.delete_range(&r, index).map(Applied::DeleteRange)
-        }
-        Some(internal_request::Request::Txn(r)) => writer.txn(&r, index).map(Applied::Txn),
-        Some(internal_request::Request::Compaction(r)) => {
-            let result = writer.compact(r.revision, index);
-            if result.is_ok() {
-                compactor.schedule(r.revision);
+impl Apply {
+    fn apply_one(&mut self, entry: Committed) {
+        let (index, data) = match entry {
+            Committed::Noop { index } => {
+                let r = self.writer.set_applied(index);
+                r.unwrap_or_else(|e| fatal(index, e));
+                return;
             }
-            result.map(Applied::Compaction)
+            Committed::MemberChange {
+                index,
+                context,
+                raft_state,
+            } => return self.apply_member_change(index, &context, raft_state),
+            Committed::Snapshot { .. } => unreachable!("handled by the caller"),
+            Committed::Request { index, data } => (index, data),
+        };
+        let req = InternalRequest::decode(data)
+            .unwrap_or_else(|e| panic!("committed entry {index} is not an InternalRequest: {e}"));
+        let writer = &mut self.writer;
+        let result = match req.request {
+            Some(internal_request::Request::Put(r)) => writer.put(&r, index).map(Applied::Put),
+            Some(internal_request::Request::DeleteRange(r)) => {
+                writer.delete_range(&r, index).map(Applied::DeleteRange)
+            }
+            Some(internal_request::Request::Txn(r)) => writer.txn(&r, index).map(Applied::Txn),
+            Some(internal_request::Request::Compaction(r)) => {
+                let result = writer.compact(r.revision, index);
+                if result.is_ok() {
+                    self.compactor.schedule(r.revision);
+                }
+                result.map(Applied::Compaction)
+            }
+            Some(internal_request::Request::MemberAttributes(a)) => {
+                self.update_membership(index, |m| {
+                    if let Some(member) = m.get_mut(a.member_id) {
+                        member.name = a.name;
+                        member.client_urls = a.client_urls;
+                    }
+                })
+            }
+            Some(internal_request::Request::MemberPeerUrls(u)) => {
+                self.update_membership(index, |m| {
+                    if let Some(member) = m.get_mut(u.member_id) {
+                        member.peer_urls = u.peer_urls;
+                    }
+                })
+            }
+            None => {
+                let r = self.writer.set_applied(index);
+                r.unwrap_or_else(|e| fatal(index, e));
+                return;
+            }
+        };
+        if let Err(mvcc::Error::Engine(e)) = &result {
+            panic!("applying entry {index} failed in storage (fail-stop): {e}");
         }
-        None => {
-            writer
-                .set_applied(index)
-                .unwrap_or_else(|e| fatal(index, e));
-            return;
-        }
-    };
-    if let Err(mvcc::Error::Engine(e)) = &result {
-        panic!("applying entry {index} failed in storage (fail-stop): {e}");
+        self.wait.trigger(req.id, result);
     }
-    wait.trigger(req.id, result);
+
+    /// Changes the membership, stores it with `index` (and `extra`), publishes it.
+    fn change_membership(
+        &mut self,
+        index: u64,
+        mut extra: Batch,
+        change: impl FnOnce(&mut Membership),
+    ) -> Membership {
+        let mut membership = self.membership.borrow().clone();
+        change(&mut membership);
+        membership.save(&mut extra);
+        let r = self.writer.commit_with_applied(extra, index);
+        r.unwrap_or_else(|e| fatal(index, e));
+        self.membership.send_replace(membership.clone());
+        membership
+    }
+
+    fn update_membership(
+        &mut self,
+        index: u64,
+        change: impl FnOnce(&mut Membership),
+    ) -> ApplyResult {
+        let batch = self.writer.engine().batch();
+        Ok(Applied::Membership(
+            self.change_membership(index, batch, change),
+        ))
+    }
+
+    fn apply_member_change(&mut self, index: u64, context: &[u8], raft_state: Batch) {
+        if context.is_empty() {
+            // Raft's own change (leaving a joint configuration): only raft's state changes.
+            let r = self.writer.commit_with_applied(raft_state, index);
+            return r.unwrap_or_else(|e| fatal(index, e));
+        }
+        let change = MemberChange::decode(context)
+            .unwrap_or_else(|e| panic!("membership change at {index} is malformed: {e}"));
+        let membership = self.change_membership(index, raft_state, |m| match change.kind() {
+            member_change::Kind::Add => {
+                if m.get(change.member_id).is_none() {
+                    m.members.push(Member {
+                        id: change.member_id,
+                        name: String::new(),
+                        peer_urls: change.peer_urls.clone(),
+                        client_urls: vec![],
+                        is_learner: change.is_learner,
+                    });
+                }
+            }
+            member_change::Kind::Promote => {
+                if let Some(member) = m.get_mut(change.member_id) {
+                    member.is_learner = false;
+                }
+            }
+            member_change::Kind::Remove => {
+                m.members.retain(|x| x.id != change.member_id);
+                if !m.removed.contains(&change.member_id) {
+                    m.removed.push(change.member_id);
+                }
+            }
+        });
+        tracing::info!(
+            index,
+            member = format_args!("{:x}", change.member_id),
+            kind = ?change.kind(),
+            "membership changed"
+        );
+        self.wait
+            .trigger(change.id, Ok(Applied::Membership(membership)));
+    }
+
+    fn install_snapshot(&mut self, index: u64, path: &std::path::Path, raft_state: Batch) {
+        let engine = self.writer.engine().clone();
+        if let Err(e) = snapshot::install(&engine, path, raft_state) {
+            panic!("installing the snapshot at {index} failed (fail-stop): {e}");
+        }
+        self.writer = Writer::open(engine.clone())
+            .unwrap_or_else(|e| panic!("reopening the store after a snapshot: {e}"));
+        let membership = Membership::load(&engine)
+            .unwrap_or_else(|e| panic!("reading membership after a snapshot: {e}"))
+            .map(|(m, _)| m)
+            .unwrap_or_default();
+        self.membership.send_replace(membership);
+    }
 }
 
-fn fatal(index: u64, e: mvcc::Error) -> ! {
+fn fatal(index: u64, e: impl std::fmt::Display) -> ! {
     panic!("applying entry {index} failed in storage (fail-stop): {e}")
 }

@@ -47,6 +47,18 @@ impl Cf {
         Cf::Meta,
     ];
 
+    /// The column families of the replicated state machine (what a raft snapshot carries).
+    pub const STATE: [Cf; 4] = [Cf::KvLatest, Cf::KvHistory, Cf::KvRevision, Cf::Meta];
+
+    /// A stable one-byte tag (used in snapshot records).
+    pub fn tag(self) -> u8 {
+        Cf::ALL.iter().position(|&c| c == self).expect("listed") as u8
+    }
+
+    pub fn from_tag(tag: u8) -> Option<Cf> {
+        Cf::ALL.get(tag as usize).copied()
+    }
+
     fn name(self) -> &'static str {
         match self {
             Cf::RaftLog => "raft_log",
@@ -158,6 +170,43 @@ impl Engine {
         }
     }
 
+    /// Opens a checkpoint (see [`Engine::checkpoint`]) for reading.
+    pub fn open_read_only(dir: &Path) -> Result<Engine> {
+        let names = Cf::ALL.iter().map(|cf| cf.name());
+        let db = DB::open_cf_for_read_only(&Options::default(), dir, names, false)?;
+        Ok(Engine { db: Arc::new(db) })
+    }
+
+    /// Writes a consistent copy of the whole database to the new directory `dir` (hard links to
+    /// the immutable files plus a flush of the memtables: cheap and fast).
+    pub fn checkpoint(&self, dir: &Path) -> Result<()> {
+        rocksdb::checkpoint::Checkpoint::new(&self.db)?.create_checkpoint(dir)?;
+        Ok(())
+    }
+
+    /// Adds to `batch` the deletion of every key of `cf`.
+    pub fn clear(&self, cf: Cf, batch: &mut Batch) -> Result<()> {
+        let mut it = self.db.raw_iterator_cf(self.handle(cf));
+        it.seek_to_first();
+        let first = it.key().map(<[u8]>::to_vec);
+        it.seek_to_last();
+        let last = it.key().map(<[u8]>::to_vec);
+        it.status()?;
+        if let (Some(first), Some(last)) = (first, last) {
+            batch.delete_range(cf, &first, &last);
+            batch.delete(cf, &last);
+        }
+        Ok(())
+    }
+
+    /// Rebuilds a batch from [`Batch::data`].
+    pub fn batch_from_data(&self, data: &[u8]) -> Batch {
+        Batch {
+            engine: self.clone(),
+            inner: WriteBatch::from_data(data),
+        }
+    }
+
     /// An iterator over `[lower, upper)` of the live database (no snapshot); `upper = None` means to the end.
     pub fn iter(&self, cf: Cf, lower: &[u8], upper: Option<&[u8]>) -> RangeIter<'_> {
         let mut ro = ReadOptions::default();
@@ -225,6 +274,11 @@ impl Batch {
 
     pub fn size_bytes(&self) -> usize {
         self.inner.size_in_bytes()
+    }
+
+    /// The batch's serialized form (for [`Engine::batch_from_data`] on the same database).
+    pub fn data(&self) -> Vec<u8> {
+        self.inner.data().to_vec()
     }
 }
 

@@ -40,6 +40,10 @@ fn header(revision: i64) -> Option<ResponseHeader> {
 }
 
 impl Writer {
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
     pub fn open(engine: Engine) -> Result<Writer> {
         let revision = decode_i64(engine.get(Cf::Meta, META_REVISION)?).max(REVISION_INITIAL);
         let compact_revision = engine
@@ -64,7 +68,11 @@ impl Writer {
 
     /// Records that entry `applied` is applied without changing the keyspace (no-ops, failed requests).
     pub fn set_applied(&mut self, applied: u64) -> Result<()> {
-        let mut batch = self.engine.batch();
+        self.commit_with_applied(self.engine.batch(), applied)
+    }
+
+    /// Writes `batch` (state outside the keyspace, such as membership) together with `applied`.
+    pub fn commit_with_applied(&mut self, mut batch: Batch, applied: u64) -> Result<()> {
         batch.put(
             Cf::Meta,
             META_APPLIED_INDEX,

@@ -32,6 +32,8 @@ pub struct WriteTask {
 
 /// What the log writer reports: every task up to `number` is durable.
 pub struct Persisted {
+    /// How many tasks this report covers.
+    pub tasks: usize,
     pub number: u64,
     pub last_index: u64,
     pub messages: Vec<Message>,
@@ -55,6 +57,7 @@ pub fn start(
                     .rposition(|t| !t.batch.is_empty())
                     .filter(|_| group.iter().any(|t| t.sync));
                 let mut persisted = Persisted {
+                    tasks: group.len(),
                     number: 0,
                     last_index: 0,
                     messages: vec![],

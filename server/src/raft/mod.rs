@@ -9,14 +9,21 @@
 mod log_writer;
 mod logger;
 mod node;
+mod peer;
 pub mod storage;
+mod transport;
 
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
 
+use crate::engine::Batch;
 pub use node::{start, RaftConfig, APPLY_QUEUE_LEN_MAX};
+pub use peer::PeerService;
+pub use transport::PEER_MESSAGE_BYTES_MAX;
 
 /// Proposals and read requests waiting in the raft loop's mailbox, at most.
 pub const PROPOSAL_QUEUE_LEN_MAX: usize = 16 * 1024;
@@ -36,21 +43,49 @@ pub enum RaftError {
     Stopped,
     #[error("request timed out")]
     Timeout,
+    #[error("not leader")]
+    NotLeader,
+}
+
+/// A membership change to propose (the request's context travels with it to the apply worker).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberChangeKind {
+    AddVoter,
+    AddLearner,
+    Promote,
+    Remove,
 }
 
 /// A committed log entry, as the apply worker sees it.
-#[derive(Debug, Clone)]
 pub enum Committed {
     /// A proposal's request bytes.
     Request { index: u64, data: Bytes },
-    /// An entry with no state-machine effect (a new leader's empty entry, a membership change).
+    /// An entry with no state-machine effect (a new leader's empty entry).
     Noop { index: u64 },
+    /// A membership change that raft has taken into its configuration: `context` is the proposer's
+    /// `MemberChange` (empty for raft's own entries); `raft_state` must be written in the same batch
+    /// as the change is applied.
+    MemberChange {
+        index: u64,
+        context: Bytes,
+        raft_state: Batch,
+    },
+    /// The state machine is replaced by the snapshot in `path` (taken at `index`); `raft_state` is
+    /// written in the last batch of the install.
+    Snapshot {
+        index: u64,
+        path: PathBuf,
+        raft_state: Batch,
+    },
 }
 
 impl Committed {
     pub fn index(&self) -> u64 {
         match self {
-            Committed::Request { index, .. } | Committed::Noop { index } => *index,
+            Committed::Request { index, .. }
+            | Committed::Noop { index }
+            | Committed::MemberChange { index, .. }
+            | Committed::Snapshot { index, .. } => *index,
         }
     }
 }
@@ -69,12 +104,43 @@ pub struct RaftStatus {
 enum Mailbox {
     Propose(Vec<u8>),
     ReadIndex(oneshot::Sender<Result<u64, RaftError>>),
+    ProposeMemberChange {
+        kind: MemberChangeKind,
+        member_id: u64,
+        context: Vec<u8>,
+    },
+    TransferLeader(u64),
+    /// The leader's view of how far each member's log matches its own (`None` on a follower).
+    Progress(oneshot::Sender<Option<LogProgress>>),
+}
+
+/// What the peer transport brings into the raft loop. Apart from [`Mailbox`] so that the loop's
+/// lifetime follows the [`RaftHandle`]s alone.
+enum PeerInput {
+    /// A message from a peer.
+    Step(raft::eraftpb::Message),
+    Unreachable(u64),
+    SnapshotSent {
+        to: u64,
+        ok: bool,
+    },
+}
+
+/// Peer messages queued for the raft loop, at most (more are dropped; raft retransmits).
+const PEER_QUEUE_LEN_MAX: usize = 16 * 1024;
+
+/// The leader's last log index and, for every member, the index up to which its log matches.
+#[derive(Debug, Clone, Default)]
+pub struct LogProgress {
+    pub last_index: u64,
+    pub matched: HashMap<u64, u64>,
 }
 
 /// The way in to the raft loop. Cheap to clone.
 #[derive(Clone)]
 pub struct RaftHandle {
     mailbox: crossbeam_channel::Sender<Mailbox>,
+    peer: crossbeam_channel::Sender<PeerInput>,
     status: watch::Receiver<RaftStatus>,
     applied: watch::Receiver<u64>,
 }
@@ -86,24 +152,47 @@ impl RaftHandle {
         if self.status().commit_index > self.applied_index() + APPLY_LAG_ENTRIES_MAX {
             return Err(RaftError::TooManyRequests);
         }
-        self.mailbox
-            .try_send(Mailbox::Propose(data))
-            .map_err(|e| match e {
-                crossbeam_channel::TrySendError::Full(_) => RaftError::TooManyRequests,
-                crossbeam_channel::TrySendError::Disconnected(_) => RaftError::Stopped,
-            })
+        self.send(Mailbox::Propose(data))
+    }
+
+    /// Proposes a membership change; like [`RaftHandle::propose`], success means queued.
+    pub fn propose_member_change(
+        &self,
+        kind: MemberChangeKind,
+        member_id: u64,
+        context: Vec<u8>,
+    ) -> Result<(), RaftError> {
+        self.send(Mailbox::ProposeMemberChange {
+            kind,
+            member_id,
+            context,
+        })
+    }
+
+    /// Asks the leader to hand leadership to `to` (raft's leader transfer).
+    pub fn transfer_leader(&self, to: u64) -> Result<(), RaftError> {
+        self.send(Mailbox::TransferLeader(to))
+    }
+
+    /// The leader's view of its followers' logs; `None` when this member is not the leader.
+    pub async fn progress(&self) -> Result<Option<LogProgress>, RaftError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Mailbox::Progress(tx))?;
+        rx.await.map_err(|_| RaftError::Stopped)
+    }
+
+    fn send(&self, m: Mailbox) -> Result<(), RaftError> {
+        self.mailbox.try_send(m).map_err(|e| match e {
+            crossbeam_channel::TrySendError::Full(_) => RaftError::TooManyRequests,
+            crossbeam_channel::TrySendError::Disconnected(_) => RaftError::Stopped,
+        })
     }
 
     /// Waits until this member has applied everything committed before the call: after it, a local
     /// read is linearizable. One raft ReadIndex round serves every read that waits at the same time.
     pub async fn wait_linearizable(&self, timeout: Duration) -> Result<(), RaftError> {
         let (tx, rx) = oneshot::channel();
-        self.mailbox
-            .try_send(Mailbox::ReadIndex(tx))
-            .map_err(|e| match e {
-                crossbeam_channel::TrySendError::Full(_) => RaftError::TooManyRequests,
-                crossbeam_channel::TrySendError::Disconnected(_) => RaftError::Stopped,
-            })?;
+        self.send(Mailbox::ReadIndex(tx))?;
         let wait = async {
             let index = rx.await.map_err(|_| RaftError::Stopped)??;
             self.wait_applied(index).await
@@ -131,13 +220,8 @@ impl RaftHandle {
         *self.applied.borrow()
     }
 
-    /// Waits until some member is leader (this one, in a single-member group).
-    pub async fn wait_leader(&self) -> Result<(), RaftError> {
-        let mut status = self.status.clone();
-        status
-            .wait_for(|s| s.leader_id != 0)
-            .await
-            .map(|_| ())
-            .map_err(|_| RaftError::Stopped)
+    /// A receiver that sees every status change.
+    pub fn watch_status(&self) -> watch::Receiver<RaftStatus> {
+        self.status.clone()
     }
 }

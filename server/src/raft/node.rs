@@ -8,20 +8,38 @@
 //! 4. new entries and hard state go to the log writer (`advance_append_async`); a follower's messages
 //!    ride with them and leave only after the fsync (`persisted_messages`).
 //!
-//! **Invariant:** nothing calls `propose`/`step`/`tick` between `ready()` and `advance_append_async()`:
-//! both happen inside [`RaftNode::handle_ready`].
+//! 5. committed membership changes enter raft's configuration (`apply_conf_change`) once the ready
+//!    is advanced, and go to the apply worker with the configuration to store.
+//!
+//! A ready that carries a snapshot first waits for the log writer to go idle, then has the apply
+//! worker install it and waits for that (the member has nothing else useful to do meanwhile).
+//!
+//! **Invariant:** nothing calls `propose`/`step`/`tick`/`apply_conf_change` between `ready()` and
+//! `advance_append_async()`: both happen inside [`RaftNode::handle_ready`].
 
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, Sender};
-use raft::eraftpb::{EntryType, Message};
-use raft::{Config, RawNode, StateRole};
+use protobuf::Message as _;
+use raft::eraftpb::{
+    ConfChange, ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, EntryType,
+    HardState, Message, Snapshot,
+};
+use raft::{Config, RawNode, SnapshotStatus, StateRole};
 use tokio::sync::{oneshot, watch};
 
 use super::log_writer::{self, Persisted, WriteTask, LOG_WRITER_QUEUE_LEN_MAX};
-use super::storage::LogStore;
-use super::{Committed, Mailbox, RaftError, RaftHandle, RaftStatus, PROPOSAL_QUEUE_LEN_MAX};
+use super::storage::{LogStore, SnapshotSource};
+use super::transport::Transport;
+use super::{
+    Committed, LogProgress, Mailbox, MemberChangeKind, PeerInput, RaftError, RaftHandle,
+    RaftStatus, PEER_QUEUE_LEN_MAX, PROPOSAL_QUEUE_LEN_MAX,
+};
+use crate::cluster::Membership;
 use crate::engine::Engine;
 
 /// Mailbox messages handled per turn, at most (bounds the latency of one turn).
@@ -41,6 +59,9 @@ pub struct RaftConfig {
     pub snapshot_count: u64,
     /// The state machine's applied index at start.
     pub applied: u64,
+    pub cluster_id: u64,
+    /// Where checkpoints for outgoing snapshots are taken.
+    pub snapshot_dir: PathBuf,
 }
 
 /// A read batch sent to raft as one ReadIndex request.
@@ -65,20 +86,28 @@ struct RaftNode {
     read_inflight: Option<ReadBatch>,
     next_read_ctx: u64,
     last_persisted_number: u64,
-    last_applied: u64,
+    /// Tasks handed to the log writer and not yet reported persisted.
+    writes_inflight: usize,
+    transport: Transport,
+    membership: watch::Receiver<Membership>,
+    snapshots: Arc<SnapshotSource>,
 }
 
 /// Starts the raft loop and the log writer for a member whose log already exists in `engine`.
-/// Committed entries leave on `committed`; the apply worker reports progress through `applied`.
-/// The loop, and then the log writer, stop once every [`RaftHandle`] is dropped; the returned
-/// thread ends after both.
+/// Committed entries leave on `committed`; the apply worker reports progress through `applied` and
+/// the membership it applies through `membership` (the transport follows it). Peer messages go out
+/// on tasks of `runtime`. The loop, and then the log writer, stop once every [`RaftHandle`] is
+/// dropped; the returned thread ends after both.
 pub fn start(
     engine: Engine,
     cfg: RaftConfig,
     committed: Sender<Vec<Committed>>,
     applied: watch::Receiver<u64>,
+    membership: watch::Receiver<Membership>,
+    runtime: tokio::runtime::Handle,
 ) -> Result<(RaftHandle, thread::JoinHandle<()>), raft::Error> {
-    let store = LogStore::open(engine.clone(), cfg.applied)
+    let snapshots = SnapshotSource::new(engine.clone(), cfg.snapshot_dir.clone());
+    let store = LogStore::open(engine.clone(), cfg.applied, snapshots.clone())
         .map_err(|e| raft::Error::Store(raft::StorageError::Other(Box::new(e))))?;
     let voters = store.conf_state().voters.clone();
     let raft_cfg = Config {
@@ -91,6 +120,7 @@ pub fn start(
         max_uncommitted_size: 64 << 20,
         pre_vote: true,
         check_quorum: true,
+        batch_append: true,
         ..Config::default()
     };
     raft_cfg.validate()?;
@@ -100,12 +130,21 @@ pub fn start(
         node.campaign()?;
     }
     let (mailbox_tx, mailbox_rx) = crossbeam_channel::bounded(PROPOSAL_QUEUE_LEN_MAX);
+    let (peer_tx, peer_rx) = crossbeam_channel::bounded(PEER_QUEUE_LEN_MAX);
     let (writer_tx, writer_rx) = crossbeam_channel::bounded(LOG_WRITER_QUEUE_LEN_MAX);
     let (persisted_tx, persisted_rx) = crossbeam_channel::bounded(LOG_WRITER_QUEUE_LEN_MAX);
     let writer_thread = log_writer::start(engine.clone(), writer_rx, persisted_tx);
     let (status_tx, status_rx) = watch::channel(RaftStatus::default());
+    let transport = Transport::new(
+        cfg.member_id,
+        cfg.cluster_id,
+        peer_tx.clone(),
+        snapshots.clone(),
+        runtime,
+    );
     let handle = RaftHandle {
         mailbox: mailbox_tx,
+        peer: peer_tx,
         status: status_rx,
         applied: applied.clone(),
     };
@@ -124,12 +163,16 @@ pub fn start(
         read_inflight: None,
         next_read_ctx: 1,
         last_persisted_number: 0,
-        last_applied: cfg.applied,
+        writes_inflight: 0,
+        transport,
+        membership,
+        snapshots,
     };
+    raft.follow_membership();
     let thread = thread::Builder::new()
         .name("raft".into())
         .spawn(move || {
-            raft.run(mailbox_rx);
+            raft.run(mailbox_rx, peer_rx);
             // Dropping the loop closes the log writer's queue: wait for its last write.
             drop(raft);
             let _ = writer_thread.join();
@@ -139,7 +182,7 @@ pub fn start(
 }
 
 impl RaftNode {
-    fn run(&mut self, mailbox: Receiver<Mailbox>) {
+    fn run(&mut self, mailbox: Receiver<Mailbox>, peer: Receiver<PeerInput>) {
         let mut next_tick = Instant::now() + self.tick;
         loop {
             let timeout = next_tick.saturating_duration_since(Instant::now());
@@ -147,6 +190,11 @@ impl RaftNode {
                 recv(mailbox) -> m => match m {
                     Ok(m) => self.on_mailbox(m),
                     Err(_) => return,
+                },
+                recv(peer) -> p => {
+                    if let Ok(p) = p {
+                        self.on_peer(p);
+                    }
                 },
                 recv(self.persisted) -> p => match p {
                     Ok(p) => self.on_persisted(p),
@@ -156,6 +204,9 @@ impl RaftNode {
             }
             for m in mailbox.try_iter().take(MAILBOX_BATCH_MAX) {
                 self.on_mailbox(m);
+            }
+            for p in peer.try_iter().take(MAILBOX_BATCH_MAX) {
+                self.on_peer(p);
             }
             while let Ok(p) = self.persisted.try_recv() {
                 self.on_persisted(p);
@@ -167,9 +218,16 @@ impl RaftNode {
                 next_tick = (next_tick + self.tick).max(now);
                 self.expire_reads();
             }
+            if self.membership.has_changed().unwrap_or(false) {
+                self.follow_membership();
+            }
             self.on_applied();
             self.send_read_index();
             if self.node.has_ready() {
+                if self.node.raft.raft_log.unstable.snapshot.is_some() {
+                    // A snapshot replaces the log: let every earlier write land first.
+                    self.wait_writes();
+                }
                 self.handle_ready();
             }
         }
@@ -185,10 +243,78 @@ impl RaftNode {
                 }
             }
             Mailbox::ReadIndex(waiter) => self.reads_pending.push(waiter),
+            Mailbox::ProposeMemberChange {
+                kind,
+                member_id,
+                context,
+            } => {
+                let change_type = match kind {
+                    MemberChangeKind::AddVoter | MemberChangeKind::Promote => {
+                        ConfChangeType::AddNode
+                    }
+                    MemberChangeKind::AddLearner => ConfChangeType::AddLearnerNode,
+                    MemberChangeKind::Remove => ConfChangeType::RemoveNode,
+                };
+                let mut single = ConfChangeSingle::default();
+                single.set_change_type(change_type);
+                single.node_id = member_id;
+                let mut cc = ConfChangeV2::default();
+                cc.set_transition(ConfChangeTransition::Auto);
+                cc.mut_changes().push(single);
+                cc.context = context.into();
+                if let Err(e) = self.node.propose_conf_change(vec![], cc) {
+                    tracing::debug!("membership change dropped: {e}");
+                }
+            }
+            Mailbox::TransferLeader(to) => self.node.transfer_leader(to),
+            Mailbox::Progress(reply) => {
+                let raft = &self.node.raft;
+                let progress = (raft.state == StateRole::Leader).then(|| LogProgress {
+                    last_index: raft.raft_log.last_index(),
+                    matched: raft
+                        .prs()
+                        .iter()
+                        .map(|(&id, p)| (id, p.matched))
+                        .collect::<HashMap<_, _>>(),
+                });
+                let _ = reply.send(progress);
+            }
         }
     }
 
+    fn on_peer(&mut self, p: PeerInput) {
+        match p {
+            PeerInput::Step(m) => {
+                if let Err(e) = self.node.step(m) {
+                    tracing::debug!("peer message ignored: {e}");
+                }
+            }
+            PeerInput::Unreachable(id) => self.node.report_unreachable(id),
+            PeerInput::SnapshotSent { to, ok } => {
+                let status = if ok {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                };
+                self.node.report_snapshot(to, status);
+            }
+        }
+    }
+
+    /// Points the transport at the members of the latest applied membership.
+    fn follow_membership(&mut self) {
+        let peers: HashMap<u64, Vec<String>> = self
+            .membership
+            .borrow_and_update()
+            .members
+            .iter()
+            .map(|m| (m.id, m.peer_urls.clone()))
+            .collect();
+        self.transport.set_peers(&peers);
+    }
+
     fn on_persisted(&mut self, p: Persisted) {
+        self.writes_inflight -= p.tasks;
         if p.number > self.last_persisted_number {
             self.node.on_persist_ready(p.number);
             self.last_persisted_number = p.number;
@@ -197,13 +323,27 @@ impl RaftNode {
         self.send(p.messages);
     }
 
+    /// Blocks until every task handed to the log writer is durable.
+    fn wait_writes(&mut self) {
+        while self.writes_inflight > 0 {
+            match self.persisted.recv() {
+                Ok(p) => self.on_persisted(p),
+                Err(_) => panic!("log writer stopped (fail-stop)"),
+            }
+        }
+    }
+
     fn on_applied(&mut self) {
-        let applied = *self.applied.borrow();
-        if applied <= self.last_applied {
+        let raft_log = &self.node.raft.raft_log;
+        // Raft takes an applied index only up to what it knows is committed and durable here (an
+        // installed snapshot counts once its ready is persisted).
+        let applied = (*self.applied.borrow())
+            .min(raft_log.committed)
+            .min(raft_log.persisted);
+        if applied <= raft_log.applied {
             return;
         }
         self.node.advance_apply_to(applied);
-        self.last_applied = applied;
         let store = self.node.store();
         if applied.saturating_sub(store.truncated_index())
             > self.snapshot_count + LOG_CATCH_UP_ENTRIES
@@ -220,6 +360,7 @@ impl RaftNode {
                     last_index: 0,
                     messages: vec![],
                 });
+                self.snapshots.release_stale();
             }
         }
     }
@@ -273,15 +414,13 @@ impl RaftNode {
             }
         }
         self.send(rd.take_messages());
-        assert!(
-            rd.snapshot().get_metadata().index == 0,
-            "a single-member group never receives a snapshot"
-        );
+        if !rd.snapshot().is_empty() {
+            self.install_snapshot(rd.snapshot(), rd.hs());
+        }
         // Published before any entry of this ready is applied, so that a client answered for an
         // entry never sees an older commit index in Status afterwards.
         self.publish_status();
         let committed = rd.take_committed_entries();
-        self.dispatch_committed(committed);
         for rs in rd.take_read_states() {
             let ctx = u64::from_be_bytes(rs.request_ctx.as_slice().try_into().unwrap_or_default());
             if self.read_inflight.as_ref().is_some_and(|b| b.ctx == ctx) {
@@ -313,43 +452,101 @@ impl RaftNode {
         };
         self.node.advance_append_async(rd);
         self.write(task);
+        self.dispatch_committed(committed);
     }
 
+    /// Has the apply worker replace the state machine with `snapshot` and waits for it; the log is
+    /// replaced in the same last batch of the install.
+    fn install_snapshot(&mut self, snapshot: &Snapshot, hs: Option<&HardState>) {
+        let meta = snapshot.get_metadata();
+        let path = PathBuf::from(String::from_utf8_lossy(&snapshot.data).into_owned());
+        tracing::info!(index = meta.index, term = meta.term, "installing snapshot");
+        let raft_state = self.node.mut_store().apply_snapshot(meta, hs);
+        let index = meta.index;
+        if self
+            .committed
+            .send(vec![Committed::Snapshot {
+                index,
+                path,
+                raft_state,
+            }])
+            .is_err()
+        {
+            panic!("apply worker stopped; cannot install a snapshot");
+        }
+        let mut applied = self.applied.clone();
+        if futures::executor::block_on(applied.wait_for(|&a| a >= index)).is_err() {
+            panic!("apply worker stopped while installing a snapshot");
+        }
+        tracing::info!(index, "snapshot installed");
+    }
+
+    /// Sends committed entries to the apply worker; a membership change first enters raft's
+    /// configuration, whose new value travels with the entry to be stored when it is applied.
     fn dispatch_committed(&mut self, entries: Vec<raft::eraftpb::Entry>) {
         if entries.is_empty() {
             return;
         }
-        let batch = entries
-            .into_iter()
-            .map(|e| match e.get_entry_type() {
-                // Check the type before the data: an empty EntryNormal is a leader's no-op.
+        let mut batch = Vec::with_capacity(entries.len());
+        for e in entries {
+            let committed = match e.get_entry_type() {
+                // Check the type before the data: an empty EntryNormal is a leader's no-op, while
+                // raft's own leave-joint change is an EntryConfChangeV2 with empty data.
                 EntryType::EntryNormal if e.data.is_empty() => Committed::Noop { index: e.index },
                 EntryType::EntryNormal => Committed::Request {
                     index: e.index,
                     data: e.data,
                 },
-                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                    panic!(
-                        "membership change at index {}: this member only runs alone",
-                        e.index
-                    )
+                EntryType::EntryConfChange => {
+                    let cc = ConfChange::parse_from_bytes(&e.data)
+                        .unwrap_or_else(|err| panic!("conf change at {}: {err}", e.index));
+                    // Cairn proposes only V2 changes; a V1 one is the same single change.
+                    let mut single = ConfChangeSingle::default();
+                    single.set_change_type(cc.get_change_type());
+                    single.node_id = cc.node_id;
+                    let mut v2 = ConfChangeV2::default();
+                    v2.mut_changes().push(single);
+                    v2.context = cc.context;
+                    self.apply_conf_change(e.index, v2)
                 }
-            })
-            .collect();
+                EntryType::EntryConfChangeV2 => {
+                    let cc = ConfChangeV2::parse_from_bytes(&e.data)
+                        .unwrap_or_else(|err| panic!("conf change at {}: {err}", e.index));
+                    self.apply_conf_change(e.index, cc)
+                }
+            };
+            batch.push(committed);
+        }
         if self.committed.send(batch).is_err() {
             panic!("apply worker stopped; cannot apply committed entries");
         }
     }
 
+    fn apply_conf_change(&mut self, index: u64, cc: ConfChangeV2) -> Committed {
+        let cs = match self.node.apply_conf_change(&cc) {
+            Ok(cs) => cs,
+            Err(e) => panic!("committed membership change at {index} cannot apply: {e}"),
+        };
+        tracing::info!(index, voters = ?cs.voters, learners = ?cs.learners, "raft configuration changed");
+        let raft_state = self.node.mut_store().set_conf_state(cs);
+        Committed::MemberChange {
+            index,
+            context: cc.context,
+            raft_state,
+        }
+    }
+
     fn write(&mut self, task: WriteTask) {
+        self.writes_inflight += 1;
         if self.writer.send(task).is_err() {
             panic!("log writer stopped (fail-stop)");
         }
     }
 
     fn send(&mut self, messages: Vec<Message>) {
-        // A single-member group addresses no one.
-        debug_assert!(messages.is_empty(), "no peers to send {messages:?} to");
+        if !messages.is_empty() {
+            self.transport.send(messages);
+        }
     }
 
     fn publish_status(&mut self) {

@@ -8,12 +8,16 @@
 //! every index in `(truncated_index, last_index]` is in the cache or in RocksDB.
 
 use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use protobuf::Message as _;
-use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 
 use crate::engine::{Batch, Cf, Engine, EngineError};
+use crate::snapshot::Checkpoint;
 
 const STATE_HARD: &[u8] = b"hard_state";
 const STATE_CONF: &[u8] = b"conf_state";
@@ -25,12 +29,125 @@ pub const BOOTSTRAP_INDEX: u64 = 1;
 /// Entries kept in memory once durable (for followers' catch-up and for apply), at most.
 const CACHE_ENTRIES_MAX: usize = 4096;
 
+/// How long a checkpoint is offered to lagging followers before a fresher one is taken.
+const CHECKPOINT_REUSE: Duration = Duration::from_secs(30);
+
 pub fn log_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
 }
 
+/// The leader's source of snapshots: checkpoints of the state machine, taken on a background thread
+/// when raft first asks (raft retries while one is being taken), and shared by every follower that
+/// needs one while fresh. The transport streams them.
+pub struct SnapshotSource {
+    engine: Engine,
+    dir: PathBuf,
+    state: Mutex<SourceState>,
+}
+
+#[derive(Default)]
+struct SourceState {
+    latest: Option<Latest>,
+    building: bool,
+    next_id: u64,
+}
+
+struct Latest {
+    id: u64,
+    checkpoint: Arc<Checkpoint>,
+    index: u64,
+    conf_state: ConfState,
+    taken: Instant,
+}
+
+impl SnapshotSource {
+    pub fn new(engine: Engine, dir: PathBuf) -> Arc<SnapshotSource> {
+        Arc::new(SnapshotSource {
+            engine,
+            dir,
+            state: Mutex::default(),
+        })
+    }
+
+    /// The checkpoint a snapshot message's data names, if it is still the latest.
+    pub fn checkpoint(&self, data: &[u8]) -> Option<Arc<Checkpoint>> {
+        let id = u64::from_be_bytes(data.try_into().ok()?);
+        let state = self.state.lock().expect("snapshot source lock");
+        let latest = state.latest.as_ref()?;
+        (latest.id == id).then(|| latest.checkpoint.clone())
+    }
+
+    /// The latest checkpoint (id, index, conf state) if it is fresh and covers `request_index`.
+    fn usable(&self, request_index: u64) -> Option<(u64, u64, ConfState)> {
+        let state = self.state.lock().expect("snapshot source lock");
+        let l = state.latest.as_ref()?;
+        (l.index >= request_index && l.taken.elapsed() < CHECKPOINT_REUSE)
+            .then(|| (l.id, l.index, l.conf_state.clone()))
+    }
+
+    /// Starts taking a new checkpoint unless one is being taken.
+    fn build(self: &Arc<SnapshotSource>) {
+        let id = {
+            let mut state = self.state.lock().expect("snapshot source lock");
+            if state.building {
+                return;
+            }
+            state.building = true;
+            state.next_id += 1;
+            state.next_id
+        };
+        let source = self.clone();
+        std::thread::Builder::new()
+            .name("checkpoint".into())
+            .spawn(move || {
+                let taken = source.take(id);
+                let mut state = source.state.lock().expect("snapshot source lock");
+                state.building = false;
+                match taken {
+                    Ok(latest) => {
+                        tracing::info!(index = latest.index, "took a checkpoint for snapshots");
+                        state.latest = Some(latest);
+                    }
+                    Err(e) => tracing::error!("cannot take a checkpoint for a snapshot: {e}"),
+                }
+            })
+            .expect("spawn checkpoint thread");
+    }
+
+    fn take(&self, id: u64) -> Result<Latest, crate::snapshot::SnapshotError> {
+        let dir = self.dir.join(format!("checkpoint-{id}"));
+        let checkpoint = Checkpoint::create(&self.engine, dir)?;
+        let index = checkpoint.applied_index()?;
+        let conf_state = checkpoint
+            .engine
+            .get(Cf::RaftState, STATE_CONF)?
+            .map(|b| decode(&b))
+            .unwrap_or_default();
+        Ok(Latest {
+            id,
+            checkpoint: Arc::new(checkpoint),
+            index,
+            conf_state,
+            taken: Instant::now(),
+        })
+    }
+
+    /// Lets go of a checkpoint that is no longer fresh (senders still using it keep it alive).
+    pub fn release_stale(&self) {
+        let mut state = self.state.lock().expect("snapshot source lock");
+        if state
+            .latest
+            .as_ref()
+            .is_some_and(|l| l.taken.elapsed() >= CHECKPOINT_REUSE)
+        {
+            state.latest = None;
+        }
+    }
+}
+
 pub struct LogStore {
     engine: Engine,
+    snapshots: Arc<SnapshotSource>,
     hard_state: HardState,
     conf_state: ConfState,
     truncated_index: u64,
@@ -56,11 +173,10 @@ fn fatal(e: EngineError) -> raft::Error {
 }
 
 impl LogStore {
-    /// Bootstraps a new member: the log starts after a virtual entry at index 1, term 1, whose
-    /// configuration is `voters` (raft-rs: `MemStorage::initialize_with_conf_state`), so that a
+    /// Bootstraps a member of a new cluster: the log starts after a virtual entry at index 1, term 1,
+    /// whose configuration is `voters` (raft-rs: `MemStorage::initialize_with_conf_state`), so that a
     /// member that joins later catches up through a snapshot.
     pub fn bootstrap(engine: &Engine, voters: &[u64]) -> Result<(), EngineError> {
-        let mut batch = engine.batch();
         let hs = HardState {
             term: 1,
             commit: BOOTSTRAP_INDEX,
@@ -70,12 +186,29 @@ impl LogStore {
             voters: voters.to_vec(),
             ..ConfState::default()
         };
-        batch.put(Cf::RaftState, STATE_HARD, &encode(&hs));
-        batch.put(Cf::RaftState, STATE_CONF, &encode(&cs));
+        Self::write_initial(engine, &hs, &cs, BOOTSTRAP_INDEX, 1)
+    }
+
+    /// Bootstraps a member that joins a running cluster: an empty log and no configuration; the
+    /// leader's first message finds nothing to match and sends a snapshot.
+    pub fn bootstrap_joining(engine: &Engine) -> Result<(), EngineError> {
+        Self::write_initial(engine, &HardState::default(), &ConfState::default(), 0, 0)
+    }
+
+    fn write_initial(
+        engine: &Engine,
+        hs: &HardState,
+        cs: &ConfState,
+        truncated_index: u64,
+        truncated_term: u64,
+    ) -> Result<(), EngineError> {
+        let mut batch = engine.batch();
+        batch.put(Cf::RaftState, STATE_HARD, &encode(hs));
+        batch.put(Cf::RaftState, STATE_CONF, &encode(cs));
         batch.put(
             Cf::RaftState,
             STATE_TRUNCATED,
-            &truncated_value(BOOTSTRAP_INDEX, 1),
+            &truncated_value(truncated_index, truncated_term),
         );
         engine.write(batch, crate::engine::Durability::Sync)
     }
@@ -87,7 +220,11 @@ impl LogStore {
 
     /// Loads the log state. `applied` is the state machine's applied index: an entry is applied only
     /// once committed, so a commit index below it (written unsynced, lost in a crash) is raised to it.
-    pub fn open(engine: Engine, applied: u64) -> Result<LogStore, EngineError> {
+    pub fn open(
+        engine: Engine,
+        applied: u64,
+        snapshots: Arc<SnapshotSource>,
+    ) -> Result<LogStore, EngineError> {
         let hard_state: HardState = engine
             .get(Cf::RaftState, STATE_HARD)?
             .map(|b| decode(&b))
@@ -123,6 +260,7 @@ impl LogStore {
         }
         let mut store = LogStore {
             engine,
+            snapshots,
             hard_state,
             conf_state,
             truncated_index,
@@ -151,6 +289,46 @@ impl LogStore {
 
     pub fn set_hard_state(&mut self, hs: HardState) {
         self.hard_state = hs;
+    }
+
+    /// Takes the configuration raft reports after applying a membership change; returns the write
+    /// that the apply worker makes with the entry (the stored configuration follows the applied index).
+    pub fn set_conf_state(&mut self, cs: ConfState) -> Batch {
+        let mut batch = self.engine.batch();
+        batch.put(Cf::RaftState, STATE_CONF, &encode(&cs));
+        self.conf_state = cs;
+        batch
+    }
+
+    /// Replaces the whole log with a snapshot's position (raft-rs `MemStorage::apply_snapshot`);
+    /// returns what the install writes in its last batch: the truncation point, the configuration,
+    /// the hard state, and the deletion of every older entry.
+    pub fn apply_snapshot(&mut self, meta: &SnapshotMetadata, hs: Option<&HardState>) -> Batch {
+        let mut batch = self.engine.batch();
+        batch.delete_range(
+            Cf::RaftLog,
+            &log_key(self.truncated_index + 1),
+            &log_key(self.last_index.max(meta.index) + 1),
+        );
+        if let Some(hs) = hs {
+            self.hard_state = hs.clone();
+        }
+        self.hard_state.commit = self.hard_state.commit.max(meta.index);
+        self.hard_state.term = self.hard_state.term.max(meta.term);
+        self.conf_state = meta.get_conf_state().clone();
+        self.truncated_index = meta.index;
+        self.truncated_term = meta.term;
+        self.last_index = meta.index;
+        self.persisted_index = meta.index;
+        self.cache.clear();
+        batch.put(Cf::RaftState, STATE_HARD, &encode(&self.hard_state));
+        batch.put(Cf::RaftState, STATE_CONF, &encode(&self.conf_state));
+        batch.put(
+            Cf::RaftState,
+            STATE_TRUNCATED,
+            &truncated_value(meta.index, meta.term),
+        );
+        batch
     }
 
     pub fn last_index(&self) -> u64 {
@@ -327,9 +505,21 @@ impl Storage for LogStore {
         Ok(self.last_index)
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // Only a follower that lags behind the truncated log needs a snapshot, and a single-member
-        // group has no followers. Streaming state-machine snapshots arrives with the peer transport.
+    /// Offers the latest checkpoint when it is fresh, covers `request_index` and its term is still
+    /// known; otherwise starts taking one and asks raft to retry (it does, on the next heartbeat).
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        if let Some((id, index, conf_state)) = self.snapshots.usable(request_index) {
+            if let Ok(term) = self.term(index) {
+                let mut snapshot = Snapshot::default();
+                snapshot.data = id.to_be_bytes().to_vec().into();
+                let meta = snapshot.mut_metadata();
+                meta.index = index;
+                meta.term = term;
+                meta.set_conf_state(conf_state);
+                return Ok(snapshot);
+            }
+        }
+        self.snapshots.build();
         Err(raft::Error::Store(
             StorageError::SnapshotTemporarilyUnavailable,
         ))
@@ -353,8 +543,9 @@ mod tests {
     fn append_replace_truncate_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let engine = Engine::open(dir.path()).unwrap();
+        let snapshots = SnapshotSource::new(engine.clone(), dir.path().join("snap"));
         LogStore::bootstrap(&engine, &[7]).unwrap();
-        let mut store = LogStore::open(engine.clone(), 0).unwrap();
+        let mut store = LogStore::open(engine.clone(), 0, snapshots.clone()).unwrap();
         assert_eq!(store.first_index().unwrap(), 2);
         assert_eq!(store.term(1).unwrap(), 1);
 
@@ -386,7 +577,7 @@ mod tests {
             .write(batch, crate::engine::Durability::Sync)
             .unwrap();
 
-        let reopened = LogStore::open(engine, 3).unwrap();
+        let reopened = LogStore::open(engine, 3, snapshots).unwrap();
         assert_eq!(reopened.first_index().unwrap(), 3);
         assert_eq!(reopened.last_index, 3);
         assert_eq!(reopened.term(2).unwrap(), 2);

@@ -58,7 +58,7 @@ pub enum Kind {
     Etcd,
 }
 
-/// One single-member server process.
+/// One server process (alone, or one member of a [`Cluster`]).
 pub struct Member {
     pub kind: Kind,
     pub name: String,
@@ -66,23 +66,50 @@ pub struct Member {
     pub client_port: u16,
     pub peer_port: u16,
     pub extra_args: Vec<String>,
+    /// `--initial-cluster`; a single member names itself.
+    pub initial_cluster: String,
+    pub initial_cluster_state: String,
     child: Option<Child>,
 }
 
 impl Member {
     /// Starts a server of `kind` with its data in `data_dir` and waits until `/health` is true.
     pub fn start(kind: Kind, data_dir: &Path, extra_args: &[&str]) -> Member {
-        let mut m = Member {
+        let mut m = Member::new(kind, "m1", data_dir, extra_args);
+        m.initial_cluster = format!("m1={}", m.peer_url());
+        m.spawn();
+        m
+    }
+
+    /// A member that is not started yet.
+    pub fn new(kind: Kind, name: &str, data_dir: &Path, extra_args: &[&str]) -> Member {
+        Member {
             kind,
-            name: "m1".to_string(),
+            name: name.to_string(),
             data_dir: data_dir.to_path_buf(),
             client_port: free_port(),
             peer_port: free_port(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            initial_cluster: String::new(),
+            initial_cluster_state: "new".to_string(),
             child: None,
-        };
-        m.spawn();
-        m
+        }
+    }
+
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => c.try_wait().unwrap().is_none(),
+            None => false,
+        }
     }
 
     pub fn endpoint(&self) -> String {
@@ -94,13 +121,23 @@ impl Member {
     }
 
     fn spawn(&mut self) {
+        self.spawn_process();
+        self.wait_healthy();
+    }
+
+    /// Starts the process without waiting for it to serve.
+    pub fn spawn_process(&mut self) {
         let bin = match self.kind {
             Kind::Cairn => env!("CARGO_BIN_EXE_cairn").to_string(),
             Kind::Etcd => "etcd".to_string(),
         };
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let peer = self.peer_url();
         let client = self.endpoint();
-        let log = std::fs::File::create(self.data_dir.with_extension("log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data_dir.with_extension("log"))
+            .unwrap();
         let child = Command::new(bin)
             .args(["--name", &self.name])
             .arg("--data-dir")
@@ -109,7 +146,8 @@ impl Member {
             .args(["--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer])
             .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("{}={peer}", self.name)])
+            .args(["--initial-cluster", &self.initial_cluster])
+            .args(["--initial-cluster-state", &self.initial_cluster_state])
             .args(&self.extra_args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -118,6 +156,10 @@ impl Member {
             .spawn()
             .expect("start server binary");
         self.child = Some(child);
+    }
+
+    /// Waits until `/health` reports true.
+    pub fn wait_healthy(&mut self) {
         let addr = self.addr();
         wait_for("the server to report healthy", START_TIMEOUT, || {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
@@ -163,6 +205,60 @@ impl Member {
     pub fn restart(&mut self) {
         self.kill9();
         self.spawn();
+    }
+
+    /// Sends a signal (`STOP`, `CONT`, ...) to the process.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+/// Several members started together with one `--initial-cluster`.
+pub struct Cluster {
+    pub members: Vec<Member>,
+}
+
+impl Cluster {
+    /// Starts `n` members named m1..mn under `dir` and waits until each is healthy.
+    pub fn start(kind: Kind, n: usize, dir: &Path, extra_args: &[&str]) -> Cluster {
+        let mut members: Vec<Member> = (1..=n)
+            .map(|i| {
+                let name = format!("m{i}");
+                Member::new(kind, &name, &dir.join(&name), extra_args)
+            })
+            .collect();
+        let initial = members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect::<Vec<_>>()
+            .join(",");
+        for m in &mut members {
+            m.initial_cluster = initial.clone();
+            m.spawn_process();
+        }
+        for m in &mut members {
+            m.wait_healthy();
+        }
+        Cluster { members }
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.endpoint()).collect()
+    }
+
+    /// The `--initial-cluster` value listing the current members plus `extra`.
+    pub fn initial_cluster_with(&self, extra: &Member) -> String {
+        self.members
+            .iter()
+            .chain(std::iter::once(extra))
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 

@@ -1,0 +1,251 @@
+//! `etcdserverpb.Cluster`: membership through raft, with etcd 3.4's rules and errors
+//! (etcd: `etcdserver/server.go` AddMember/RemoveMember/PromoteMember/UpdateMember and their
+//! `mayAdd…/mayRemove…/mayPromote…` strict-reconfiguration checks, `api/v3rpc/member.go`).
+//!
+//! A member is added as a learner or a voter, promoted once its log is within 90% of the leader's,
+//! removed (for good: its id is never reused), or given new peer URLs. Each answer lists the members
+//! as of the applied change.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use cairn_proto::cairnpb::{internal_request, member_change, MemberChange, MemberPeerUrls};
+use cairn_proto::etcdserverpb::cluster_server::Cluster;
+use cairn_proto::etcdserverpb::*;
+use tonic::{Request, Response, Status};
+
+use super::error::{ApiError, MemberError};
+use super::Core;
+use crate::apply::Applied;
+use crate::cluster::{self, Membership};
+use crate::config::parse_http_url;
+use crate::raft::{MemberChangeKind, RaftError};
+
+/// Learners a cluster may have at once (etcd: `maxLearners`).
+const LEARNERS_MAX: usize = 1;
+/// How much of the leader's log a learner must have to be promoted (etcd: `readyPercent`).
+const LEARNER_READY_FRACTION: f64 = 0.9;
+
+pub struct ClusterService {
+    core: Arc<Core>,
+}
+
+impl ClusterService {
+    pub fn new(core: Arc<Core>) -> ClusterService {
+        ClusterService { core }
+    }
+
+    fn members(&self, membership: &Membership) -> Vec<Member> {
+        let mut members: Vec<Member> = membership.members.iter().map(to_proto).collect();
+        members.sort_by_key(|m| m.id);
+        members
+    }
+
+    /// etcd 3.4's cluster responses carry no revision.
+    fn header(&self) -> Option<ResponseHeader> {
+        self.core.header(0)
+    }
+}
+
+fn to_proto(m: &cluster::Member) -> Member {
+    Member {
+        id: m.id,
+        name: m.name.clone(),
+        peer_ur_ls: m.peer_urls.clone(),
+        client_ur_ls: m.client_urls.clone(),
+        is_learner: m.is_learner,
+    }
+}
+
+fn check_urls(urls: &[String]) -> Result<(), ApiError> {
+    if urls.is_empty() || urls.iter().any(|u| parse_http_url(u).is_err()) {
+        return Err(MemberError::BadUrls.into());
+    }
+    Ok(())
+}
+
+/// Members that have started (published their name), among `voters`.
+fn started(membership: &Membership, voters: &[u64]) -> usize {
+    voters
+        .iter()
+        .filter(|id| membership.get(**id).is_some_and(|m| !m.name.is_empty()))
+        .count()
+}
+
+/// etcd `IsReadyTo…VotingMember`: after the change, the started voters still form a quorum.
+fn enough_started(membership: &Membership, voters_after: &[u64]) -> Result<(), ApiError> {
+    let n = voters_after.len();
+    let started = started(membership, voters_after);
+    // A one-member cluster may grow to two (etcd special-cases it).
+    if n == 2 && started == 1 && membership.voter_ids().len() == 1 {
+        return Ok(());
+    }
+    if started < n / 2 + 1 {
+        return Err(MemberError::NotEnoughStarted.into());
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn member_list(
+        &self,
+        _: Request<MemberListRequest>,
+    ) -> Result<Response<MemberListResponse>, Status> {
+        let membership = self.core.membership.borrow().clone();
+        Ok(Response::new(MemberListResponse {
+            header: self.header(),
+            members: self.members(&membership),
+        }))
+    }
+
+    async fn member_add(
+        &self,
+        req: Request<MemberAddRequest>,
+    ) -> Result<Response<MemberAddResponse>, Status> {
+        let req = req.into_inner();
+        check_urls(&req.peer_ur_ls)?;
+        let membership = self.core.membership.borrow().clone();
+        if membership.peer_urls_taken(&req.peer_ur_ls, 0) {
+            return Err(ApiError::from(MemberError::PeerUrlExists).into());
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let id = cluster::member_id(&req.peer_ur_ls, &now.to_string());
+        if membership.get(id).is_some() || membership.removed.contains(&id) {
+            return Err(ApiError::from(MemberError::IdExists).into());
+        }
+        let kind = if req.is_learner {
+            let learners = membership.members.iter().filter(|m| m.is_learner).count();
+            if learners + 1 > LEARNERS_MAX {
+                return Err(ApiError::from(MemberError::TooManyLearners).into());
+            }
+            MemberChangeKind::AddLearner
+        } else {
+            let mut voters = membership.voter_ids();
+            voters.push(id);
+            enough_started(&membership, &voters)?;
+            MemberChangeKind::AddVoter
+        };
+        let change = MemberChange {
+            member_id: id,
+            peer_urls: req.peer_ur_ls.clone(),
+            is_learner: req.is_learner,
+            kind: member_change::Kind::Add.into(),
+            ..MemberChange::default()
+        };
+        let after = self.core.change_membership(kind, change).await?;
+        let member = after
+            .get(id)
+            .map(to_proto)
+            .ok_or_else(|| ApiError::Internal("added member is missing".into()))?;
+        Ok(Response::new(MemberAddResponse {
+            header: self.header(),
+            member: Some(member),
+            members: self.members(&after),
+        }))
+    }
+
+    async fn member_remove(
+        &self,
+        req: Request<MemberRemoveRequest>,
+    ) -> Result<Response<MemberRemoveResponse>, Status> {
+        let id = req.into_inner().id;
+        let membership = self.core.membership.borrow().clone();
+        let member = membership
+            .get(id)
+            .ok_or(ApiError::from(MemberError::NotFound))?;
+        if !member.is_learner {
+            let voters: Vec<u64> = membership
+                .voter_ids()
+                .into_iter()
+                .filter(|&v| v != id)
+                .collect();
+            enough_started(&membership, &voters)?;
+        }
+        let change = MemberChange {
+            member_id: id,
+            kind: member_change::Kind::Remove.into(),
+            ..MemberChange::default()
+        };
+        let after = self
+            .core
+            .change_membership(MemberChangeKind::Remove, change)
+            .await?;
+        Ok(Response::new(MemberRemoveResponse {
+            header: self.header(),
+            members: self.members(&after),
+        }))
+    }
+
+    async fn member_update(
+        &self,
+        req: Request<MemberUpdateRequest>,
+    ) -> Result<Response<MemberUpdateResponse>, Status> {
+        let req = req.into_inner();
+        check_urls(&req.peer_ur_ls)?;
+        let membership = self.core.membership.borrow().clone();
+        if membership.get(req.id).is_none() {
+            return Err(ApiError::from(MemberError::NotFound).into());
+        }
+        if membership.peer_urls_taken(&req.peer_ur_ls, req.id) {
+            return Err(ApiError::from(MemberError::PeerUrlExists).into());
+        }
+        let update = internal_request::Request::MemberPeerUrls(MemberPeerUrls {
+            member_id: req.id,
+            peer_urls: req.peer_ur_ls,
+        });
+        let after = match self.core.propose(update).await? {
+            Applied::Membership(m) => m,
+            other => return Err(ApiError::Internal(format!("apply answered {other:?}")).into()),
+        };
+        Ok(Response::new(MemberUpdateResponse {
+            header: self.header(),
+            members: self.members(&after),
+        }))
+    }
+
+    async fn member_promote(
+        &self,
+        req: Request<MemberPromoteRequest>,
+    ) -> Result<Response<MemberPromoteResponse>, Status> {
+        let id = req.into_inner().id;
+        let membership = self.core.membership.borrow().clone();
+        let member = membership
+            .get(id)
+            .ok_or(ApiError::from(MemberError::NotFound))?;
+        if !member.is_learner {
+            return Err(ApiError::from(MemberError::NotLearner).into());
+        }
+        let mut voters = membership.voter_ids();
+        voters.push(id);
+        enough_started(&membership, &voters)?;
+        // Only the leader knows how far the learner's log is.
+        let progress = self
+            .core
+            .raft
+            .progress()
+            .await
+            .map_err(ApiError::from)?
+            .ok_or(ApiError::from(RaftError::NotLeader))?;
+        let matched = progress.matched.get(&id).copied().unwrap_or(0);
+        if (matched as f64) < progress.last_index as f64 * LEARNER_READY_FRACTION {
+            return Err(ApiError::from(MemberError::LearnerNotReady).into());
+        }
+        let change = MemberChange {
+            member_id: id,
+            kind: member_change::Kind::Promote.into(),
+            ..MemberChange::default()
+        };
+        let after = self
+            .core
+            .change_membership(MemberChangeKind::Promote, change)
+            .await?;
+        Ok(Response::new(MemberPromoteResponse {
+            header: self.header(),
+            members: self.members(&after),
+        }))
+    }
+}

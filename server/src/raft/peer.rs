@@ -1,0 +1,160 @@
+//! The peer transport, receiving side: the `cairnpb.Peer` service on `--listen-peer-urls`.
+//!
+//! Batches from a peer are decoded and handed to the raft loop's mailbox (dropped when it is full:
+//! raft retransmits). A snapshot is written to a file as it arrives and handed to raft only once
+//! complete. Messages from another cluster or from a removed member are refused.
+
+use std::path::PathBuf;
+
+use cairn_proto::cairnpb::peer_server::Peer;
+use cairn_proto::cairnpb::{
+    MembersRequest, MembersResponse, RaftBatch, RaftBatchAck, SnapshotAck, SnapshotChunk,
+};
+use cairn_proto::etcdserverpb;
+use crossbeam_channel::Sender;
+use protobuf::Message as _;
+use raft::eraftpb::{Message, MessageType};
+use tokio::sync::watch;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::PeerInput;
+use crate::cluster::Membership;
+use crate::snapshot::SnapshotFile;
+
+#[derive(Clone)]
+pub struct PeerService {
+    local: u64,
+    cluster_id: u64,
+    mailbox: Sender<PeerInput>,
+    membership: watch::Receiver<Membership>,
+    snapshot_dir: PathBuf,
+}
+
+impl PeerService {
+    pub fn new(
+        handle: &super::RaftHandle,
+        local: u64,
+        cluster_id: u64,
+        membership: watch::Receiver<Membership>,
+        snapshot_dir: PathBuf,
+    ) -> PeerService {
+        PeerService {
+            local,
+            cluster_id,
+            mailbox: handle.peer.clone(),
+            membership,
+            snapshot_dir,
+        }
+    }
+
+    fn check(&self, from: u64, to: u64, cluster_id: u64) -> Result<(), Status> {
+        if cluster_id != self.cluster_id {
+            return Err(Status::failed_precondition(format!(
+                "cluster ID mismatch: this member is in cluster {:x}, the sender in {cluster_id:x}",
+                self.cluster_id
+            )));
+        }
+        if self.membership.borrow().removed.contains(&from) {
+            return Err(Status::permission_denied(
+                "the member has been permanently removed from the cluster",
+            ));
+        }
+        if to != self.local {
+            return Err(Status::failed_precondition(format!(
+                "message for member {to:x} reached member {:x}",
+                self.local
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn decode(bytes: &[u8]) -> Result<Message, Status> {
+    Message::parse_from_bytes(bytes)
+        .map_err(|e| Status::invalid_argument(format!("malformed raft message: {e}")))
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn stream(
+        &self,
+        request: Request<Streaming<RaftBatch>>,
+    ) -> Result<Response<RaftBatchAck>, Status> {
+        let mut batches = request.into_inner();
+        while let Some(batch) = batches.message().await? {
+            self.check(batch.from, batch.to, batch.cluster_id)?;
+            for bytes in &batch.messages {
+                let m = decode(bytes)?;
+                if m.from != batch.from || m.get_msg_type() == MessageType::MsgSnapshot {
+                    return Err(Status::invalid_argument("message does not match its batch"));
+                }
+                if let Err(crossbeam_channel::TrySendError::Disconnected(_)) =
+                    self.mailbox.try_send(PeerInput::Step(m))
+                {
+                    return Err(Status::unavailable("member is stopping"));
+                }
+            }
+        }
+        Ok(Response::new(RaftBatchAck {}))
+    }
+
+    async fn snapshot(
+        &self,
+        request: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<SnapshotAck>, Status> {
+        let mut chunks = request.into_inner();
+        let first = chunks
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
+        self.check(first.from, first.to, first.cluster_id)?;
+        let mut m = decode(&first.message)?;
+        if m.get_msg_type() != MessageType::MsgSnapshot || m.from != first.from {
+            return Err(Status::invalid_argument(
+                "first chunk is not a snapshot message",
+            ));
+        }
+        let index = m.get_snapshot().get_metadata().index;
+        let internal = |e: crate::snapshot::SnapshotError| Status::internal(e.to_string());
+        let mut file = SnapshotFile::create(&self.snapshot_dir, index).map_err(internal)?;
+        loop {
+            let chunk = chunks
+                .message()
+                .await?
+                .ok_or_else(|| Status::invalid_argument("snapshot stream ended early"))?;
+            tokio::task::block_in_place(|| file.append(&chunk.records))
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            if chunk.last {
+                break;
+            }
+        }
+        let path = tokio::task::block_in_place(|| file.finish()).map_err(internal)?;
+        tracing::info!(index, path = %path.display(), "snapshot received");
+        m.mut_snapshot().data = path.to_string_lossy().into_owned().into_bytes().into();
+        self.mailbox
+            .try_send(PeerInput::Step(m))
+            .map_err(|_| Status::unavailable("member is busy"))?;
+        Ok(Response::new(SnapshotAck {}))
+    }
+
+    async fn members(
+        &self,
+        _: Request<MembersRequest>,
+    ) -> Result<Response<MembersResponse>, Status> {
+        let membership = self.membership.borrow().clone();
+        Ok(Response::new(MembersResponse {
+            cluster_id: membership.cluster_id,
+            members: membership
+                .members
+                .iter()
+                .map(|m| etcdserverpb::Member {
+                    id: m.id,
+                    name: m.name.clone(),
+                    peer_ur_ls: m.peer_urls.clone(),
+                    client_ur_ls: m.client_urls.clone(),
+                    is_learner: m.is_learner,
+                })
+                .collect(),
+        }))
+    }
+}
