@@ -25,6 +25,21 @@ use crate::proxy::{Network, PeerProxy};
 /// How long a freshly started cluster may take to answer a linearizable read on every member.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Cluster starts tried before giving up (see [`Cluster::start`]).
+const STARTUP_ATTEMPTS_MAX: u32 = 3;
+
+/// A member process exited although the harness did not kill it.
+#[derive(Debug)]
+struct MemberExited(String);
+
+impl std::fmt::Display for MemberExited {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for MemberExited {}
+
 /// Lines of a member's log quoted when it exits by itself.
 const LOG_TAIL_LINES: usize = 20;
 
@@ -86,7 +101,10 @@ fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
 }
 
 impl Cluster {
-    /// Starts every member and waits until each answers a linearizable read.
+    /// Starts every member and waits until each answers a linearizable read. A member that
+    /// exits during startup may have lost its port to another process between our choosing
+    /// and its binding, so the whole cluster is retried on fresh ports, up to
+    /// [`STARTUP_ATTEMPTS_MAX`] times.
     pub async fn start(spec: ClusterSpec) -> anyhow::Result<Cluster> {
         anyhow::ensure!(
             spec.members == 3 || spec.members == 5,
@@ -98,6 +116,19 @@ impl Cluster {
             "member binary {} not found",
             spec.bin.display()
         );
+        let mut attempt = 1;
+        loop {
+            match Cluster::start_once(spec.clone()).await {
+                Err(e) if attempt < STARTUP_ATTEMPTS_MAX && e.is::<MemberExited>() => {
+                    eprintln!("cairn-jepsen: startup attempt {attempt} failed, retrying: {e:#}");
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn start_once(spec: ClusterSpec) -> anyhow::Result<Cluster> {
         let dir = tempfile::Builder::new()
             .prefix("cairn-jepsen-")
             .tempdir()
@@ -315,12 +346,13 @@ impl Cluster {
         let log = std::fs::read_to_string(&member.log_path).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(LOG_TAIL_LINES).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
-        anyhow::bail!(
+        Err(MemberExited(format!(
             "member {} exited by itself ({status}); end of {}:\n{}",
             member.name,
             member.log_path.display(),
             tail.join("\n")
-        )
+        ))
+        .into())
     }
 
     /// The member that most running members name as leader, if any.

@@ -34,8 +34,8 @@ fn append_is_strict_serializable_on_etcd_and_stale_snapshots_are_caught() {
             "--workload=append",
             "--reads=serializable",
             "--nemesis=partition",
-            "--nemesis-interval-s=2",
-            "--time-limit-s=8",
+            "--nemesis-interval-s=1.5",
+            "--time-limit-s=10",
             "--seed=4",
         ],
     );

@@ -47,8 +47,8 @@ fn etcd_passes_under_faults_and_stale_serializable_reads_are_caught() {
     let control = [
         "--reads=serializable",
         "--nemesis=partition",
-        "--nemesis-interval-s=2",
-        "--time-limit-s=8",
+        "--nemesis-interval-s=1.5",
+        "--time-limit-s=10",
         "--seed=2",
     ];
     for workload in ["--workload=register", "--workload=set"] {
