@@ -21,6 +21,7 @@ struct Ports {
 }
 
 fn start(kind: Kind, ports: &Ports, dir: &Path) -> Vec<Member> {
+    std::fs::create_dir_all(dir).unwrap();
     let initial = ports
         .names
         .iter()
@@ -67,8 +68,41 @@ fn etcdctl(endpoints: &str, args: &[&str]) -> String {
         "exit {}\n{}{}",
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        blank_log_fields(&String::from_utf8_lossy(&out.stderr))
     )
+}
+
+/// `ETCD_INITIAL_CLUSTER="a=..,b=.."` with its entries sorted.
+fn sorted_cluster_list(text: &str) -> String {
+    text.lines()
+        .map(|line| match line.strip_prefix("ETCD_INITIAL_CLUSTER=\"") {
+            Some(list) => {
+                let mut entries: Vec<&str> = list.trim_end_matches('"').split(',').collect();
+                entries.sort();
+                format!("ETCD_INITIAL_CLUSTER=\"{}\"", entries.join(","))
+            }
+            None => line.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// etcdctl's JSON log lines carry a timestamp and a per-process client id.
+fn blank_log_fields(text: &str) -> String {
+    let mut text = text.to_string();
+    for field in ["\"ts\":\"", "\"target\":\""] {
+        let mut out = String::new();
+        let mut rest = text.as_str();
+        while let Some(i) = rest.find(field) {
+            out.push_str(&rest[..i + field.len()]);
+            rest = &rest[i + field.len()..];
+            rest = &rest[rest.find('"').unwrap_or(rest.len())..];
+            out.push('*');
+        }
+        out.push_str(rest);
+        text = out;
+    }
+    text
 }
 
 /// Rewrites an etcdctl table as trimmed cells (padding follows the widest cell, which differs with
@@ -102,12 +136,17 @@ fn table(text: &str, columns: &[usize]) -> String {
 }
 
 /// Replaces `word` (the clock-derived id of an added member) with `with`.
+/// etcdctl pads ids to 16 columns (`%16x`), so the padding follows the id too.
 fn replace_word(text: &str, word: &str, with: &str) -> String {
     if word.is_empty() {
-        text.to_string()
-    } else {
-        text.replace(word, with)
+        return text.to_string();
     }
+    let mut text = text.replace(word, with);
+    let padded = format!(" {with}");
+    while text.contains(&format!(" {padded}")) {
+        text = text.replace(&format!(" {padded}"), &padded);
+    }
+    text
 }
 
 fn json_field_blank(text: &str, field: &str) -> String {
@@ -168,6 +207,8 @@ fn session(endpoints: &str, ports: &Ports) -> Vec<String> {
         first,
         &["member", "update", "1234", "--peer-urls=http://127.0.0.1:1"],
     ));
+    // Membership changes need every voter connected for etcd's health interval (5 s).
+    std::thread::sleep(Duration::from_secs(6));
     let add = etcdctl(
         first,
         &[
@@ -181,10 +222,12 @@ fn session(endpoints: &str, ports: &Ports) -> Vec<String> {
     let new_id = add
         .split("Member ")
         .nth(1)
-        .and_then(|s| s.split(' ').next())
+        .and_then(|s| s.split_whitespace().next())
         .unwrap_or("")
         .to_string();
-    t.push(replace_word(&add, &new_id, "<NEW>"));
+    // Where the added member sorts depends on its clock-derived id: compare as sets.
+    // etcdctl pads ids to 16 columns (`%16x`): the padding follows the id too.
+    t.push(sorted_cluster_list(&replace_word(&add, &new_id, "<NEW>")));
     t.push(etcdctl(
         first,
         &[
@@ -204,12 +247,21 @@ fn session(endpoints: &str, ports: &Ports) -> Vec<String> {
             &format!("--peer-urls=http://127.0.0.1:{}", ports.peer[1]),
         ],
     ));
-    t.push(replace_word(
+    let mut rows: Vec<String> = replace_word(
         &table(&etcdctl(first, &["member", "list", "-w", "table"]), &[]),
         &new_id,
         "<NEW>",
+    )
+    .lines()
+    .map(str::to_string)
+    .collect();
+    rows.sort();
+    t.push(rows.join("\n"));
+    t.push(replace_word(
+        &etcdctl(first, &["member", "promote", &new_id]),
+        &new_id,
+        "<NEW>",
     ));
-    t.push(etcdctl(first, &["member", "promote", &new_id]).replace(&new_id, "<NEW>"));
     t.push(replace_word(
         &etcdctl(first, &["member", "remove", &new_id]),
         &new_id,

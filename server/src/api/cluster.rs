@@ -7,9 +7,10 @@
 //! as of the applied change.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cairn_proto::cairnpb::{internal_request, member_change, MemberChange, MemberPeerUrls};
+use cairn_proto::etcdserverpb::cluster_client::ClusterClient;
 use cairn_proto::etcdserverpb::cluster_server::Cluster;
 use cairn_proto::etcdserverpb::*;
 use tonic::{Request, Response, Status};
@@ -25,6 +26,9 @@ use crate::raft::{MemberChangeKind, RaftError};
 const LEARNERS_MAX: usize = 1;
 /// How much of the leader's log a learner must have to be promoted (etcd: `readyPercent`).
 const LEARNER_READY_FRACTION: f64 = 0.9;
+/// How long peers must have been connected for a change to count them as healthy
+/// (etcd: `HealthInterval`).
+const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 
 pub struct ClusterService {
     core: Arc<Core>,
@@ -86,6 +90,71 @@ fn enough_started(membership: &Membership, voters_after: &[u64]) -> Result<(), A
     Ok(())
 }
 
+impl ClusterService {
+    async fn forward_promote(
+        &self,
+        id: u64,
+        membership: &Membership,
+    ) -> Result<Response<MemberPromoteResponse>, Status> {
+        let leader = self.core.raft.status().leader_id;
+        let url = membership
+            .get(leader)
+            .and_then(|m| m.client_urls.first().cloned())
+            .ok_or(ApiError::from(RaftError::NoLeader))?;
+        let channel = tonic::transport::Endpoint::from_shared(url)
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .timeout(self.core.request_timeout)
+            .connect()
+            .await
+            .map_err(|_| ApiError::from(RaftError::NoLeader))?;
+        ClusterClient::new(channel)
+            .member_promote(MemberPromoteRequest { id })
+            .await
+    }
+
+    /// etcd `numConnectedSince`: voters (this member included) connected for a health interval.
+    fn connected(&self, voters: &[u64]) -> usize {
+        let since = Instant::now().checked_sub(HEALTH_INTERVAL);
+        voters
+            .iter()
+            .filter(|&&id| {
+                id == self.core.member_id
+                    || self
+                        .core
+                        .raft
+                        .peer_active_since(id)
+                        .is_some_and(|t| since.is_some_and(|s| t <= s))
+            })
+            .count()
+    }
+
+    /// etcd `mayAddMember`: every voter has been connected for a health interval.
+    fn may_add(&self, membership: &Membership) -> Result<(), ApiError> {
+        let voters = membership.voter_ids();
+        if self.connected(&voters) < voters.len() {
+            return Err(MemberError::Unhealthy.into());
+        }
+        Ok(())
+    }
+
+    /// etcd `mayRemoveMember`: removing a learner or a member that is down is safe; otherwise the
+    /// connected voters that remain must still form a quorum.
+    fn may_remove(&self, membership: &Membership, id: u64) -> Result<(), ApiError> {
+        if membership.get(id).is_some_and(|m| m.is_learner) {
+            return Ok(());
+        }
+        if id != self.core.member_id && self.core.raft.peer_active_since(id).is_none() {
+            return Ok(());
+        }
+        let voters = membership.voter_ids();
+        let active = self.connected(&voters);
+        if active.saturating_sub(1) < 1 + (voters.len() - 1) / 2 {
+            return Err(MemberError::Unhealthy.into());
+        }
+        Ok(())
+    }
+}
+
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn member_list(
@@ -129,6 +198,7 @@ impl Cluster for ClusterService {
             enough_started(&membership, &voters)?;
             MemberChangeKind::AddVoter
         };
+        self.may_add(&membership)?;
         let change = MemberChange {
             member_id: id,
             peer_urls: req.peer_ur_ls.clone(),
@@ -165,6 +235,7 @@ impl Cluster for ClusterService {
                 .collect();
             enough_started(&membership, &voters)?;
         }
+        self.may_remove(&membership, id)?;
         let change = MemberChange {
             member_id: id,
             kind: member_change::Kind::Remove.into(),
@@ -222,14 +293,11 @@ impl Cluster for ClusterService {
         let mut voters = membership.voter_ids();
         voters.push(id);
         enough_started(&membership, &voters)?;
-        // Only the leader knows how far the learner's log is.
-        let progress = self
-            .core
-            .raft
-            .progress()
-            .await
-            .map_err(ApiError::from)?
-            .ok_or(ApiError::from(RaftError::NotLeader))?;
+        // Only the leader knows how far the learner's log is: a follower asks the leader to promote
+        // (etcd forwards the request to the leader too).
+        let Some(progress) = self.core.raft.progress().await.map_err(ApiError::from)? else {
+            return self.forward_promote(id, &membership).await;
+        };
         let matched = progress.matched.get(&id).copied().unwrap_or(0);
         if (matched as f64) < progress.last_index as f64 * LEARNER_READY_FRACTION {
             return Err(ApiError::from(MemberError::LearnerNotReady).into());

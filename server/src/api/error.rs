@@ -56,6 +56,8 @@ pub enum MemberError {
     BadLeaderTransferee,
     #[error("request timed out, leader transfer took too long")]
     LeaderTransferTimeout,
+    #[error("unhealthy cluster")]
+    Unhealthy,
 }
 
 impl From<ApiError> for Status {
@@ -64,7 +66,7 @@ impl From<ApiError> for Status {
             let code = match m {
                 MemberError::BadUrls => Code::InvalidArgument,
                 MemberError::NotFound => Code::NotFound,
-                MemberError::LeaderTransferTimeout => Code::Unavailable,
+                MemberError::LeaderTransferTimeout | MemberError::Unhealthy => Code::Unavailable,
                 _ => Code::FailedPrecondition,
             };
             return Status::new(code, format!("etcdserver: {m}"));

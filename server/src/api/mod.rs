@@ -27,7 +27,6 @@ use cairn_proto::etcdserverpb::ResponseHeader;
 use cairn_proto::grpc_health_v1::health_server::HealthServer;
 use prost::Message;
 use tokio::sync::{oneshot, watch};
-use tonic::service::interceptor::InterceptedService;
 
 use crate::apply::wait::Wait;
 use crate::apply::{Applied, ApplyResult};
@@ -166,34 +165,30 @@ impl Core {
 /// gRPC methods Cairn does not serve yet.
 pub fn router(core: Arc<Core>) -> axum::Router {
     let recv_max = core.max_request_bytes + GRPC_OVERHEAD_BYTES;
-    let has_leader = Admission(core.clone());
-    let grpc = tonic::service::Routes::new(InterceptedService::new(
+    let grpc = tonic::service::Routes::new(
         KvServer::new(kv::KvService::new(core.clone()))
             .max_decoding_message_size(recv_max)
             .max_encoding_message_size(usize::MAX),
-        has_leader.clone(),
-    ))
-    .add_service(InterceptedService::new(
+    )
+    .add_service(
         MaintenanceServer::new(maintenance::MaintenanceService::new(core.clone()))
             .max_decoding_message_size(recv_max)
             .max_encoding_message_size(usize::MAX),
-        has_leader.clone(),
-    ))
-    .add_service(InterceptedService::new(
+    )
+    .add_service(
         ClusterServer::new(cluster::ClusterService::new(core.clone()))
             .max_decoding_message_size(recv_max)
             .max_encoding_message_size(usize::MAX),
-        has_leader,
-    ))
+    )
     .add_service(HealthServer::new(health::HealthService));
-    http::routes(grpc.into_axum_router(), core)
+    let grpc = grpc
+        .into_axum_router()
+        .layer(axum::middleware::from_fn_with_state(
+            core.clone(),
+            admission,
+        ));
+    http::routes(grpc, core)
 }
-
-/// etcd's unary and stream interceptors: a client that sets the `hasleader` metadata (clientv3's
-/// `WithRequireLeader`) is refused with `no leader` while this member knows of none, and a learner
-/// serves only `Status` and serializable `Range` (the KV service checks the latter).
-#[derive(Clone)]
-struct Admission(Arc<Core>);
 
 impl Core {
     pub fn is_learner(&self) -> bool {
@@ -204,28 +199,29 @@ impl Core {
     }
 }
 
-impl tonic::service::Interceptor for Admission {
-    fn call(&mut self, req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        let core = &self.0;
-        if core.is_learner() {
-            let method = req.extensions().get::<tonic::GrpcMethod>();
-            let allowed = method.is_some_and(|m| {
-                matches!(
-                    (m.service(), m.method()),
-                    ("etcdserverpb.Maintenance", "Status") | ("etcdserverpb.KV", "Range")
-                )
-            });
-            if !allowed {
-                return Err(ApiError::NotSupportedForLearner.into());
-            }
-        }
-        let requires_leader = req
-            .metadata()
-            .get("hasleader")
-            .is_some_and(|v| v.as_bytes() == b"true");
-        if requires_leader && core.raft.status().leader_id == 0 {
-            return Err(ApiError::from(RaftError::NoLeader).into());
-        }
-        Ok(req)
+/// etcd's unary and stream interceptors, in front of every gRPC service: a learner serves only
+/// `Status`, health checks and serializable `Range` (the KV service checks the latter), and a client
+/// that sets the `hasleader` metadata (clientv3's `WithRequireLeader`) is refused with `no leader`
+/// while this member knows of none.
+async fn admission(
+    axum::extract::State(core): axum::extract::State<Arc<Core>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    const LEARNER_METHODS: [&str; 3] = [
+        "/etcdserverpb.Maintenance/Status",
+        "/etcdserverpb.KV/Range",
+        "/grpc.health.v1.Health/Check",
+    ];
+    if core.is_learner() && !LEARNER_METHODS.contains(&req.uri().path()) {
+        return tonic::Status::from(ApiError::NotSupportedForLearner).into_http();
     }
+    let requires_leader = req
+        .headers()
+        .get("hasleader")
+        .is_some_and(|v| v.as_bytes() == b"true");
+    if requires_leader && core.raft.status().leader_id == 0 {
+        return tonic::Status::from(ApiError::from(RaftError::NoLeader)).into_http();
+    }
+    next.run(req).await
 }

@@ -141,6 +141,7 @@ pub struct LogProgress {
 pub struct RaftHandle {
     mailbox: crossbeam_channel::Sender<Mailbox>,
     peer: crossbeam_channel::Sender<PeerInput>,
+    peers_active: transport::PeersActive,
     status: watch::Receiver<RaftStatus>,
     applied: watch::Receiver<u64>,
 }
@@ -172,6 +173,15 @@ impl RaftHandle {
     /// Asks the leader to hand leadership to `to` (raft's leader transfer).
     pub fn transfer_leader(&self, to: u64) -> Result<(), RaftError> {
         self.send(Mailbox::TransferLeader(to))
+    }
+
+    /// Since when this member's stream to peer `id` has been up; `None` when it is not connected.
+    pub fn peer_active_since(&self, id: u64) -> Option<std::time::Instant> {
+        self.peers_active
+            .lock()
+            .expect("peers lock")
+            .get(&id)
+            .copied()
     }
 
     /// The leader's view of its followers' logs; `None` when this member is not the leader.

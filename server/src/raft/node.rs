@@ -46,6 +46,8 @@ use crate::engine::Engine;
 const MAILBOX_BATCH_MAX: usize = 4096;
 /// Log entries kept behind a log truncation for slow followers (etcd: `SnapshotCatchUpEntries`).
 const LOG_CATCH_UP_ENTRIES: u64 = 5000;
+/// How long a ReadIndex may go unanswered before it is sent again.
+const READ_INDEX_RETRY: Duration = Duration::from_millis(500);
 /// Committed-entry batches queued for the apply worker, at most.
 pub const APPLY_QUEUE_LEN_MAX: usize = 1024;
 
@@ -75,7 +77,6 @@ struct RaftNode {
     node: RawNode<LogStore>,
     engine: Engine,
     tick: Duration,
-    read_timeout: Duration,
     snapshot_count: u64,
     writer: Sender<WriteTask>,
     persisted: Receiver<Persisted>,
@@ -145,6 +146,7 @@ pub fn start(
     let handle = RaftHandle {
         mailbox: mailbox_tx,
         peer: peer_tx,
+        peers_active: transport.active(),
         status: status_rx,
         applied: applied.clone(),
     };
@@ -152,7 +154,6 @@ pub fn start(
         node,
         engine,
         tick: cfg.tick,
-        read_timeout: cfg.tick * cfg.election_ticks as u32,
         snapshot_count: cfg.snapshot_count,
         writer: writer_tx,
         persisted: persisted_rx,
@@ -216,7 +217,7 @@ impl RaftNode {
                 self.node.tick();
                 // One tick per interval: a late turn does not fire a burst of catch-up ticks.
                 next_tick = (next_tick + self.tick).max(now);
-                self.expire_reads();
+                self.retry_reads();
             }
             if self.membership.has_changed().unwrap_or(false) {
                 self.follow_membership();
@@ -380,16 +381,26 @@ impl RaftNode {
         });
     }
 
-    /// A ReadIndex that raft dropped (no leader, leader lost) is never answered: fail it after an
-    /// election timeout so that its reads can be retried.
-    fn expire_reads(&mut self) {
-        if self
-            .read_inflight
-            .as_ref()
-            .is_some_and(|b| b.sent.elapsed() > self.read_timeout)
-        {
-            self.fail_reads(RaftError::Timeout);
+    /// A ReadIndex that raft dropped (no leader yet, or a leader that has not committed in its term)
+    /// is never answered: ask again, for the same reads, after [`READ_INDEX_RETRY`] (etcd 3.5's
+    /// `readIndexRetryTime`). Each read gives up at its own deadline.
+    fn retry_reads(&mut self) {
+        let Some(batch) = self.read_inflight.as_mut() else {
+            return;
+        };
+        if batch.sent.elapsed() < READ_INDEX_RETRY {
+            return;
         }
+        batch.waiters.retain(|w| !w.is_closed());
+        if batch.waiters.is_empty() {
+            self.read_inflight = None;
+            return;
+        }
+        let ctx = self.next_read_ctx;
+        self.next_read_ctx += 1;
+        batch.ctx = ctx;
+        batch.sent = Instant::now();
+        self.node.read_index(ctx.to_be_bytes().to_vec());
     }
 
     fn fail_reads(&mut self, e: RaftError) {

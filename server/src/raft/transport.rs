@@ -9,8 +9,8 @@
 //! **Invariant:** the raft loop never blocks on the network: [`Transport::send`] only enqueues.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use cairn_proto::cairnpb::peer_client::PeerClient;
 use cairn_proto::cairnpb::{RaftBatch, SnapshotChunk};
@@ -44,7 +44,11 @@ struct Shared {
     cluster_id: u64,
     reports: Sender<PeerInput>,
     snapshots: Arc<SnapshotSource>,
+    active: PeersActive,
 }
+
+/// Since when each peer's stream has been up (absent: not connected).
+pub type PeersActive = Arc<Mutex<HashMap<u64, Instant>>>;
 
 impl Shared {
     fn report(&self, m: PeerInput) {
@@ -53,6 +57,7 @@ impl Shared {
     }
 }
 
+/// A peer's queue and the task that drains it (stopped when the link is dropped).
 struct Link {
     urls: Vec<String>,
     queue: mpsc::Sender<Message>,
@@ -80,19 +85,26 @@ impl Transport {
                 cluster_id,
                 reports,
                 snapshots,
+                active: PeersActive::default(),
             }),
             runtime,
             links: HashMap::new(),
         }
     }
 
+    /// Since when each peer has been connected.
+    pub fn active(&self) -> PeersActive {
+        self.shared.active.clone()
+    }
+
     /// Makes the set of peers `peers` (id → peer URLs, without this member): new ones get a link,
     /// removed ones lose theirs, changed URLs reconnect.
     pub fn set_peers(&mut self, peers: &HashMap<u64, Vec<String>>) {
+        let active = &self.shared.active;
         self.links.retain(|id, link| {
             let keep = peers.get(id) == Some(&link.urls);
             if !keep {
-                link.task.abort();
+                active.lock().expect("peers lock").remove(id);
             }
             keep
         });
@@ -135,11 +147,9 @@ impl Transport {
     }
 }
 
-impl Drop for Transport {
+impl Drop for Link {
     fn drop(&mut self) {
-        for link in self.links.values() {
-            link.task.abort();
-        }
+        self.task.abort();
     }
 }
 
@@ -186,6 +196,7 @@ async fn run_link(
             Ok(()) => return,
             Err(e) => {
                 tracing::debug!(peer = format_args!("{to:x}"), "peer stream failed: {e}");
+                shared.active.lock().expect("peers lock").remove(&to);
                 shared.report(PeerInput::Unreachable(to));
             }
         }
@@ -216,6 +227,12 @@ async fn stream_to(
     let mut call =
         tokio::spawn(async move { client.stream(ReceiverStream::new(batches_rx)).await });
     *backoff = BACKOFF_MIN;
+    shared
+        .active
+        .lock()
+        .expect("peers lock")
+        .entry(to)
+        .or_insert_with(Instant::now);
     let result = loop {
         tokio::select! {
             r = &mut call => break Err(match r {
