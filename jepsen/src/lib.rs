@@ -11,4 +11,5 @@ pub mod history;
 pub mod nemesis;
 pub mod proxy;
 pub mod run;
+pub mod smoke;
 pub mod workload;

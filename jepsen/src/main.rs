@@ -1,11 +1,13 @@
-//! `cairn-jepsen`: run a consistency test against a cluster of etcd or Cairn, or re-check a
-//! saved history. Exit code: 0 valid, 1 invalid, 2 unknown, 3 the harness itself failed.
+//! `cairn-jepsen`: run a consistency test against a cluster of etcd or Cairn, run the smoke
+//! matrix, or re-check a saved history. Exit code of `test` and `check`: 0 valid, 1 invalid,
+//! 2 unknown, 3 the harness itself failed; of `smoke`: 0 iff every run answered as expected.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use cairn_jepsen::checker::Verdict;
 use cairn_jepsen::run::{self, Results, RunOptions};
+use cairn_jepsen::smoke;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -19,6 +21,11 @@ struct Cli {
 enum Command {
     /// Start a cluster, run a workload under faults, check the history.
     Test(RunOptions),
+    /// Run the smoke matrix: {register, set, append} × {partition, kill, pause} must pass, and
+    /// serializable reads under partitions must be caught. Other options apply to every run
+    /// (their --workload, --nemesis and --reads are replaced). Exit 0 iff all 12 answer as
+    /// expected.
+    Smoke(RunOptions),
     /// Re-run the history checkers on a saved report directory.
     Check {
         /// A directory written by `test`.
@@ -53,19 +60,25 @@ fn report(results: &Results) -> ExitCode {
     }
 }
 
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
-        Command::Test(options) => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("a tokio runtime")
-            .block_on(run::run(options))
-            .map(|(dir, results)| {
-                println!("report: {}", dir.display());
-                results
-            }),
+        Command::Test(options) => runtime().block_on(run::run(options)).map(|(dir, results)| {
+            println!("report: {}", dir.display());
+            results
+        }),
+        Command::Smoke(options) => {
+            let (_, failed) = runtime().block_on(smoke::smoke(options));
+            return ExitCode::from(if failed == 0 { 0 } else { 1 });
+        }
         Command::Check { dir } => run::check_dir(&dir),
     };
     match outcome {
