@@ -1,0 +1,352 @@
+//! Starts real etcd or Cairn clusters on 127.0.0.1 for the side-by-side runners, with the same
+//! flags for both (both take etcd's), and measures them from outside: peak RSS from
+//! `/proc/<pid>/status` and the disk space of their data directories.
+//!
+//! **Invariant:** no member process outlives its [`Cluster`]: dropping it kills (SIGKILL) and
+//! reaps every member, and each member also gets `PR_SET_PDEATHSIG = SIGKILL` so a runner that
+//! dies by a signal leaves none behind. Only processes started here are signalled, by pid.
+
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use cairn_proto::etcdserverpb::kv_client::KvClient;
+use cairn_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use cairn_proto::etcdserverpb::{RangeRequest, StatusRequest, StatusResponse};
+
+use crate::load;
+
+/// How long a freshly started cluster may take until every member serves a linearizable read.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Deadline of one probe (health or status), connecting included.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Lines of a member's log quoted when it exits by itself.
+const LOG_TAIL_LINES: usize = 15;
+
+/// Which server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum System {
+    Etcd,
+    Cairn,
+}
+
+impl System {
+    pub fn name(self) -> &'static str {
+        match self {
+            System::Etcd => "etcd",
+            System::Cairn => "cairn",
+        }
+    }
+}
+
+/// Settings both systems get, with the same values (etcd's flags).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_ms: u64,
+    /// `None` for each system's default (100 000 for both).
+    pub snapshot_count: Option<u64>,
+}
+
+/// What to start.
+#[derive(Clone, Debug)]
+pub struct ClusterSpec {
+    pub system: System,
+    pub bin: PathBuf,
+    pub members: usize,
+    /// Parent of the members' data directories and logs; must exist.
+    pub dir: PathBuf,
+    pub settings: Settings,
+}
+
+struct Member {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    data_dir: PathBuf,
+    log_path: PathBuf,
+    child: Option<Child>,
+}
+
+/// A running cluster; dropping it kills every member.
+pub struct Cluster {
+    spec: ClusterSpec,
+    members: Vec<Member>,
+    initial_cluster: String,
+}
+
+/// Free loopback ports, all distinct: every listener is held until all are chosen.
+fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect()
+}
+
+/// Bytes allocated on disk under `path` (what `du` counts: preallocated space included).
+pub fn disk_bytes(path: &Path) -> anyhow::Result<u64> {
+    let meta = std::fs::symlink_metadata(path)?;
+    let mut total = meta.blocks() * 512;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            total += disk_bytes(&entry?.path())?;
+        }
+    }
+    Ok(total)
+}
+
+/// `VmHWM` (peak resident set) of process `pid`, bytes.
+fn peak_rss_bytes(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    parse_vm_hwm(&status).with_context(|| format!("no VmHWM in /proc/{pid}/status"))
+}
+
+fn parse_vm_hwm(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// One Status call with a fresh connection and a deadline.
+pub async fn status(endpoint: &str) -> anyhow::Result<StatusResponse> {
+    tokio::time::timeout(PROBE_TIMEOUT, async {
+        let mut client = MaintenanceClient::new(load::connect(endpoint).await?);
+        Ok(client.status(StatusRequest {}).await?.into_inner())
+    })
+    .await
+    .context("status timed out")?
+}
+
+/// One linearizable read with a fresh connection and a deadline.
+async fn probe(endpoint: &str) -> anyhow::Result<()> {
+    tokio::time::timeout(PROBE_TIMEOUT, async {
+        let mut client = KvClient::new(load::connect(endpoint).await?);
+        client
+            .range(RangeRequest {
+                key: "cairn-bench/health".into(),
+                ..Default::default()
+            })
+            .await?;
+        anyhow::Ok(())
+    })
+    .await
+    .context("read timed out")?
+}
+
+impl Cluster {
+    /// Starts every member and waits until each serves a linearizable read.
+    pub async fn start(spec: ClusterSpec) -> anyhow::Result<Cluster> {
+        anyhow::ensure!(spec.bin.exists(), "{} not found", spec.bin.display());
+        let ports = free_ports(2 * spec.members)?;
+        let label = spec.system.name();
+        let members: Vec<Member> = (0..spec.members)
+            .map(|i| Member {
+                name: format!("{label}{i}"),
+                client_port: ports[2 * i],
+                peer_port: ports[2 * i + 1],
+                data_dir: spec.dir.join(format!("{label}{i}")),
+                log_path: spec.dir.join(format!("{label}{i}.log")),
+                child: None,
+            })
+            .collect();
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Cluster {
+            spec,
+            members,
+            initial_cluster,
+        };
+        for i in 0..cluster.members.len() {
+            cluster.spawn(i)?;
+        }
+        cluster.wait_ready().await?;
+        Ok(cluster)
+    }
+
+    fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
+        let s = &self.spec.settings;
+        let member = &self.members[i];
+        let client = format!("http://127.0.0.1:{}", member.client_port);
+        let peer = format!("http://127.0.0.1:{}", member.peer_port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&member.log_path)?;
+        let mut command = Command::new(&self.spec.bin);
+        command
+            .arg(format!("--name={}", member.name))
+            .arg(format!("--data-dir={}", member.data_dir.display()))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster={}", self.initial_cluster))
+            .arg("--initial-cluster-state=new")
+            .arg("--initial-cluster-token=cairn-bench")
+            .arg(format!("--heartbeat-interval={}", s.heartbeat_interval_ms))
+            .arg(format!("--election-timeout={}", s.election_timeout_ms))
+            .args(s.snapshot_count.map(|n| format!("--snapshot-count={n}")))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {}", self.spec.bin.display()))?;
+        self.members[i].child = Some(child);
+        Ok(())
+    }
+
+    /// Waits until every running member serves a linearizable read; fails at once, with the
+    /// end of its log, if a member exits by itself.
+    pub async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let start = Instant::now();
+        for i in 0..self.members.len() {
+            if self.members[i].child.is_none() {
+                continue;
+            }
+            loop {
+                self.fail_if_exited(i)?;
+                match probe(&self.endpoint(i)).await {
+                    Ok(()) => break,
+                    Err(e) if start.elapsed() > STARTUP_TIMEOUT => {
+                        anyhow::bail!(
+                            "{} not ready after {STARTUP_TIMEOUT:?}: {e:#}",
+                            self.members[i].name
+                        )
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn fail_if_exited(&mut self, i: usize) -> anyhow::Result<()> {
+        let member = &mut self.members[i];
+        let Some(child) = member.child.as_mut() else {
+            return Ok(());
+        };
+        let Some(exit) = child.try_wait()? else {
+            return Ok(());
+        };
+        member.child = None;
+        let log = std::fs::read_to_string(&member.log_path).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n");
+        anyhow::bail!(
+            "{} exited by itself ({exit}); end of {}:\n{tail}",
+            member.name,
+            member.log_path.display()
+        )
+    }
+
+    /// Number of members.
+    pub fn size(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Member `i`'s client endpoint.
+    pub fn endpoint(&self, i: usize) -> String {
+        format!("127.0.0.1:{}", self.members[i].client_port)
+    }
+
+    /// The index of the member that member 0 (or the first running member) names as leader.
+    pub async fn leader(&self) -> anyhow::Result<usize> {
+        let mut ids = Vec::with_capacity(self.members.len());
+        for i in 0..self.members.len() {
+            let header = status(&self.endpoint(i)).await?.header;
+            ids.push(header.context("status without header")?.member_id);
+        }
+        let leader = status(&self.endpoint(0)).await?.leader;
+        ids.iter()
+            .position(|&id| id == leader)
+            .with_context(|| format!("leader {leader:x} is not a member"))
+    }
+
+    /// Crashes member `i` (SIGKILL) and reaps it.
+    pub fn kill(&mut self, i: usize) -> anyhow::Result<()> {
+        if let Some(mut child) = self.members[i].child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Starts killed member `i` again on its data directory.
+    pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        anyhow::ensure!(self.members[i].child.is_none(), "member {i} is running");
+        self.spawn(i)
+    }
+
+    /// Member `i`'s peak resident set so far, bytes.
+    pub fn peak_rss_bytes(&self, i: usize) -> anyhow::Result<u64> {
+        let child = self.members[i]
+            .child
+            .as_ref()
+            .with_context(|| format!("member {i} is not running"))?;
+        peak_rss_bytes(child.id())
+    }
+
+    /// Member `i`'s data directory's size on disk, bytes.
+    pub fn disk_bytes(&self, i: usize) -> anyhow::Result<u64> {
+        disk_bytes(&self.members[i].data_dir)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for member in &mut self.members {
+            if let Some(child) = member.child.as_mut() {
+                // Errors mean the process is already gone; nothing is left to clean.
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_hwm_is_read_in_bytes() {
+        let status = "Name:\tetcd\nVmPeak:\t  200 kB\nVmHWM:\t   12345 kB\nVmRSS:\t 100 kB\n";
+        assert_eq!(parse_vm_hwm(status), Some(12345 * 1024));
+        assert_eq!(parse_vm_hwm("Name:\tetcd\n"), None);
+    }
+
+    #[test]
+    fn this_process_has_a_peak_rss() {
+        let bytes = peak_rss_bytes(std::process::id()).unwrap();
+        assert!(bytes > 1 << 20, "{bytes}");
+    }
+
+    #[test]
+    fn disk_bytes_counts_files_in_subdirectories() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = disk_bytes(dir.path()).unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub/f"), vec![1u8; 1 << 20]).unwrap();
+        let full = disk_bytes(dir.path()).unwrap();
+        assert!(full - empty >= 1 << 20, "{empty} -> {full}");
+    }
+}

@@ -1,0 +1,443 @@
+//! `cairn-bench`: a load generator for Cairn or any etcd v3 cluster, in the spirit of etcd's
+//! `benchmark` tool (same subcommands, flags and defaults), plus runners that start real etcd and
+//! Cairn side by side and compare them.
+//!
+//! **Boundary:** speaks to servers only through the etcd v3 gRPC API (`cairn-proto`); never
+//! links `cairn-server`, so it measures Cairn exactly as an etcd client sees it.
+
+mod catchup;
+mod cluster;
+mod compare;
+mod histogram;
+mod load;
+mod report;
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use load::{Consistency, KeySpec, LoadSpec, Stop, Workload};
+
+/// Requests of a run given neither `--total` nor `--duration` (etcd's default `--total`).
+const TOTAL_DEFAULT: u64 = 10_000;
+
+#[derive(Parser, Debug)]
+#[command(name = "cairn-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Puts keys (etcd: benchmark put).
+    Put {
+        #[command(flatten)]
+        load: LoadArgs,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
+    /// Ranges over a key or key range (etcd: benchmark range).
+    Range(RangeArgs),
+    /// Transactions of puts (etcd: benchmark txn-put).
+    TxnPut {
+        #[command(flatten)]
+        load: LoadArgs,
+        #[command(flatten)]
+        keys: KeyArgs,
+        /// Puts per transaction.
+        #[arg(long, default_value_t = 1)]
+        txn_ops: usize,
+    },
+    /// Starts etcd and Cairn side by side, runs the same workloads on both, prints the ratios.
+    Compare(compare::CompareArgs),
+    /// Times a crashed follower's catch-up after data was written without it.
+    SnapshotCatchup(catchup::CatchupArgs),
+}
+
+/// Flags every load subcommand takes.
+#[derive(Args, Debug)]
+struct LoadArgs {
+    /// Comma-separated endpoints (host:port or URL); connections are spread over them
+    /// round-robin.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:2379")]
+    endpoints: Vec<String>,
+    /// Concurrent clients (request loops).
+    #[arg(long, default_value_t = 1)]
+    clients: usize,
+    /// gRPC connections shared by the clients.
+    #[arg(long, default_value_t = 1)]
+    conns: usize,
+    /// Requests in all [default: 10000 unless --duration].
+    #[arg(long, conflicts_with = "duration")]
+    total: Option<u64>,
+    /// Run for this long instead (e.g. 30s, 500ms, 2m).
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Requests per second over all clients; 0 for no limit.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Print the result as one JSON line instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Interval of the progress line on stderr; 0 for none.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    progress_interval: Duration,
+}
+
+/// Flags of the writing subcommands.
+#[derive(Args, Debug)]
+struct KeyArgs {
+    /// Key size, bytes.
+    #[arg(long, default_value_t = 8)]
+    key_size: usize,
+    /// Value size, bytes.
+    #[arg(long, default_value_t = 8)]
+    val_size: usize,
+    /// Distinct keys written.
+    #[arg(long, default_value_t = 1)]
+    key_space_size: u64,
+    /// Write keys 0, 1, 2, … in turn instead of at random.
+    #[arg(long)]
+    sequential_keys: bool,
+}
+
+#[derive(Args, Debug)]
+struct RangeArgs {
+    #[command(flatten)]
+    load: LoadArgs,
+    /// First key of the range.
+    key: String,
+    /// End of the range (exclusive); a single key if absent.
+    end: Option<String>,
+    /// l: linearizable, s: serializable.
+    #[arg(long, value_enum, default_value = "l")]
+    consistency: ConsistencyArg,
+    /// Maximum keys per response; 0 for no limit.
+    #[arg(long, default_value_t = 0)]
+    limit: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ConsistencyArg {
+    /// Linearizable.
+    L,
+    /// Serializable.
+    S,
+}
+
+/// `30s`, `500ms`, `2m`, or plain seconds (`1.5`).
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit_secs) = if let Some(n) = text.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (text, 1.0)
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("bad duration {text:?} (try 30s, 500ms, 2m)"))?;
+    Duration::try_from_secs_f64(value * unit_secs)
+        .map_err(|e| format!("bad duration {text:?}: {e}"))
+}
+
+impl LoadArgs {
+    fn spec(&self) -> anyhow::Result<LoadSpec> {
+        anyhow::ensure!(self.clients >= 1, "--clients must be at least 1");
+        anyhow::ensure!(self.conns >= 1, "--conns must be at least 1");
+        anyhow::ensure!(
+            self.rate >= 0.0 && self.rate.is_finite(),
+            "--rate must be 0 or more"
+        );
+        let stop = match (self.total, self.duration) {
+            (_, Some(d)) => Stop::Duration(d),
+            (Some(n), None) => Stop::Total(n),
+            (None, None) => Stop::Total(TOTAL_DEFAULT),
+        };
+        Ok(LoadSpec {
+            endpoints: self.endpoints.clone(),
+            clients: self.clients,
+            conns: self.conns,
+            stop,
+            rate: (self.rate > 0.0).then_some(self.rate),
+            progress: (!self.progress_interval.is_zero()).then_some(self.progress_interval),
+        })
+    }
+}
+
+impl KeyArgs {
+    fn spec(&self) -> anyhow::Result<KeySpec> {
+        anyhow::ensure!(
+            self.key_space_size >= 1,
+            "--key-space-size must be at least 1"
+        );
+        let needed = load::varint_len(self.key_space_size - 1);
+        anyhow::ensure!(
+            self.key_size >= needed,
+            "--key-size {} cannot hold {} distinct keys (needs {needed} bytes)",
+            self.key_size,
+            self.key_space_size
+        );
+        Ok(KeySpec {
+            key_size: self.key_size,
+            val_size: self.val_size,
+            key_space_size: self.key_space_size,
+            sequential: self.sequential_keys,
+        })
+    }
+}
+
+impl Command {
+    /// The load and the workload of a load subcommand.
+    fn load(&self) -> anyhow::Result<(&LoadArgs, Workload)> {
+        Ok(match self {
+            Command::Compare(_) | Command::SnapshotCatchup(_) => {
+                anyhow::bail!("not a load subcommand")
+            }
+            Command::Put { load, keys } => (load, Workload::Put(keys.spec()?)),
+            Command::TxnPut {
+                load,
+                keys,
+                txn_ops,
+            } => {
+                anyhow::ensure!(*txn_ops >= 1, "--txn-ops must be at least 1");
+                (
+                    load,
+                    Workload::TxnPut {
+                        keys: keys.spec()?,
+                        ops: *txn_ops,
+                    },
+                )
+            }
+            Command::Range(range) => (
+                &range.load,
+                Workload::Range {
+                    key: range.key.clone().into_bytes(),
+                    range_end: range.end.clone().unwrap_or_default().into_bytes(),
+                    limit: range.limit,
+                    consistency: match range.consistency {
+                        ConsistencyArg::L => Consistency::Linearizable,
+                        ConsistencyArg::S => Consistency::Serializable,
+                    },
+                },
+            ),
+        })
+    }
+}
+
+async fn execute(command: Command) -> anyhow::Result<()> {
+    match &command {
+        Command::Compare(args) => compare::run(args).await,
+        Command::SnapshotCatchup(args) => catchup::run(args).await,
+        Command::Put { .. } | Command::Range(_) | Command::TxnPut { .. } => {
+            let (load_args, workload) = command.load()?;
+            let report = load::run(&load_args.spec()?, &workload).await?;
+            if load_args.json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.table());
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM, with the signal's name.
+async fn interrupted() -> anyhow::Result<&'static str> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result.map(|()| "SIGINT").map_err(Into::into),
+        _ = terminate.recv() => Ok("SIGTERM"),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // On a signal the running command is dropped, and with it every cluster (members killed)
+    // and temporary directory (removed).
+    tokio::select! {
+        result = execute(cli.command) => result,
+        signal = interrupted() => anyhow::bail!("stopped by {}", signal?),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("cairn-bench").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn put_takes_etcd_benchmark_defaults() {
+        let cli = parse(&["put"]).unwrap();
+        let (load, workload) = cli.command.load().unwrap();
+        let spec = load.spec().unwrap();
+        assert_eq!(spec.endpoints, ["127.0.0.1:2379"]);
+        assert_eq!((spec.clients, spec.conns), (1, 1));
+        assert_eq!(spec.stop, Stop::Total(TOTAL_DEFAULT));
+        assert_eq!(spec.rate, None);
+        assert_eq!(
+            workload,
+            Workload::Put(KeySpec {
+                key_size: 8,
+                val_size: 8,
+                key_space_size: 1,
+                sequential: false
+            })
+        );
+    }
+
+    #[test]
+    fn put_flags_reach_the_specs() {
+        let cli = parse(&[
+            "put",
+            "--endpoints=a:1,b:2",
+            "--clients=1000",
+            "--conns=100",
+            "--duration=1.5s",
+            "--rate=200",
+            "--key-size=16",
+            "--val-size=256",
+            "--key-space-size=100000",
+            "--sequential-keys",
+            "--progress-interval=0",
+        ])
+        .unwrap();
+        let (load, workload) = cli.command.load().unwrap();
+        let spec = load.spec().unwrap();
+        assert_eq!(spec.endpoints, ["a:1", "b:2"]);
+        assert_eq!((spec.clients, spec.conns), (1000, 100));
+        assert_eq!(spec.stop, Stop::Duration(Duration::from_millis(1500)));
+        assert_eq!(spec.rate, Some(200.0));
+        assert_eq!(spec.progress, None);
+        let Workload::Put(keys) = workload else {
+            panic!("not a put: {workload:?}")
+        };
+        assert_eq!(
+            (
+                keys.key_size,
+                keys.val_size,
+                keys.key_space_size,
+                keys.sequential
+            ),
+            (16, 256, 100_000, true)
+        );
+    }
+
+    #[test]
+    fn total_and_duration_exclude_each_other() {
+        assert!(parse(&["put", "--total=5", "--duration=5s"]).is_err());
+        let cli = parse(&["put", "--total=5"]).unwrap();
+        assert_eq!(
+            cli.command.load().unwrap().0.spec().unwrap().stop,
+            Stop::Total(5)
+        );
+    }
+
+    #[test]
+    fn a_key_too_short_for_the_key_space_is_refused() {
+        let cli = parse(&["put", "--key-size=1", "--key-space-size=65"]).unwrap();
+        let error = cli.command.load().unwrap_err().to_string();
+        assert!(error.contains("needs 2 bytes"), "{error}");
+        let cli = parse(&["put", "--key-size=1", "--key-space-size=64"]).unwrap();
+        assert!(cli.command.load().is_ok());
+    }
+
+    #[test]
+    fn range_takes_key_end_consistency_and_limit() {
+        let cli = parse(&["range", "a", "z", "--consistency=s", "--limit=10"]).unwrap();
+        let (_, workload) = cli.command.load().unwrap();
+        assert_eq!(
+            workload,
+            Workload::Range {
+                key: b"a".to_vec(),
+                range_end: b"z".to_vec(),
+                limit: 10,
+                consistency: Consistency::Serializable
+            }
+        );
+        let cli = parse(&["range", "k"]).unwrap();
+        let (_, workload) = cli.command.load().unwrap();
+        assert!(matches!(
+            workload,
+            Workload::Range { ref range_end, consistency: Consistency::Linearizable, .. } if range_end.is_empty()
+        ));
+        assert!(parse(&["range", "k", "--consistency=x"]).is_err());
+        assert!(parse(&["range"]).is_err());
+    }
+
+    #[test]
+    fn txn_put_takes_txn_ops() {
+        let cli = parse(&["txn-put", "--txn-ops=4", "--key-space-size=10"]).unwrap();
+        let (_, workload) = cli.command.load().unwrap();
+        assert!(
+            matches!(workload, Workload::TxnPut { ops: 4, ref keys } if keys.key_space_size == 10)
+        );
+        let cli = parse(&["txn-put", "--txn-ops=0"]).unwrap();
+        assert!(cli.command.load().is_err());
+    }
+
+    #[test]
+    fn compare_defaults_fit_the_five_minute_budget() {
+        let cli = parse(&["compare"]).unwrap();
+        let Command::Compare(args) = cli.command else {
+            panic!("not compare")
+        };
+        assert_eq!(args.members, [1, 3]);
+        assert_eq!(args.workloads.len(), 4);
+        assert_eq!((args.clients, args.conns), (1000, 100));
+        assert_eq!(
+            (
+                args.servers.heartbeat_interval,
+                args.servers.election_timeout
+            ),
+            (100, 1000)
+        );
+        let runs = args.members.len() * args.workloads.len() * 2;
+        assert!(args.duration * runs as u32 <= Duration::from_secs(180));
+        assert!(parse(&[
+            "compare",
+            "--workloads=put1,range-s",
+            "--members=3",
+            "--duration=2s"
+        ])
+        .is_ok());
+        assert!(parse(&["compare", "--workloads=nope"]).is_err());
+    }
+
+    #[test]
+    fn snapshot_catchup_takes_size_and_systems() {
+        let cli = parse(&["snapshot-catchup", "--size-mib=1024", "--systems=cairn"]).unwrap();
+        let Command::SnapshotCatchup(args) = cli.command else {
+            panic!("not snapshot-catchup")
+        };
+        assert_eq!(args.size_mib, 1024);
+        assert_eq!(args.systems, [cluster::System::Cairn]);
+        assert_eq!(args.val_size, 10 * 1024);
+        assert!(Cli::try_parse_from(["cairn-bench", "snapshot-catchup", "--systems=zk"]).is_err());
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn zero_clients_or_negative_rate_are_refused() {
+        let cli = parse(&["put", "--clients=0"]).unwrap();
+        assert!(cli.command.load().unwrap().0.spec().is_err());
+        let cli = parse(&["put", "--rate=-1"]).unwrap();
+        assert!(cli.command.load().unwrap().0.spec().is_err());
+    }
+}

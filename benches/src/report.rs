@@ -1,0 +1,149 @@
+//! The result of one load run and its two renderings: a human table and a JSON line.
+
+use std::fmt::Write;
+use std::time::Duration;
+
+use crate::histogram::Histogram;
+
+/// The percentiles every report shows, as (label, quantile).
+pub const PERCENTILES: [(&str, f64); 4] =
+    [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99.9", 0.999)];
+
+/// What one run of a workload measured.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// The workload's name (`put`, `range`, `txn-put`).
+    pub workload: String,
+    /// Latencies of the successful requests.
+    pub latencies: Histogram,
+    /// Requests that failed (not in `latencies`).
+    pub errors: u64,
+    /// The first failure's gRPC status, if any.
+    pub first_error: Option<String>,
+    /// From the first request sent to the last answer received.
+    pub elapsed: Duration,
+}
+
+fn ms(d: Option<Duration>) -> f64 {
+    d.map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
+}
+
+impl Report {
+    /// Successful requests per second.
+    pub fn throughput(&self) -> f64 {
+        self.latencies.count() as f64 / self.elapsed.as_secs_f64().max(f64::MIN_POSITIVE)
+    }
+
+    /// The 99th percentile latency, or `None` if no request succeeded.
+    pub fn p99(&self) -> Option<Duration> {
+        self.latencies.quantile(0.99)
+    }
+
+    /// etcd `benchmark`-like summary, several lines.
+    pub fn table(&self) -> String {
+        let h = &self.latencies;
+        let mut out = String::new();
+        writeln!(
+            out,
+            "{}: {} requests in {:.2}s, {} errors",
+            self.workload,
+            h.count(),
+            self.elapsed.as_secs_f64(),
+            self.errors
+        )
+        .expect("writing to a String");
+        if let Some(error) = &self.first_error {
+            writeln!(out, "  first error: {error}").expect("writing to a String");
+        }
+        writeln!(out, "  throughput  {:.1} req/s", self.throughput()).expect("writing to a String");
+        let mut labels = format!("  latency ms  {:>9}{:>9}", "mean", "min");
+        let mut values = format!("  {:12}{:>9.3}{:>9.3}", "", ms(h.mean()), ms(h.min()));
+        for (label, q) in PERCENTILES {
+            write!(labels, "{label:>9}").expect("writing to a String");
+            write!(values, "{:>9.3}", ms(h.quantile(q))).expect("writing to a String");
+        }
+        writeln!(out, "{labels}{:>9}", "max").expect("writing to a String");
+        writeln!(out, "{values}{:>9.3}", ms(h.max())).expect("writing to a String");
+        out
+    }
+
+    /// One JSON object; latencies in milliseconds (`null` when no request succeeded).
+    pub fn to_json(&self) -> serde_json::Value {
+        let h = &self.latencies;
+        let number = |d: Option<Duration>| d.map(|_| ms(d));
+        let mut latency = serde_json::Map::new();
+        latency.insert("mean".into(), number(h.mean()).into());
+        latency.insert("min".into(), number(h.min()).into());
+        for (label, q) in PERCENTILES {
+            latency.insert(label.into(), number(h.quantile(q)).into());
+        }
+        latency.insert("max".into(), number(h.max()).into());
+        serde_json::json!({
+            "workload": self.workload,
+            "requests": h.count(),
+            "errors": self.errors,
+            "first_error": self.first_error,
+            "elapsed_s": self.elapsed.as_secs_f64(),
+            "throughput": self.throughput(),
+            "latency_ms": latency,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> Report {
+        let mut latencies = Histogram::default();
+        for n in 1..=1000 {
+            latencies.record(Duration::from_micros(n));
+        }
+        Report {
+            workload: "put".into(),
+            latencies,
+            errors: 2,
+            first_error: Some("Unavailable: down".into()),
+            elapsed: Duration::from_millis(500),
+        }
+    }
+
+    #[test]
+    fn json_line_carries_throughput_and_percentiles() {
+        let json = report().to_json();
+        assert_eq!(json["requests"], 1000);
+        assert_eq!(json["errors"], 2);
+        assert_eq!(json["throughput"], 2000.0);
+        assert_eq!(json["latency_ms"]["max"], 1.0);
+        let p99 = json["latency_ms"]["p99"].as_f64().unwrap();
+        assert!((0.99..0.99 * (1.0 + 1.0 / 64.0)).contains(&p99), "{p99}");
+        assert!(json["latency_ms"]["p99.9"].is_number());
+        assert!(!json.to_string().contains('\n'));
+    }
+
+    #[test]
+    fn an_all_failed_run_reports_null_latencies() {
+        let r = Report {
+            latencies: Histogram::default(),
+            ..report()
+        };
+        assert!(r.to_json()["latency_ms"]["p50"].is_null());
+        assert_eq!(r.throughput(), 0.0);
+        assert!(r.table().contains("NaN"));
+    }
+
+    #[test]
+    fn table_names_every_percentile_and_the_first_error() {
+        let table = report().table();
+        for label in [
+            "p50",
+            "p90",
+            "p99",
+            "p99.9",
+            "2000.0 req/s",
+            "Unavailable: down",
+        ] {
+            assert!(table.contains(label), "{label} missing from\n{table}");
+        }
+    }
+}
