@@ -30,6 +30,7 @@ pub struct Server {
     pub peer_addrs: Vec<SocketAddr>,
     member_id: u64,
     membership: watch::Receiver<Membership>,
+    raft: raft::RaftHandle,
     shutdown: watch::Sender<bool>,
     serving: Vec<tokio::task::JoinHandle<()>>,
     /// The raft loop (which outlives its log writer) and the apply worker.
@@ -44,20 +45,30 @@ impl Server {
     pub async fn removed(&self) {
         let mut membership = self.membership.clone();
         let id = self.member_id;
-        let _ = membership.wait_for(|m| m.removed.contains(&id)).await;
+        tokio::select! {
+            _ = membership.wait_for(|m| m.removed.contains(&id)) => {}
+            _ = self.raft.refused_as_removed() => {}
+        }
     }
 
     /// Stops accepting requests, lets the listeners close, then stops the raft loop, log writer,
     /// apply worker and compactor and waits for them: the database must be idle when the process
     /// exits (RocksDB aborts if its threads are torn down under a writer).
     pub async fn stop(self) {
-        self.shutdown.send_replace(true);
-        for task in self.serving {
+        let Server {
+            shutdown,
+            serving,
+            threads,
+            raft,
+            ..
+        } = self;
+        shutdown.send_replace(true);
+        for task in serving {
             let _ = task.await;
         }
-        // The listeners held the last `RaftHandle`s: with them gone the raft loop ends, closing the
-        // apply queue, and the last owner of the compactor joins its thread.
-        let threads = self.threads;
+        // The listeners held the other `RaftHandle`s: with them and this one gone the raft loop
+        // ends, closing the apply queue, and the last owner of the compactor joins its thread.
+        drop(raft);
         let joined = tokio::task::spawn_blocking(move || {
             for t in threads {
                 let _ = t.join();
@@ -134,7 +145,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
 
     let core = Arc::new(Core {
         store: Store::new(engine.clone()),
-        raft,
+        raft: raft.clone(),
         wait,
         ids: IdGenerator::new(member_id, SystemTime::now()),
         member_id,
@@ -156,6 +167,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
         peer_addrs,
         member_id,
         membership: membership_rx,
+        raft,
         shutdown,
         serving,
         threads: vec![raft_thread, apply_thread],

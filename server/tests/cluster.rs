@@ -468,6 +468,25 @@ async fn members_are_added_promoted_updated_and_removed_under_load() {
         converged(e, "load", &acked).await;
     }
     agreed_leader(&remaining, Duration::from_secs(10)).await;
+
+    // A member removed while it was down learns it from its peers when it comes back, and stops.
+    m4.kill9();
+    let after = members
+        .member_remove(MemberRemoveRequest { id: new.id })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(after.members.len(), 2);
+    m4.spawn_process();
+    wait_for(
+        "the member removed while down to stop",
+        Duration::from_secs(15),
+        || (!m4.is_running()).then_some(()),
+    );
+    let two: Vec<String> = remaining[..2].to_vec();
+    agreed_leader(&two, Duration::from_secs(10)).await;
+    let mut c = Client::connect(two[0].clone()).await.unwrap();
+    c.put("two", "left").await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -142,6 +142,7 @@ pub struct RaftHandle {
     mailbox: crossbeam_channel::Sender<Mailbox>,
     peer: crossbeam_channel::Sender<PeerInput>,
     peers_active: transport::PeersActive,
+    removed: watch::Receiver<bool>,
     status: watch::Receiver<RaftStatus>,
     applied: watch::Receiver<u64>,
 }
@@ -173,6 +174,12 @@ impl RaftHandle {
     /// Asks the leader to hand leadership to `to` (raft's leader transfer).
     pub fn transfer_leader(&self, to: u64) -> Result<(), RaftError> {
         self.send(Mailbox::TransferLeader(to))
+    }
+
+    /// Returns once a peer has refused this member as removed from the cluster.
+    pub async fn refused_as_removed(&self) {
+        let mut removed = self.removed.clone();
+        let _ = removed.wait_for(|&r| r).await;
     }
 
     /// Since when this member's stream to peer `id` has been up; `None` when it is not connected.

@@ -147,6 +147,7 @@ pub fn start(
         mailbox: mailbox_tx,
         peer: peer_tx,
         peers_active: transport.active(),
+        removed: transport.removed(),
         status: status_rx,
         applied: applied.clone(),
     };

@@ -17,7 +17,7 @@ use cairn_proto::cairnpb::{RaftBatch, SnapshotChunk};
 use crossbeam_channel::Sender;
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
@@ -45,6 +45,8 @@ struct Shared {
     reports: Sender<PeerInput>,
     snapshots: Arc<SnapshotSource>,
     active: PeersActive,
+    /// Set when a peer refuses this member as removed from the cluster.
+    removed: watch::Sender<bool>,
 }
 
 /// Since when each peer's stream has been up (absent: not connected).
@@ -86,10 +88,17 @@ impl Transport {
                 reports,
                 snapshots,
                 active: PeersActive::default(),
+                removed: watch::Sender::new(false),
             }),
             runtime,
             links: HashMap::new(),
         }
+    }
+
+    /// Becomes true when a peer refuses this member as removed (it learns of its removal that way
+    /// when it was down while the cluster removed it).
+    pub fn removed(&self) -> watch::Receiver<bool> {
+        self.shared.removed.subscribe()
     }
 
     /// Since when each peer has been connected.
@@ -237,7 +246,12 @@ async fn stream_to(
         tokio::select! {
             r = &mut call => break Err(match r {
                 Ok(Ok(_)) => "peer closed the stream".to_string(),
-                Ok(Err(status)) => status.message().to_string(),
+                Ok(Err(status)) => {
+                    if status.code() == tonic::Code::PermissionDenied {
+                        shared.removed.send_replace(true);
+                    }
+                    status.message().to_string()
+                }
                 Err(e) => e.to_string(),
             }),
             m = rx.recv() => {
