@@ -281,6 +281,11 @@ impl Cluster {
     pub fn pause(&mut self, i: usize) -> anyhow::Result<()> {
         self.signal(i, libc::SIGSTOP)?;
         self.members[i].state = MemberState::Paused;
+        // SIGSTOP takes effect when each thread next enters the kernel: until every thread shows as
+        // stopped, a request in flight can still be answered.
+        if let Some(pid) = self.members[i].child.as_ref().and_then(Child::id) {
+            wait_stopped(pid, Duration::from_secs(2))?;
+        }
         Ok(())
     }
 
@@ -400,5 +405,32 @@ impl Drop for Cluster {
                 let _ = child.try_wait();
             }
         }
+    }
+}
+
+/// Waits until every thread of `pid` is stopped (state `T` in `/proc/<pid>/task/*/stat`).
+fn wait_stopped(pid: u32, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))?;
+        let mut all_stopped = true;
+        for task in tasks {
+            let stat = std::fs::read_to_string(task?.path().join("stat")).unwrap_or_default();
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|s| s.trim_start().chars().next());
+            if !matches!(state, Some('T') | Some('t') | None) {
+                all_stopped = false;
+            }
+        }
+        if all_stopped {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "process {pid} did not stop within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
     }
 }

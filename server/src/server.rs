@@ -157,6 +157,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
         max_request_bytes: cfg.max_request_bytes as usize,
         max_txn_ops: cfg.max_txn_ops as usize,
         request_timeout: cfg.request_timeout(),
+        election_timeout: Duration::from_millis(cfg.election_timeout),
     });
     let (shutdown, _) = watch::channel(false);
     let mut serving = vec![];

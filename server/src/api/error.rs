@@ -111,6 +111,14 @@ impl From<ApiError> for Status {
                 }
                 RaftError::Stopped => (Code::Unavailable, "etcdserver: server stopped"),
                 RaftError::Timeout => (Code::Unavailable, "etcdserver: request timed out"),
+                RaftError::TimeoutLeaderFail => (
+                    Code::Unavailable,
+                    "etcdserver: request timed out, possibly due to previous leader failure",
+                ),
+                RaftError::TimeoutConnectionLost => (
+                    Code::Unavailable,
+                    "etcdserver: request timed out, possibly due to connection lost",
+                ),
                 RaftError::NotLeader => (Code::FailedPrecondition, "etcdserver: not leader"),
             },
             ApiError::Internal(msg) => return Status::internal(msg.clone()),

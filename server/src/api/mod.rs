@@ -85,6 +85,7 @@ pub struct Core {
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
     pub request_timeout: Duration,
+    pub election_timeout: Duration,
 }
 
 impl Core {
@@ -135,12 +136,13 @@ impl Core {
         id: u64,
         applied: oneshot::Receiver<ApplyResult>,
     ) -> Result<Applied, ApiError> {
+        let start = std::time::Instant::now();
         match tokio::time::timeout(self.request_timeout, applied).await {
             Ok(Ok(result)) => Ok(result?),
             Ok(Err(_)) => Err(RaftError::Stopped.into()),
             Err(_) => {
                 self.wait.cancel(id);
-                Err(RaftError::Timeout.into())
+                Err(self.raft.timeout_cause(start, self.election_timeout).into())
             }
         }
     }

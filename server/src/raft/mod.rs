@@ -43,6 +43,10 @@ pub enum RaftError {
     Stopped,
     #[error("request timed out")]
     Timeout,
+    #[error("request timed out, possibly due to previous leader failure")]
+    TimeoutLeaderFail,
+    #[error("request timed out, possibly due to connection lost")]
+    TimeoutConnectionLost,
     #[error("not leader")]
     NotLeader,
 }
@@ -98,6 +102,8 @@ pub struct RaftStatus {
     pub term: u64,
     pub commit_index: u64,
     pub is_leader: bool,
+    /// When the current leader became known here (etcd: `leadElectedTime`).
+    pub leader_since: Option<std::time::Instant>,
 }
 
 /// Messages into the raft loop.
@@ -237,8 +243,92 @@ impl RaftHandle {
         *self.applied.borrow()
     }
 
+    /// Why a request that started at `start` timed out, as etcd words it (`parseProposeCtxErr`): a
+    /// leader elected during the request (after losing the previous one), a lost connection to
+    /// the leader, or plain time.
+    pub fn timeout_cause(
+        &self,
+        start: std::time::Instant,
+        election_timeout: Duration,
+    ) -> RaftError {
+        let status = self.status();
+        if let Some(elected) = status.leader_since {
+            let lost = elected.checked_sub(election_timeout * 2).unwrap_or(elected);
+            if start > lost && start < elected {
+                return RaftError::TimeoutLeaderFail;
+            }
+        }
+        let leader = status.leader_id;
+        if leader != 0
+            && !status.is_leader
+            && self.peer_active_since(leader).is_none_or(|t| t > start)
+        {
+            return RaftError::TimeoutConnectionLost;
+        }
+        RaftError::Timeout
+    }
+
     /// A receiver that sees every status change.
     pub fn watch_status(&self) -> watch::Receiver<RaftStatus> {
         self.status.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    fn handle(status: RaftStatus, leader_connected: Option<Instant>) -> RaftHandle {
+        let (mailbox, _) = crossbeam_channel::bounded(1);
+        let (peer, _) = crossbeam_channel::bounded(1);
+        let peers_active = transport::PeersActive::default();
+        if let Some(t) = leader_connected {
+            peers_active.lock().unwrap().insert(status.leader_id, t);
+        }
+        RaftHandle {
+            mailbox,
+            peer,
+            peers_active,
+            removed: watch::channel(false).1,
+            status: watch::channel(status).1,
+            applied: watch::channel(0).1,
+        }
+    }
+
+    #[test]
+    fn a_timeout_is_explained_as_etcd_does() {
+        let now = Instant::now();
+        let ago = |ms: u64| now.checked_sub(Duration::from_millis(ms)).unwrap();
+        let election = Duration::from_secs(1);
+        let following = |since: u64| RaftStatus {
+            leader_id: 2,
+            leader_since: Some(ago(since)),
+            ..RaftStatus::default()
+        };
+        // A leader elected while the request waited, soon after the request started.
+        let h = handle(following(100), Some(ago(100)));
+        assert_eq!(
+            h.timeout_cause(ago(500), election),
+            RaftError::TimeoutLeaderFail
+        );
+        // A stable leader this member has been connected to all along.
+        let h = handle(following(60_000), Some(ago(60_000)));
+        assert_eq!(h.timeout_cause(ago(7000), election), RaftError::Timeout);
+        // A stable leader whose connection dropped (or came back) during the request.
+        let h = handle(following(60_000), None);
+        assert_eq!(
+            h.timeout_cause(ago(7000), election),
+            RaftError::TimeoutConnectionLost
+        );
+        let h = handle(following(60_000), Some(ago(1000)));
+        assert_eq!(
+            h.timeout_cause(ago(7000), election),
+            RaftError::TimeoutConnectionLost
+        );
+        // No leader at all.
+        let h = handle(RaftStatus::default(), None);
+        assert_eq!(h.timeout_cause(ago(7000), election), RaftError::Timeout);
     }
 }

@@ -563,11 +563,18 @@ impl RaftNode {
 
     fn publish_status(&mut self) {
         let raft = &self.node.raft;
+        let previous = *self.status.borrow();
+        let leader_since = if raft.leader_id == previous.leader_id {
+            previous.leader_since
+        } else {
+            (raft.leader_id != 0).then(Instant::now)
+        };
         let status = RaftStatus {
             leader_id: raft.leader_id,
             term: raft.term,
             commit_index: raft.raft_log.committed,
             is_leader: raft.state == StateRole::Leader,
+            leader_since,
         };
         self.status.send_if_modified(|s| {
             let changed = *s != status;
