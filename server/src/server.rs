@@ -32,7 +32,10 @@ pub struct Server {
     membership: watch::Receiver<Membership>,
     raft: raft::RaftHandle,
     shutdown: watch::Sender<bool>,
+    /// Client listeners (they drain on shutdown).
     serving: Vec<tokio::task::JoinHandle<()>>,
+    /// Peer listeners (their streams never end by themselves: aborted on shutdown).
+    peer_serving: Vec<tokio::task::JoinHandle<()>>,
     /// The raft loop (which outlives its log writer) and the apply worker.
     threads: Vec<std::thread::JoinHandle<()>>,
 }
@@ -57,14 +60,26 @@ impl Server {
     pub async fn stop(self) {
         let Server {
             shutdown,
-            serving,
+            mut serving,
+            peer_serving,
             threads,
             raft,
             ..
         } = self;
         shutdown.send_replace(true);
-        for task in serving {
-            let _ = task.await;
+        for task in peer_serving {
+            task.abort();
+        }
+        let drained = async {
+            for task in &mut serving {
+                let _ = task.await;
+            }
+        };
+        if tokio::time::timeout(STOP_TIMEOUT, drained).await.is_err() {
+            tracing::warn!("client connections did not drain within {STOP_TIMEOUT:?}");
+            for task in &serving {
+                task.abort();
+            }
         }
         // The listeners held the other `RaftHandle`s: with them and this one gone the raft loop
         // ends, closing the apply queue, and the last owner of the compactor joins its thread.
@@ -161,7 +176,8 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
     });
     let (shutdown, _) = watch::channel(false);
     let mut serving = vec![];
-    let peer_addrs = serve_peers(cfg, peer_service, &shutdown, &mut serving).await?;
+    let mut peer_serving = vec![];
+    let peer_addrs = serve_peers(cfg, peer_service, &mut peer_serving).await?;
     let client_addrs = serve_clients(cfg, core, &shutdown, &mut serving).await?;
     Ok(Server {
         client_addrs,
@@ -171,6 +187,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
         raft,
         shutdown,
         serving,
+        peer_serving,
         threads: vec![raft_thread, apply_thread],
     })
 }
@@ -284,7 +301,6 @@ async fn fetch_membership(
 async fn serve_peers(
     cfg: &Config,
     service: PeerService,
-    shutdown: &watch::Sender<bool>,
     serving: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> anyhow::Result<Vec<SocketAddr>> {
     let service = PeerServer::new(service)
@@ -295,16 +311,12 @@ async fn serve_peers(
         let listener = bind(url).await?;
         let addr = listener.local_addr()?;
         addrs.push(addr);
-        let mut stop = shutdown.subscribe();
         let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(service.clone());
         serving.push(tokio::spawn(async move {
             let incoming = TcpListenerStream::new(listener);
-            let stopped = async move {
-                let _ = stop.wait_for(|&s| s).await;
-            };
-            if let Err(e) = router.serve_with_incoming_shutdown(incoming, stopped).await {
+            if let Err(e) = router.serve_with_incoming(incoming).await {
                 tracing::error!("peer listener failed: {e}");
             }
         }));

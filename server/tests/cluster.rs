@@ -562,4 +562,8 @@ async fn five_members_survive_two_failures_move_leader_and_restart_whole() {
         revisions.values().all(|v| *v == first),
         "members agree: {revisions:?}"
     );
+
+    // SIGTERM stops a member cleanly while its peers keep their streams to it open.
+    let exit = cluster.members[0].terminate();
+    assert!(exit.success(), "{exit}");
 }
