@@ -6,6 +6,7 @@
 //! reaps every member, and each member also gets `PR_SET_PDEATHSIG = SIGKILL` so a runner that
 //! dies by a signal leaves none behind. Only processes started here are signalled, by pid.
 
+use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -89,16 +90,23 @@ fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
         .collect()
 }
 
-/// Bytes allocated on disk under `path` (what `du` counts: preallocated space included).
+/// Bytes allocated on disk under `path`, as `du` counts them: preallocated space included, a
+/// file with several hard links (RocksDB checkpoints link SST files) counted once.
 pub fn disk_bytes(path: &Path) -> anyhow::Result<u64> {
-    let meta = std::fs::symlink_metadata(path)?;
-    let mut total = meta.blocks() * 512;
-    if meta.is_dir() {
-        for entry in std::fs::read_dir(path)? {
-            total += disk_bytes(&entry?.path())?;
+    fn walk(path: &Path, seen: &mut HashSet<(u64, u64)>) -> anyhow::Result<u64> {
+        let meta = std::fs::symlink_metadata(path)?;
+        if !seen.insert((meta.dev(), meta.ino())) {
+            return Ok(0);
         }
+        let mut total = meta.blocks() * 512;
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(path)? {
+                total += walk(&entry?.path(), seen)?;
+            }
+        }
+        Ok(total)
     }
-    Ok(total)
+    walk(path, &mut HashSet::new())
 }
 
 /// `VmHWM` (peak resident set) of process `pid`, bytes.
@@ -341,12 +349,18 @@ mod tests {
     }
 
     #[test]
-    fn disk_bytes_counts_files_in_subdirectories() {
+    fn disk_bytes_counts_files_in_subdirectories_and_hard_links_once() {
         let dir = tempfile::tempdir().unwrap();
         let empty = disk_bytes(dir.path()).unwrap();
         std::fs::create_dir(dir.path().join("sub")).unwrap();
         std::fs::write(dir.path().join("sub/f"), vec![1u8; 1 << 20]).unwrap();
         let full = disk_bytes(dir.path()).unwrap();
         assert!(full - empty >= 1 << 20, "{empty} -> {full}");
+        std::fs::hard_link(dir.path().join("sub/f"), dir.path().join("link")).unwrap();
+        let linked = disk_bytes(dir.path()).unwrap();
+        assert!(
+            linked - full < 1 << 20,
+            "a hard link counted twice: {full} -> {linked}"
+        );
     }
 }
