@@ -158,3 +158,49 @@ impl Peer for PeerService {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::transport::PeersActive;
+    use crate::raft::{RaftHandle, RaftStatus};
+
+    #[test]
+    fn foreign_clusters_removed_members_and_misaddressed_messages_are_refused() {
+        let (mailbox, _) = crossbeam_channel::bounded(1);
+        let (peer, _peer_rx) = crossbeam_channel::bounded(1);
+        let handle = RaftHandle {
+            mailbox,
+            peer,
+            peers_active: PeersActive::default(),
+            removed: watch::channel(false).1,
+            status: watch::channel(RaftStatus::default()).1,
+            applied: watch::channel(0).1,
+        };
+        let membership = Membership {
+            cluster_id: 7,
+            removed: vec![3],
+            ..Membership::default()
+        };
+        let service = PeerService::new(
+            &handle,
+            1,
+            7,
+            watch::channel(membership).1,
+            PathBuf::from("/nonexistent"),
+        );
+        assert!(service.check(2, 1, 7).is_ok());
+        let foreign = service.check(2, 1, 8).unwrap_err();
+        assert_eq!(foreign.code(), tonic::Code::FailedPrecondition);
+        assert!(
+            foreign.message().starts_with("cluster ID mismatch"),
+            "{foreign:?}"
+        );
+        let removed = service.check(3, 1, 7).unwrap_err();
+        assert_eq!(removed.code(), tonic::Code::PermissionDenied);
+        assert_eq!(
+            service.check(2, 9, 7).unwrap_err().code(),
+            tonic::Code::FailedPrecondition
+        );
+    }
+}
