@@ -17,6 +17,7 @@ use crate::load::{self, KeySpec, LoadSpec, Stop, Workload};
 /// Pause between two Status polls of the restarted follower.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
+// The flags of `snapshot-catchup` (a `///` here would replace the subcommand's help text).
 #[derive(Args, Debug)]
 pub struct CatchupArgs {
     #[command(flatten)]

@@ -35,6 +35,7 @@ pub enum System {
 }
 
 impl System {
+    /// The name in reports, data directories and member names.
     pub fn name(self) -> &'static str {
         match self {
             System::Etcd => "etcd",

@@ -53,6 +53,7 @@ impl ServerArgs {
         Ok(dir)
     }
 
+    /// The cluster to start for `system`, its data under `dir`.
     pub fn spec(&self, system: System, members: usize, dir: PathBuf) -> ClusterSpec {
         ClusterSpec {
             system,
@@ -95,6 +96,7 @@ impl Scenario {
     }
 }
 
+// The flags of `compare` (a `///` here would replace the subcommand's help text).
 #[derive(Args, Debug)]
 pub struct CompareArgs {
     #[command(flatten)]

@@ -30,6 +30,17 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    #[command(flatten)]
+    Load(LoadCommand),
+    /// Starts etcd and Cairn side by side, runs the same workloads on both, prints the ratios.
+    Compare(compare::CompareArgs),
+    /// Times a crashed follower's catch-up after data was written without it.
+    SnapshotCatchup(catchup::CatchupArgs),
+}
+
+/// The subcommands that put load on given endpoints.
+#[derive(Subcommand, Debug)]
+enum LoadCommand {
     /// Puts keys (etcd: benchmark put).
     Put {
         #[command(flatten)]
@@ -49,10 +60,6 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         txn_ops: usize,
     },
-    /// Starts etcd and Cairn side by side, runs the same workloads on both, prints the ratios.
-    Compare(compare::CompareArgs),
-    /// Times a crashed follower's catch-up after data was written without it.
-    SnapshotCatchup(catchup::CatchupArgs),
 }
 
 /// Flags every load subcommand takes.
@@ -190,15 +197,12 @@ impl KeyArgs {
     }
 }
 
-impl Command {
-    /// The load and the workload of a load subcommand.
+impl LoadCommand {
+    /// The load and the workload.
     fn load(&self) -> anyhow::Result<(&LoadArgs, Workload)> {
         Ok(match self {
-            Command::Compare(_) | Command::SnapshotCatchup(_) => {
-                anyhow::bail!("not a load subcommand")
-            }
-            Command::Put { load, keys } => (load, Workload::Put(keys.spec()?)),
-            Command::TxnPut {
+            LoadCommand::Put { load, keys } => (load, Workload::Put(keys.spec()?)),
+            LoadCommand::TxnPut {
                 load,
                 keys,
                 txn_ops,
@@ -212,7 +216,7 @@ impl Command {
                     },
                 )
             }
-            Command::Range(range) => (
+            LoadCommand::Range(range) => (
                 &range.load,
                 Workload::Range {
                     key: range.key.clone().into_bytes(),
@@ -232,7 +236,7 @@ async fn execute(command: Command) -> anyhow::Result<()> {
     match &command {
         Command::Compare(args) => compare::run(args).await,
         Command::SnapshotCatchup(args) => catchup::run(args).await,
-        Command::Put { .. } | Command::Range(_) | Command::TxnPut { .. } => {
+        Command::Load(command) => {
             let (load_args, workload) = command.load()?;
             let report = load::run(&load_args.spec()?, &workload).await?;
             if load_args.json {
@@ -273,10 +277,18 @@ mod tests {
         Cli::try_parse_from(std::iter::once("cairn-bench").chain(args.iter().copied()))
     }
 
+    /// The load subcommand `args` parse to.
+    fn load_command(args: &[&str]) -> LoadCommand {
+        match parse(args).unwrap().command {
+            Command::Load(command) => command,
+            other => panic!("not a load subcommand: {other:?}"),
+        }
+    }
+
     #[test]
     fn put_takes_etcd_benchmark_defaults() {
-        let cli = parse(&["put"]).unwrap();
-        let (load, workload) = cli.command.load().unwrap();
+        let cli = load_command(&["put"]);
+        let (load, workload) = cli.load().unwrap();
         let spec = load.spec().unwrap();
         assert_eq!(spec.endpoints, ["127.0.0.1:2379"]);
         assert_eq!((spec.clients, spec.conns), (1, 1));
@@ -295,7 +307,7 @@ mod tests {
 
     #[test]
     fn put_flags_reach_the_specs() {
-        let cli = parse(&[
+        let cli = load_command(&[
             "put",
             "--endpoints=a:1,b:2",
             "--clients=1000",
@@ -307,9 +319,8 @@ mod tests {
             "--key-space-size=100000",
             "--sequential-keys",
             "--progress-interval=0",
-        ])
-        .unwrap();
-        let (load, workload) = cli.command.load().unwrap();
+        ]);
+        let (load, workload) = cli.load().unwrap();
         let spec = load.spec().unwrap();
         assert_eq!(spec.endpoints, ["a:1", "b:2"]);
         assert_eq!((spec.clients, spec.conns), (1000, 100));
@@ -333,26 +344,23 @@ mod tests {
     #[test]
     fn total_and_duration_exclude_each_other() {
         assert!(parse(&["put", "--total=5", "--duration=5s"]).is_err());
-        let cli = parse(&["put", "--total=5"]).unwrap();
-        assert_eq!(
-            cli.command.load().unwrap().0.spec().unwrap().stop,
-            Stop::Total(5)
-        );
+        let cli = load_command(&["put", "--total=5"]);
+        assert_eq!(cli.load().unwrap().0.spec().unwrap().stop, Stop::Total(5));
     }
 
     #[test]
     fn a_key_too_short_for_the_key_space_is_refused() {
-        let cli = parse(&["put", "--key-size=1", "--key-space-size=65"]).unwrap();
-        let error = cli.command.load().unwrap_err().to_string();
+        let cli = load_command(&["put", "--key-size=1", "--key-space-size=65"]);
+        let error = cli.load().unwrap_err().to_string();
         assert!(error.contains("needs 2 bytes"), "{error}");
-        let cli = parse(&["put", "--key-size=1", "--key-space-size=64"]).unwrap();
-        assert!(cli.command.load().is_ok());
+        let cli = load_command(&["put", "--key-size=1", "--key-space-size=64"]);
+        assert!(cli.load().is_ok());
     }
 
     #[test]
     fn range_takes_key_end_consistency_and_limit() {
-        let cli = parse(&["range", "a", "z", "--consistency=s", "--limit=10"]).unwrap();
-        let (_, workload) = cli.command.load().unwrap();
+        let cli = load_command(&["range", "a", "z", "--consistency=s", "--limit=10"]);
+        let (_, workload) = cli.load().unwrap();
         assert_eq!(
             workload,
             Workload::Range {
@@ -362,8 +370,8 @@ mod tests {
                 consistency: Consistency::Serializable
             }
         );
-        let cli = parse(&["range", "k"]).unwrap();
-        let (_, workload) = cli.command.load().unwrap();
+        let cli = load_command(&["range", "k"]);
+        let (_, workload) = cli.load().unwrap();
         assert!(matches!(
             workload,
             Workload::Range { ref range_end, consistency: Consistency::Linearizable, .. } if range_end.is_empty()
@@ -374,13 +382,13 @@ mod tests {
 
     #[test]
     fn txn_put_takes_txn_ops() {
-        let cli = parse(&["txn-put", "--txn-ops=4", "--key-space-size=10"]).unwrap();
-        let (_, workload) = cli.command.load().unwrap();
+        let cli = load_command(&["txn-put", "--txn-ops=4", "--key-space-size=10"]);
+        let (_, workload) = cli.load().unwrap();
         assert!(
             matches!(workload, Workload::TxnPut { ops: 4, ref keys } if keys.key_space_size == 10)
         );
-        let cli = parse(&["txn-put", "--txn-ops=0"]).unwrap();
-        assert!(cli.command.load().is_err());
+        let cli = load_command(&["txn-put", "--txn-ops=0"]);
+        assert!(cli.load().is_err());
     }
 
     #[test]
@@ -435,9 +443,9 @@ mod tests {
 
     #[test]
     fn zero_clients_or_negative_rate_are_refused() {
-        let cli = parse(&["put", "--clients=0"]).unwrap();
-        assert!(cli.command.load().unwrap().0.spec().is_err());
-        let cli = parse(&["put", "--rate=-1"]).unwrap();
-        assert!(cli.command.load().unwrap().0.spec().is_err());
+        let cli = load_command(&["put", "--clients=0"]);
+        assert!(cli.load().unwrap().0.spec().is_err());
+        let cli = load_command(&["put", "--rate=-1"]);
+        assert!(cli.load().unwrap().0.spec().is_err());
     }
 }
