@@ -313,6 +313,8 @@ async fn serve_peers(
         addrs.push(addr);
         let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            .initial_stream_window_size(raft::STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(raft::CONNECTION_WINDOW_BYTES)
             .add_service(service.clone());
         serving.push(tokio::spawn(async move {
             let incoming = TcpListenerStream::new(listener);
@@ -384,11 +386,15 @@ async fn serve_clients(
     Ok(addrs)
 }
 
+/// How long one attempt to publish waits: a proposal made before this member knows its leader is
+/// dropped by raft and would otherwise wait out the whole request timeout.
+const PUBLISH_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// Proposes this member's name and client URLs until it succeeds (etcd: `publish`).
 async fn publish(core: &Core, attributes: MemberAttributes) {
     loop {
         let request = internal_request::Request::MemberAttributes(attributes.clone());
-        match core.propose(request).await {
+        match core.propose_within(request, PUBLISH_ATTEMPT_TIMEOUT).await {
             Ok(_) => {
                 tracing::info!("published member attributes; ready to serve clients");
                 return;

@@ -91,6 +91,15 @@ pub struct Core {
 impl Core {
     /// Replicates `request` and waits until it is applied; returns the state machine's answer.
     pub async fn propose(&self, request: internal_request::Request) -> Result<Applied, ApiError> {
+        self.propose_within(request, self.request_timeout).await
+    }
+
+    /// [`Core::propose`] with its own deadline.
+    pub async fn propose_within(
+        &self,
+        request: internal_request::Request,
+        timeout: Duration,
+    ) -> Result<Applied, ApiError> {
         let id = self.ids.next();
         let data = InternalRequest {
             id,
@@ -105,7 +114,7 @@ impl Core {
             self.wait.cancel(id);
             return Err(e.into());
         }
-        self.wait_applied(id, applied).await
+        self.wait_applied(id, applied, timeout).await
     }
 
     /// Proposes a membership change and waits until it is applied; returns the new membership.
@@ -125,7 +134,7 @@ impl Core {
             self.wait.cancel(id);
             return Err(e.into());
         }
-        match self.wait_applied(id, applied).await? {
+        match self.wait_applied(id, applied, self.request_timeout).await? {
             Applied::Membership(m) => Ok(m),
             other => Err(ApiError::Internal(format!("apply answered with {other:?}"))),
         }
@@ -135,9 +144,10 @@ impl Core {
         &self,
         id: u64,
         applied: oneshot::Receiver<ApplyResult>,
+        timeout: Duration,
     ) -> Result<Applied, ApiError> {
         let start = std::time::Instant::now();
-        match tokio::time::timeout(self.request_timeout, applied).await {
+        match tokio::time::timeout(timeout, applied).await {
             Ok(Ok(result)) => Ok(result?),
             Ok(Err(_)) => Err(RaftError::Stopped.into()),
             Err(_) => {

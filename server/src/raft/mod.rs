@@ -23,7 +23,7 @@ use tokio::sync::{oneshot, watch};
 use crate::engine::Batch;
 pub use node::{start, RaftConfig, APPLY_QUEUE_LEN_MAX};
 pub use peer::PeerService;
-pub use transport::PEER_MESSAGE_BYTES_MAX;
+pub use transport::{CONNECTION_WINDOW_BYTES, PEER_MESSAGE_BYTES_MAX, STREAM_WINDOW_BYTES};
 
 /// Proposals and read requests waiting in the raft loop's mailbox, at most.
 pub const PROPOSAL_QUEUE_LEN_MAX: usize = 16 * 1024;

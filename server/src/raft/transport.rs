@@ -37,6 +37,10 @@ pub const PEER_MESSAGE_BYTES_MAX: usize = 64 << 20;
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// HTTP/2 flow-control windows of peer connections, per stream and per connection: with the
+/// protocol's 64 KiB default a batch or snapshot chunk waits a round trip per 64 KiB.
+pub const STREAM_WINDOW_BYTES: u32 = 16 << 20;
+pub const CONNECTION_WINDOW_BYTES: u32 = 32 << 20;
 
 /// What every peer task shares.
 struct Shared {
@@ -175,6 +179,8 @@ async fn connect(urls: &[String]) -> Result<Channel, String> {
         let endpoint = endpoint
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
+            .initial_stream_window_size(STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
             .http2_keep_alive_interval(Duration::from_secs(1))
             .keep_alive_timeout(Duration::from_secs(3))
             .keep_alive_while_idle(true);
