@@ -339,16 +339,25 @@ async fn members_are_added_promoted_updated_and_removed_under_load() {
         tokio::spawn(async move { put_many(&e, "load", 3000, 4).await })
     };
 
-    // Add m4 as a learner, start it with --initial-cluster-state existing.
+    // Add m4 as a learner, start it with --initial-cluster-state existing. Like etcd, a cluster
+    // refuses changes until its voters have been connected for 5 s ("unhealthy cluster").
     let mut m4 = Member::new(Kind::Cairn, "m4", &dir.path().join("m4"), &[]);
-    let added = members
-        .member_add(MemberAddRequest {
-            peer_ur_ls: vec![m4.peer_url()],
-            is_learner: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let add = MemberAddRequest {
+        peer_ur_ls: vec![m4.peer_url()],
+        is_learner: true,
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let added = loop {
+        match members.member_add(add.clone()).await {
+            Ok(r) => break r.into_inner(),
+            Err(e)
+                if e.message() == "etcdserver: unhealthy cluster" && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Err(e) => panic!("member add failed: {e}"),
+        }
+    };
     let new = added.member.unwrap();
     assert!(new.is_learner && new.name.is_empty() && new.client_ur_ls.is_empty());
     assert_eq!(added.members.len(), 4);
