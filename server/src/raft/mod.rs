@@ -3,6 +3,8 @@
 //! One thread, the raft loop ([`node`]), owns the `RawNode` and its [`storage::LogStore`]; everything
 //! else talks to it through a [`RaftHandle`] (bounded mailbox) and hears back through channels:
 //! committed entries go to the apply worker as [`Committed`], durable state to the [`log_writer`].
+//! Other members are reached through the [`transport`] (out) and the [`PeerService`] (in); the
+//! loop follows the membership that the apply worker publishes.
 //!
 //! **Boundary:** raft never imports mvcc, apply or api; it moves opaque request bytes.
 
