@@ -107,8 +107,11 @@ fn encode_record(cf: Cf, key: &[u8], value: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(value);
 }
 
+/// One record of a snapshot: column family, key, value.
+pub type Record<'a> = (Cf, &'a [u8], &'a [u8]);
+
 /// Splits `buf` into whole records; an error if a record is cut or names an unknown column family.
-pub fn parse_records(mut buf: &[u8]) -> Result<Vec<(Cf, &[u8], &[u8])>> {
+pub fn parse_records(mut buf: &[u8]) -> Result<Vec<Record<'_>>> {
     fn take<'a>(buf: &mut &'a [u8], n: usize) -> Result<&'a [u8]> {
         if buf.len() < n {
             return Err(SnapshotError::Malformed("record cut short"));

@@ -510,8 +510,10 @@ impl Storage for LogStore {
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
         if let Some((id, index, conf_state)) = self.snapshots.usable(request_index) {
             if let Ok(term) = self.term(index) {
-                let mut snapshot = Snapshot::default();
-                snapshot.data = id.to_be_bytes().to_vec().into();
+                let mut snapshot = Snapshot {
+                    data: id.to_be_bytes().to_vec().into(),
+                    ..Snapshot::default()
+                };
                 let meta = snapshot.mut_metadata();
                 meta.index = index;
                 meta.term = term;
