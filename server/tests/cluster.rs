@@ -325,6 +325,27 @@ where
     }
 }
 
+/// Retries a membership change while the cluster answers etcd's "unhealthy cluster" (voters
+/// connected for less than 5 s, or a member just lost), as an operator would.
+async fn while_unhealthy<T, F, Fut>(mut change: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match change().await {
+            Ok(r) => return r.into_inner(),
+            Err(e)
+                if e.message() == "etcdserver: unhealthy cluster" && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Err(e) => panic!("membership change failed: {e}"),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn members_are_added_promoted_updated_and_removed_under_load() {
     let dir = tempfile::tempdir().unwrap();
@@ -346,18 +367,12 @@ async fn members_are_added_promoted_updated_and_removed_under_load() {
         peer_ur_ls: vec![m4.peer_url()],
         is_learner: true,
     };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let added = loop {
-        match members.member_add(add.clone()).await {
-            Ok(r) => break r.into_inner(),
-            Err(e)
-                if e.message() == "etcdserver: unhealthy cluster" && Instant::now() < deadline =>
-            {
-                tokio::time::sleep(Duration::from_millis(200)).await
-            }
-            Err(e) => panic!("member add failed: {e}"),
-        }
-    };
+    let added = while_unhealthy(|| {
+        let mut members = members.clone();
+        let add = add.clone();
+        async move { members.member_add(add).await }
+    })
+    .await;
     let new = added.member.unwrap();
     assert!(new.is_learner && new.name.is_empty() && new.client_ur_ls.is_empty());
     assert_eq!(added.members.len(), 4);
@@ -480,11 +495,15 @@ async fn members_are_added_promoted_updated_and_removed_under_load() {
 
     // A member removed while it was down learns it from its peers when it comes back, and stops.
     m4.kill9();
-    let after = members
-        .member_remove(MemberRemoveRequest { id: new.id })
-        .await
-        .unwrap()
-        .into_inner();
+    let after = while_unhealthy(|| {
+        let mut members = members.clone();
+        async move {
+            members
+                .member_remove(MemberRemoveRequest { id: new.id })
+                .await
+        }
+    })
+    .await;
     assert_eq!(after.members.len(), 2);
     m4.spawn_process();
     wait_for(

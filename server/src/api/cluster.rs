@@ -68,6 +68,10 @@ fn check_urls(urls: &[String]) -> Result<(), ApiError> {
     Ok(())
 }
 
+fn known(membership: &Membership, id: u64) -> Result<&cluster::Member, ApiError> {
+    membership.get(id).ok_or(MemberError::NotFound.into())
+}
+
 /// Members that have started (published their name), among `voters`.
 fn started(membership: &Membership, voters: &[u64]) -> usize {
     voters
@@ -91,6 +95,27 @@ fn enough_started(membership: &Membership, voters_after: &[u64]) -> Result<(), A
 }
 
 impl ClusterService {
+    /// Removes or promotes member `id` through raft; returns the membership after it.
+    async fn change_existing(
+        &self,
+        kind: MemberChangeKind,
+        id: u64,
+    ) -> Result<Membership, ApiError> {
+        let proto_kind = match kind {
+            MemberChangeKind::Remove => member_change::Kind::Remove,
+            MemberChangeKind::Promote => member_change::Kind::Promote,
+            MemberChangeKind::AddVoter | MemberChangeKind::AddLearner => {
+                unreachable!("an add carries peer URLs: member_add builds it")
+            }
+        };
+        let change = MemberChange {
+            member_id: id,
+            kind: proto_kind.into(),
+            ..MemberChange::default()
+        };
+        self.core.change_membership(kind, change).await
+    }
+
     async fn forward_promote(
         &self,
         id: u64,
@@ -224,9 +249,7 @@ impl Cluster for ClusterService {
     ) -> Result<Response<MemberRemoveResponse>, Status> {
         let id = req.into_inner().id;
         let membership = self.core.membership.borrow().clone();
-        let member = membership
-            .get(id)
-            .ok_or(ApiError::from(MemberError::NotFound))?;
+        let member = known(&membership, id)?;
         if !member.is_learner {
             let voters: Vec<u64> = membership
                 .voter_ids()
@@ -236,15 +259,7 @@ impl Cluster for ClusterService {
             enough_started(&membership, &voters)?;
         }
         self.may_remove(&membership, id)?;
-        let change = MemberChange {
-            member_id: id,
-            kind: member_change::Kind::Remove.into(),
-            ..MemberChange::default()
-        };
-        let after = self
-            .core
-            .change_membership(MemberChangeKind::Remove, change)
-            .await?;
+        let after = self.change_existing(MemberChangeKind::Remove, id).await?;
         Ok(Response::new(MemberRemoveResponse {
             header: self.header(),
             members: self.members(&after),
@@ -284,9 +299,7 @@ impl Cluster for ClusterService {
     ) -> Result<Response<MemberPromoteResponse>, Status> {
         let id = req.into_inner().id;
         let membership = self.core.membership.borrow().clone();
-        let member = membership
-            .get(id)
-            .ok_or(ApiError::from(MemberError::NotFound))?;
+        let member = known(&membership, id)?;
         if !member.is_learner {
             return Err(ApiError::from(MemberError::NotLearner).into());
         }
@@ -302,15 +315,7 @@ impl Cluster for ClusterService {
         if (matched as f64) < progress.last_index as f64 * LEARNER_READY_FRACTION {
             return Err(ApiError::from(MemberError::LearnerNotReady).into());
         }
-        let change = MemberChange {
-            member_id: id,
-            kind: member_change::Kind::Promote.into(),
-            ..MemberChange::default()
-        };
-        let after = self
-            .core
-            .change_membership(MemberChangeKind::Promote, change)
-            .await?;
+        let after = self.change_existing(MemberChangeKind::Promote, id).await?;
         Ok(Response::new(MemberPromoteResponse {
             header: self.header(),
             members: self.members(&after),
