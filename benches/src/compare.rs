@@ -4,6 +4,10 @@
 //!
 //! Both clusters run at once, on one temporary directory (one disk), so each workload is
 //! measured on both back to back and slow drifts of a shared machine hit both alike.
+//!
+//! A run that cannot be done (a system answers `UNIMPLEMENTED`, say) or whose watch delivery
+//! check fails does not stop the others: it shows in the table, is listed under it, and makes
+//! the command exit non-zero once the table is printed.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,11 +15,24 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::cluster::{Cluster, ClusterSpec, Settings, System};
+use crate::histogram::Histogram;
 use crate::load::{self, Consistency, KeySpec, LoadSpec, Stop, Workload};
 use crate::report::Report;
+use crate::watch::{self, WatchSpec};
 
 /// The key the range workloads read, written once before them.
 const RANGE_KEY: &[u8] = b"cairn-bench/range";
+/// Fan-out: puts whose events are not all delivered yet, at most. 2 keeps the servers busy
+/// (the next put is in flight while one is delivered) without a backlog, so the put-to-event
+/// latency is that of one put reaching every watcher.
+const FANOUT_IN_FLIGHT_PUTS: u64 = 2;
+/// Spread: concurrent putters (a put reaches few watchers, so it takes many to load the
+/// servers' matching and delivery) …
+const SPREAD_PUT_CLIENTS: u64 = 100;
+/// … and puts not yet delivered, at most.
+const SPREAD_IN_FLIGHT_PUTS: u64 = 256;
+/// A watch run gives up after this long without an event.
+const WATCH_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where the servers come from and the settings both get.
 #[derive(Args, Debug)]
@@ -83,16 +100,15 @@ pub enum Scenario {
     RangeL,
     /// serializable range of one key, --clients over --conns.
     RangeS,
+    /// watch fan-out: every put to one key reaches --fanout-watchers watchers.
+    WatchFanout,
+    /// watch spread: --spread-watchers watchers over --spread-keys keys, 100 putters.
+    WatchSpread,
 }
 
 impl Scenario {
-    fn label(self, clients: usize, conns: usize) -> String {
-        match self {
-            Scenario::Put1 => "put, 1 client, seq keys".into(),
-            Scenario::PutMany => format!("put, {clients} cl/{conns} conns"),
-            Scenario::RangeL => format!("range l, {clients} cl/{conns} conns"),
-            Scenario::RangeS => format!("range s, {clients} cl/{conns} conns"),
-        }
+    fn is_watch(self) -> bool {
+        matches!(self, Scenario::WatchFanout | Scenario::WatchSpread)
     }
 }
 
@@ -109,7 +125,7 @@ pub struct CompareArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "put1,put-many,range-l,range-s"
+        default_value = "put1,put-many,range-l,range-s,watch-fanout"
     )]
     pub workloads: Vec<Scenario>,
     /// Length of each workload on each system.
@@ -124,15 +140,76 @@ pub struct CompareArgs {
     /// Key space of the put workloads.
     #[arg(long, default_value_t = 100_000)]
     pub key_space_size: u64,
-    /// Value size of the put workloads and of the key the range workloads read, bytes.
+    /// Value size of the put workloads, of the key the range workloads read and of the
+    /// watched puts, bytes.
     #[arg(long, default_value_t = 256)]
     pub val_size: usize,
+    /// Watchers of the one key of watch-fanout.
+    #[arg(long, default_value_t = 10_000)]
+    pub fanout_watchers: u64,
+    /// Watchers of watch-spread.
+    #[arg(long, default_value_t = 100_000)]
+    pub spread_watchers: u64,
+    /// Keys of watch-spread (watchers round-robin over them).
+    #[arg(long, default_value_t = 10_000)]
+    pub spread_keys: u64,
+    /// gRPC streams of the watch workloads.
+    #[arg(long, default_value_t = 100)]
+    pub watch_streams: u64,
+    /// Connections of the watch workloads' streams (round-robin over the members).
+    #[arg(long, default_value_t = 10)]
+    pub watch_conns: u64,
     /// Also print every run as a JSON line on stdout.
     #[arg(long)]
     pub json: bool,
 }
 
 impl CompareArgs {
+    /// The row label of `scenario`.
+    fn label(&self, scenario: Scenario) -> String {
+        let (clients, conns) = (self.clients, self.conns);
+        match scenario {
+            Scenario::Put1 => "put, 1 client, seq keys".into(),
+            Scenario::PutMany => format!("put, {clients} cl/{conns} conns"),
+            Scenario::RangeL => format!("range l, {clients} cl/{conns} conns"),
+            Scenario::RangeS => format!("range s, {clients} cl/{conns} conns"),
+            Scenario::WatchFanout => format!("watch, 1 key, {} watchers", self.fanout_watchers),
+            Scenario::WatchSpread => format!(
+                "watch, {} w / {} keys",
+                self.spread_watchers, self.spread_keys
+            ),
+        }
+    }
+
+    /// The watch run of a watch scenario: watchers on every member (connections round-robin
+    /// from the leader), puts through the leader, for `--duration`.
+    fn watch(&self, scenario: Scenario, endpoints: Vec<String>) -> WatchSpec {
+        let (watchers, keys, put_clients, in_flight) = match scenario {
+            Scenario::WatchSpread => (
+                self.spread_watchers,
+                self.spread_keys,
+                SPREAD_PUT_CLIENTS,
+                SPREAD_IN_FLIGHT_PUTS,
+            ),
+            _ => (self.fanout_watchers, 1, 1, FANOUT_IN_FLIGHT_PUTS),
+        };
+        let streams = self.watch_streams.min(watchers);
+        WatchSpec {
+            endpoints,
+            watchers,
+            streams,
+            conns: self.watch_conns.min(streams),
+            keys,
+            put_clients,
+            stop: Stop::Duration(self.duration),
+            rate: None,
+            in_flight: Some(in_flight),
+            val_size: self.val_size.max(watch::VALUE_HEADER_BYTES),
+            drain_timeout: WATCH_DRAIN_TIMEOUT,
+            progress: None,
+        }
+    }
+
     fn load(&self, scenario: Scenario, endpoints: Vec<String>) -> (LoadSpec, Workload) {
         let keys = KeySpec {
             key_size: 8,
@@ -151,6 +228,9 @@ impl CompareArgs {
             Scenario::PutMany => (self.clients, self.conns, Workload::Put(keys)),
             Scenario::RangeL => (self.clients, self.conns, range(Consistency::Linearizable)),
             Scenario::RangeS => (self.clients, self.conns, range(Consistency::Serializable)),
+            Scenario::WatchFanout | Scenario::WatchSpread => {
+                unreachable!("watch scenarios run through CompareArgs::watch")
+            }
         };
         let spec = LoadSpec {
             endpoints,
@@ -164,9 +244,63 @@ impl CompareArgs {
     }
 }
 
+/// One run of one scenario on one system.
+struct Run {
+    /// For a watch run: events/s and put-to-event latencies (see `WatchReport::events`).
+    report: Report,
+    /// The run as a JSON line.
+    json: serde_json::Value,
+    /// Why the run failed: it could not be done, or its delivery check failed.
+    failure: Option<String>,
+}
+
+impl Run {
+    /// A run that could not be done.
+    fn failed(error: anyhow::Error) -> Run {
+        let error = format!("{error:#}");
+        Run {
+            report: Report {
+                workload: "failed".into(),
+                latencies: Histogram::default(),
+                errors: 1,
+                first_error: Some(error.clone()),
+                elapsed: Duration::ZERO,
+            },
+            json: serde_json::json!({ "error": error }),
+            failure: Some(error),
+        }
+    }
+}
+
+/// Runs `scenario` against `endpoints` (leader first).
+async fn run_scenario(args: &CompareArgs, scenario: Scenario, endpoints: Vec<String>) -> Run {
+    if scenario.is_watch() {
+        match watch::run(&args.watch(scenario, endpoints)).await {
+            Ok(watch) => Run {
+                json: watch.to_json(),
+                failure: watch
+                    .failed()
+                    .then(|| format!("delivery check: {}", watch.delivery.summary())),
+                report: watch.events,
+            },
+            Err(error) => Run::failed(error),
+        }
+    } else {
+        let (spec, workload) = args.load(scenario, endpoints);
+        match load::run(&spec, &workload).await {
+            Ok(report) => Run {
+                json: report.to_json(),
+                report,
+                failure: None,
+            },
+            Err(error) => Run::failed(error),
+        }
+    }
+}
+
 /// One system's measurements in one topology.
 struct Measured {
-    reports: Vec<Report>,
+    runs: Vec<Run>,
     peak_rss_bytes: u64,
     disk_bytes: u64,
 }
@@ -202,7 +336,7 @@ async fn compare_topology(args: &CompareArgs, members: usize) -> anyhow::Result<
         put_range_key(&endpoints[0], args.val_size).await?;
         clusters.push((system, cluster, endpoints));
     }
-    let mut reports: [Vec<Report>; 2] = [Vec::new(), Vec::new()];
+    let mut runs: [Vec<Run>; 2] = [Vec::new(), Vec::new()];
     for (w, &scenario) in args.workloads.iter().enumerate() {
         let order = if (w + members).is_multiple_of(2) {
             [0, 1]
@@ -211,28 +345,31 @@ async fn compare_topology(args: &CompareArgs, members: usize) -> anyhow::Result<
         };
         for s in order {
             let (system, _, endpoints) = &clusters[s];
-            let (spec, workload) = args.load(scenario, endpoints.clone());
-            let report = load::run(&spec, &workload).await?;
+            let mut run = run_scenario(args, scenario, endpoints.clone()).await;
+            let report = &run.report;
             eprintln!(
-                "{members} member(s), {}, {}: {:.0} req/s, p99 {:.2} ms, {} errors",
-                scenario.label(args.clients, args.conns),
+                "{members} member(s), {}, {}: {:.0} {}/s, p99 {:.2} ms, {} errors{}",
+                args.label(scenario),
                 system.name(),
                 report.throughput(),
+                if scenario.is_watch() { "events" } else { "req" },
                 report.p99().map_or(f64::NAN, |d| d.as_secs_f64() * 1e3),
-                report.errors
+                report.errors,
+                run.failure
+                    .as_ref()
+                    .map_or(String::new(), |f| format!("; FAILED: {f}"))
             );
+            run.json["system"] = system.name().into();
+            run.json["members"] = members.into();
+            run.json["scenario"] = args.label(scenario).into();
             if args.json {
-                let mut json = report.to_json();
-                json["system"] = system.name().into();
-                json["members"] = members.into();
-                json["scenario"] = scenario.label(args.clients, args.conns).into();
-                println!("{json}");
+                println!("{}", run.json);
             }
-            reports[s].push(report);
+            runs[s].push(run);
         }
     }
     let mut measured = Vec::new();
-    for ((_, cluster, _), reports) in clusters.iter().zip(reports) {
+    for ((_, cluster, _), runs) in clusters.iter().zip(runs) {
         let mut peak_rss_bytes = 0;
         let mut disk_bytes = 0;
         for i in 0..cluster.size() {
@@ -240,7 +377,7 @@ async fn compare_topology(args: &CompareArgs, members: usize) -> anyhow::Result<
             disk_bytes += cluster.disk_bytes(i)?;
         }
         measured.push(Measured {
-            reports,
+            runs,
             peak_rss_bytes,
             disk_bytes,
         });
@@ -270,16 +407,24 @@ fn table(args: &CompareArgs, results: &[(usize, [Measured; 2])]) -> String {
     );
     for (members, [etcd, cairn]) in results {
         for (i, scenario) in args.workloads.iter().enumerate() {
-            let (e, c) = (&etcd.reports[i], &cairn.reports[i]);
+            let (e, c) = (&etcd.runs[i].report, &cairn.runs[i].report);
             let p99 = |r: &Report| r.p99().map_or(f64::NAN, |d| d.as_secs_f64() * 1e3);
+            // A run with no success (one that could not be done) has no throughput either.
+            let rate = |r: &Report| {
+                if r.latencies.count() > 0 {
+                    r.throughput()
+                } else {
+                    f64::NAN
+                }
+            };
             let errors = e.errors + c.errors;
             out += &format!(
                 "{:<4}{:<30}{:>11.0}{:>11.0}{:>7}{:>10.2}{:>10.2}{:>7}{}\n",
                 members,
-                scenario.label(args.clients, args.conns),
-                e.throughput(),
-                c.throughput(),
-                ratio(c.throughput(), e.throughput()),
+                args.label(*scenario),
+                rate(e),
+                rate(c),
+                ratio(rate(c), rate(e)),
                 p99(e),
                 p99(c),
                 ratio(p99(c), p99(e)),
@@ -308,6 +453,22 @@ fn table(args: &CompareArgs, results: &[(usize, [Measured; 2])]) -> String {
         );
     }
     out += "latencies in ms; ratio = cairn / etcd (throughput: higher is better; p99, RSS, disk: lower is better)\n";
+    if args.workloads.iter().any(|s| s.is_watch()) {
+        out += "watch rows: events/s delivered to the watchers, and put-to-event p99\n";
+    }
+    for (members, measured) in results {
+        for (m, system) in measured.iter().zip([System::Etcd, System::Cairn]) {
+            for (run, scenario) in m.runs.iter().zip(&args.workloads) {
+                if let Some(failure) = &run.failure {
+                    out += &format!(
+                        "FAILED: {members} member(s), {}, {}: {failure}\n",
+                        args.label(*scenario),
+                        system.name()
+                    );
+                }
+            }
+        }
+    }
     out
 }
 
@@ -321,5 +482,15 @@ pub async fn run(args: &CompareArgs) -> anyhow::Result<()> {
         results.push((members, compare_topology(args, members).await?));
     }
     print!("{}", table(args, &results));
+    let failed = results
+        .iter()
+        .flat_map(|(_, measured)| measured.iter())
+        .flat_map(|m| &m.runs)
+        .filter(|run| run.failure.is_some())
+        .count();
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} run(s) failed (listed under the table)"
+    );
     Ok(())
 }

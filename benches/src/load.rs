@@ -134,7 +134,7 @@ pub fn varint_len(n: u64) -> usize {
 
 /// splitmix64: a small, seeded, good-enough generator for keys and values.
 #[derive(Clone, Debug)]
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -149,7 +149,7 @@ impl Rng {
         self.next() % n
     }
 
-    fn bytes(&mut self, len: usize) -> Vec<u8> {
+    pub(crate) fn bytes(&mut self, len: usize) -> Vec<u8> {
         let mut out = Vec::with_capacity(len + 8);
         while out.len() < len {
             out.extend_from_slice(&self.next().to_le_bytes());

@@ -11,6 +11,7 @@ mod compare;
 mod histogram;
 mod load;
 mod report;
+mod watch;
 
 use std::time::Duration;
 
@@ -36,6 +37,9 @@ enum Command {
     Compare(compare::CompareArgs),
     /// Times a crashed follower's catch-up after data was written without it.
     SnapshotCatchup(catchup::CatchupArgs),
+    /// Watchers over streams and keys, and puts to those keys: put-to-event latency, events/s,
+    /// and a delivery check (every event to every watcher of its key, once, in order).
+    Watch(watch::WatchArgs),
 }
 
 /// The subcommands that put load on given endpoints.
@@ -236,6 +240,20 @@ async fn execute(command: Command) -> anyhow::Result<()> {
     match &command {
         Command::Compare(args) => compare::run(args).await,
         Command::SnapshotCatchup(args) => catchup::run(args).await,
+        Command::Watch(args) => {
+            let report = watch::run(&args.spec()?).await?;
+            if args.json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.table());
+            }
+            anyhow::ensure!(
+                !report.failed(),
+                "delivery check failed: {}",
+                report.delivery.summary()
+            );
+            Ok(())
+        }
         Command::Load(command) => {
             let (load_args, workload) = command.load()?;
             let report = load::run(&load_args.spec()?, &workload).await?;
@@ -398,7 +416,8 @@ mod tests {
             panic!("not compare")
         };
         assert_eq!(args.members, [1, 3]);
-        assert_eq!(args.workloads.len(), 4);
+        assert_eq!(args.workloads.len(), 5);
+        assert!(args.workloads.contains(&compare::Scenario::WatchFanout));
         assert_eq!((args.clients, args.conns), (1000, 100));
         assert_eq!(
             (
@@ -417,6 +436,7 @@ mod tests {
         ])
         .is_ok());
         assert!(parse(&["compare", "--workloads=nope"]).is_err());
+        assert!(parse(&["compare", "--workloads=watch-fanout,watch-spread"]).is_ok());
     }
 
     #[test]
@@ -429,6 +449,55 @@ mod tests {
         assert_eq!(args.systems, [cluster::System::Cairn]);
         assert_eq!(args.val_size, 10 * 1024);
         assert!(Cli::try_parse_from(["cairn-bench", "snapshot-catchup", "--systems=zk"]).is_err());
+    }
+
+    #[test]
+    fn watch_takes_etcd_benchmark_defaults_and_its_flags() {
+        let Command::Watch(args) = parse(&["watch"]).unwrap().command else {
+            panic!("not watch")
+        };
+        let spec = args.spec().unwrap();
+        assert_eq!(
+            (spec.watchers, spec.streams, spec.conns, spec.keys),
+            (1000, 10, 1, 1)
+        );
+        assert_eq!(spec.stop, Stop::Total(1000));
+        assert_eq!((spec.rate, spec.in_flight), (Some(100.0), None));
+        let Command::Watch(args) = parse(&[
+            "watch",
+            "--watchers=100000",
+            "--streams=100",
+            "--conns=10",
+            "--keys=10000",
+            "--duration=8s",
+            "--rate=0",
+            "--in-flight=256",
+            "--put-clients=100",
+            "--val-size=256",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not watch")
+        };
+        let spec = args.spec().unwrap();
+        assert_eq!(
+            (
+                spec.watchers,
+                spec.streams,
+                spec.conns,
+                spec.keys,
+                spec.put_clients
+            ),
+            (100_000, 100, 10, 10_000, 100)
+        );
+        assert_eq!(spec.stop, Stop::Duration(Duration::from_secs(8)));
+        assert_eq!((spec.rate, spec.in_flight), (None, Some(256)));
+        assert!(parse(&["watch", "--total=5", "--duration=5s"]).is_err());
+        let Command::Watch(args) = parse(&["watch", "--val-size=8"]).unwrap().command else {
+            panic!("not watch")
+        };
+        assert!(args.spec().is_err());
     }
 
     #[test]

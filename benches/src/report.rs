@@ -56,38 +56,47 @@ impl Report {
             writeln!(out, "  first error: {error}").expect("writing to a String");
         }
         writeln!(out, "  throughput  {:.1} req/s", self.throughput()).expect("writing to a String");
-        let mut labels = format!("  latency ms  {:>9}{:>9}", "mean", "min");
-        let mut values = format!("  {:12}{:>9.3}{:>9.3}", "", ms(h.mean()), ms(h.min()));
-        for (label, q) in PERCENTILES {
-            write!(labels, "{label:>9}").expect("writing to a String");
-            write!(values, "{:>9.3}", ms(h.quantile(q))).expect("writing to a String");
-        }
-        writeln!(out, "{labels}{:>9}", "max").expect("writing to a String");
-        writeln!(out, "{values}{:>9.3}", ms(h.max())).expect("writing to a String");
+        out += &latency_table("latency ms", h);
         out
     }
 
     /// One JSON object; latencies in milliseconds (`null` when no request succeeded).
     pub fn to_json(&self) -> serde_json::Value {
-        let h = &self.latencies;
-        let number = |d: Option<Duration>| d.map(|_| ms(d));
-        let mut latency = serde_json::Map::new();
-        latency.insert("mean".into(), number(h.mean()).into());
-        latency.insert("min".into(), number(h.min()).into());
-        for (label, q) in PERCENTILES {
-            latency.insert(label.into(), number(h.quantile(q)).into());
-        }
-        latency.insert("max".into(), number(h.max()).into());
         serde_json::json!({
             "workload": self.workload,
-            "requests": h.count(),
+            "requests": self.latencies.count(),
             "errors": self.errors,
             "first_error": self.first_error,
             "elapsed_s": self.elapsed.as_secs_f64(),
             "throughput": self.throughput(),
-            "latency_ms": latency,
+            "latency_ms": latency_json(&self.latencies),
         })
     }
+}
+
+/// Two lines, indented by two spaces: `title` and the column names (mean, min, the
+/// [`PERCENTILES`], max), then the values in milliseconds.
+pub fn latency_table(title: &str, h: &Histogram) -> String {
+    let mut labels = format!("  {title:<12}{:>9}{:>9}", "mean", "min");
+    let mut values = format!("  {:12}{:>9.3}{:>9.3}", "", ms(h.mean()), ms(h.min()));
+    for (label, q) in PERCENTILES {
+        write!(labels, "{label:>9}").expect("writing to a String");
+        write!(values, "{:>9.3}", ms(h.quantile(q))).expect("writing to a String");
+    }
+    format!("{labels}{:>9}\n{values}{:>9.3}\n", "max", ms(h.max()))
+}
+
+/// mean, min, the [`PERCENTILES`] and max in milliseconds (`null` when `h` is empty).
+pub fn latency_json(h: &Histogram) -> serde_json::Value {
+    let number = |d: Option<Duration>| d.map(|_| ms(d));
+    let mut latency = serde_json::Map::new();
+    latency.insert("mean".into(), number(h.mean()).into());
+    latency.insert("min".into(), number(h.min()).into());
+    for (label, q) in PERCENTILES {
+        latency.insert(label.into(), number(h.quantile(q)).into());
+    }
+    latency.insert("max".into(), number(h.max()).into());
+    latency.into()
 }
 
 #[cfg(test)]
