@@ -541,11 +541,13 @@ struct OpenStream {
     watchers: Vec<Watcher>,
 }
 
-/// Opens a watch stream on `channel` and creates a watcher on each of `keys` in turn.
+/// Opens a watch stream on `channel` and creates a watcher on each of `keys` in turn,
+/// counting them in `created`.
 async fn open_stream(
     channel: Channel,
     keys: Vec<u64>,
     key_names: Arc<Vec<Bytes>>,
+    created: Arc<AtomicU64>,
 ) -> anyhow::Result<OpenStream> {
     let create = |k: u64| WatchRequest {
         request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
@@ -591,6 +593,7 @@ async fn open_stream(
             response.watch_id
         );
         watchers.push(Watcher::new(k));
+        created.fetch_add(1, Ordering::Relaxed);
     }
     Ok(OpenStream {
         requests,
@@ -691,6 +694,20 @@ async fn read_stream(
     drop(requests);
     outcome.watchers = watchers;
     outcome
+}
+
+/// Prints a creation progress line every `every` until aborted.
+async fn creation_progress(created: Arc<AtomicU64>, watchers: u64, every: Duration) {
+    let start = Instant::now();
+    let mut ticks = tokio::time::interval_at(start + every, every);
+    loop {
+        ticks.tick().await;
+        eprintln!(
+            "watch: {}/{watchers} watchers created after {:.0}s",
+            created.load(Ordering::Relaxed),
+            start.elapsed().as_secs_f64()
+        );
+    }
 }
 
 /// Prints a progress line every `every` until aborted.
@@ -826,6 +843,12 @@ pub async fn run(spec: &WatchSpec) -> anyhow::Result<WatchReport> {
     let put_conn = load::connect(&spec.endpoints[0]).await?;
 
     let create_start = Instant::now();
+    let created = Arc::new(AtomicU64::new(0));
+    // Progress lines run in a JoinSet so that leaving early (an error) aborts them too.
+    let mut progress_lines = JoinSet::new();
+    if let Some(every) = spec.progress {
+        progress_lines.spawn(creation_progress(created.clone(), spec.watchers, every));
+    }
     let mut creating = JoinSet::new();
     for s in 0..spec.streams {
         let keys = (s..spec.watchers)
@@ -833,7 +856,7 @@ pub async fn run(spec: &WatchSpec) -> anyhow::Result<WatchReport> {
             .map(|w| fanout.key_of_watcher(w))
             .collect();
         let conn = conns[(s % spec.conns) as usize].clone();
-        creating.spawn(open_stream(conn, keys, key_names.clone()));
+        creating.spawn(open_stream(conn, keys, key_names.clone(), created.clone()));
     }
     let mut streams = Vec::with_capacity(spec.streams as usize);
     while let Some(stream) = creating.join_next().await {
@@ -844,6 +867,7 @@ pub async fn run(spec: &WatchSpec) -> anyhow::Result<WatchReport> {
         );
     }
     let create_elapsed = create_start.elapsed();
+    progress_lines.abort_all();
 
     let shared = Arc::new(Shared {
         fanout,
@@ -868,9 +892,9 @@ pub async fn run(spec: &WatchSpec) -> anyhow::Result<WatchReport> {
     for stream in streams {
         readers.spawn(read_stream(shared.clone(), stream, done_rx.clone()));
     }
-    let progress = spec
-        .progress
-        .map(|every| tokio::spawn(progress(shared.clone(), every)));
+    if let Some(every) = spec.progress {
+        progress_lines.spawn(progress(shared.clone(), every));
+    }
     let mut putters = JoinSet::new();
     for i in 0..spec.put_clients {
         putters.spawn(putter(shared.clone(), KvClient::new(put_conn.clone()), i));
@@ -915,9 +939,7 @@ pub async fn run(spec: &WatchSpec) -> anyhow::Result<WatchReport> {
             first_error = outcome.error;
         }
     }
-    if let Some(progress) = progress {
-        progress.abort();
-    }
+    progress_lines.abort_all();
     if delivery.failures() > 0 && first_error.is_none() {
         first_error = Some(format!("delivery check: {}", delivery.summary()));
     }
