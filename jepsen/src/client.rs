@@ -12,8 +12,12 @@ use cairn_proto::etcdserverpb::kv_client::KvClient;
 use cairn_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use cairn_proto::etcdserverpb::request_op::Request;
 use cairn_proto::etcdserverpb::response_op::Response;
+use cairn_proto::etcdserverpb::watch_client::WatchClient;
+use cairn_proto::etcdserverpb::watch_request::RequestUnion;
 use cairn_proto::etcdserverpb::{
-    Compare, PutRequest, RangeRequest, RequestOp, ResponseHeader, StatusRequest, TxnRequest,
+    CompactionRequest, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp,
+    ResponseHeader, StatusRequest, TxnRequest, WatchCancelRequest, WatchCreateRequest,
+    WatchRequest, WatchResponse,
 };
 use cairn_proto::mvccpb::KeyValue;
 use tonic::transport::{Channel, Endpoint};
@@ -275,12 +279,144 @@ impl EtcdClient {
         Ok((response.succeeded, revision(response.header.as_ref())))
     }
 
+    /// Puts `value` and returns the key-value it replaced (if any) and the revision.
+    pub async fn put_prev(
+        &mut self,
+        key: &str,
+        value: &[u8],
+    ) -> Result<(Option<KeyValue>, i64), ClientError> {
+        let request = PutRequest {
+            key: key.as_bytes().to_vec().into(),
+            value: value.to_vec().into(),
+            prev_kv: true,
+            ..Default::default()
+        };
+        let mut kv = self.kv.clone();
+        let response = self.deadline(kv.put(request)).await?;
+        Ok((response.prev_kv, revision(response.header.as_ref())))
+    }
+
+    /// Puts every `(key, value)` in one unconditional txn (one revision); returns the revision.
+    pub async fn put_txn(&mut self, puts: &[(&str, Vec<u8>)]) -> Result<i64, ClientError> {
+        self.guarded_put(&[], puts)
+            .await
+            .map(|(_, revision)| revision)
+    }
+
+    /// Deletes `key`, or `[key, range_end)`; returns the deleted key-values (in key order) and
+    /// the revision.
+    pub async fn delete(
+        &mut self,
+        key: &str,
+        range_end: Option<&str>,
+    ) -> Result<(Vec<KeyValue>, i64), ClientError> {
+        let request = DeleteRangeRequest {
+            key: key.as_bytes().to_vec().into(),
+            range_end: range_end
+                .map_or_else(Vec::new, |e| e.as_bytes().to_vec())
+                .into(),
+            prev_kv: true,
+        };
+        let mut kv = self.kv.clone();
+        let response = self.deadline(kv.delete_range(request)).await?;
+        Ok((response.prev_kvs, revision(response.header.as_ref())))
+    }
+
+    /// Compacts the history up to `revision`; returns the response's header revision.
+    pub async fn compact(&mut self, revision_to: i64) -> Result<i64, ClientError> {
+        let request = CompactionRequest {
+            revision: revision_to,
+            physical: false,
+        };
+        let mut kv = self.kv.clone();
+        let response = self.deadline(kv.compact(request)).await?;
+        Ok(revision(response.header.as_ref()))
+    }
+
     /// This member's id and the leader it knows of (0 if none).
     pub async fn status(&mut self) -> Result<(u64, u64), ClientError> {
         let mut maintenance = self.maintenance.clone();
         let response = self.deadline(maintenance.status(StatusRequest {})).await?;
         let member_id = response.header.as_ref().map_or(0, |h| h.member_id);
         Ok((member_id, response.leader))
+    }
+}
+
+/// One watch stream (`Watch/Watch`) to one member, carrying one watcher. Dropping it closes the
+/// stream.
+pub struct WatchStream {
+    /// Held open: closing the request side would end the stream.
+    requests: tokio::sync::mpsc::Sender<WatchRequest>,
+    responses: tonic::Streaming<WatchResponse>,
+}
+
+impl WatchStream {
+    /// Opens a stream to `url` and sends `create`. With `require_leader`, the stream carries
+    /// clientv3's `hasleader` metadata, so the member cancels it when it has no leader.
+    /// `timeout` bounds connecting and the server's first answer (the response headers).
+    pub async fn open(
+        url: &str,
+        create: WatchCreateRequest,
+        require_leader: bool,
+        timeout: Duration,
+    ) -> Result<WatchStream, ClientError> {
+        // No per-request timeout on the channel: it would end a long-lived stream.
+        let channel = Endpoint::from_shared(url.to_string())
+            .map_err(|e| ClientError::Definite(format!("bad url {url}: {e}")))?
+            .connect_timeout(CONNECT_TIMEOUT.min(timeout))
+            .connect_lazy();
+        let (requests, receiver) = tokio::sync::mpsc::channel(1);
+        requests
+            .try_send(WatchRequest {
+                request_union: Some(RequestUnion::CreateRequest(create)),
+            })
+            .expect("a fresh channel has room for one request");
+        let mut request = tonic::Request::new(
+            tonic::codegen::tokio_stream::wrappers::ReceiverStream::new(receiver),
+        );
+        if require_leader {
+            request.metadata_mut().insert(
+                "hasleader",
+                tonic::metadata::MetadataValue::from_static("true"),
+            );
+        }
+        let mut client = WatchClient::new(channel);
+        let responses = match tokio::time::timeout(timeout, client.watch(request)).await {
+            Ok(Ok(response)) => response.into_inner(),
+            Ok(Err(status)) => return Err(classify(&status)),
+            Err(_) => {
+                return Err(ClientError::Indefinite(
+                    "watch open deadline exceeded".into(),
+                ))
+            }
+        };
+        Ok(WatchStream {
+            requests,
+            responses,
+        })
+    }
+
+    /// Sends a cancel request for `watch_id` (the answer is a `canceled` response).
+    pub fn cancel(&self, watch_id: i64) -> Result<(), ClientError> {
+        self.requests
+            .try_send(WatchRequest {
+                request_union: Some(RequestUnion::CancelRequest(WatchCancelRequest { watch_id })),
+            })
+            .map_err(|e| ClientError::Definite(format!("watch cancel not sent: {e}")))
+    }
+
+    /// The next response; an error if the stream failed or ended, or nothing came within
+    /// `idle`.
+    pub async fn next(&mut self, idle: Duration) -> Result<WatchResponse, ClientError> {
+        match tokio::time::timeout(idle, self.responses.message()).await {
+            Ok(Ok(Some(response))) => Ok(response),
+            Ok(Ok(None)) => Err(ClientError::Indefinite("watch stream ended".into())),
+            Ok(Err(status)) => Err(classify(&status)),
+            Err(_) => Err(ClientError::Indefinite(format!(
+                "no watch response for {} ms",
+                idle.as_millis()
+            ))),
+        }
     }
 }
 

@@ -42,6 +42,20 @@ pub enum Call {
     ReadSet,
     /// An Elle list-append transaction: micro-operations on lists, applied atomically.
     Txn { mops: Vec<Mop> },
+    /// watch: a put of a unique value (a `PutRequest` with `prev_kv`).
+    Put { key: String, value: Value },
+    /// watch: puts of unique values to distinct keys in one unconditional txn (one revision).
+    PutTxn { puts: Vec<(String, Value)> },
+    /// watch: a `DeleteRange` with `prev_kv` of `key`, or of `[key, range_end)`.
+    Delete {
+        key: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        range_end: Option<String>,
+    },
+    /// watch: compact the store's history up to `revision`.
+    Compact { revision: i64 },
+    /// watch: read every watched key (a range over the workload's prefix).
+    ReadPrefix,
 }
 
 /// A micro-operation of a list-append transaction.
@@ -67,7 +81,14 @@ impl Call {
     pub fn key(&self) -> Option<&str> {
         match self {
             Call::Read { key } | Call::Write { key, .. } | Call::Cas { key, .. } => Some(key),
-            Call::Add { .. } | Call::ReadSet | Call::Txn { .. } => None,
+            Call::Add { .. }
+            | Call::ReadSet
+            | Call::Txn { .. }
+            | Call::Put { .. }
+            | Call::PutTxn { .. }
+            | Call::Delete { .. }
+            | Call::Compact { .. }
+            | Call::ReadPrefix => None,
         }
     }
 }
@@ -107,6 +128,92 @@ pub enum Reply {
     Txn {
         reads: Vec<Option<Vec<Value>>>,
     },
+    /// A put's previous key-value (`None`: the key was absent).
+    Put {
+        prev: Option<Kv>,
+    },
+    PutTxn,
+    /// The key-values a delete removed, in key order (empty: it deleted nothing and made no
+    /// revision).
+    Delete {
+        deleted: Vec<Kv>,
+    },
+    Compact,
+    /// Every watched key-value, in key order.
+    ReadPrefix {
+        kvs: Vec<Kv>,
+    },
+}
+
+/// A key-value as etcd reports it (`mvccpb.KeyValue` without the lease). `value` is `None` when
+/// empty (a delete event's key-value), else the decimal value (`u64::MAX` if unparseable).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Kv {
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<Value>,
+    pub create_revision: i64,
+    pub mod_revision: i64,
+    pub version: i64,
+}
+
+/// `mvccpb.Event.EventType`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventType {
+    Put,
+    Delete,
+}
+
+/// One `mvccpb.Event` as a watcher received it. Its revision is `kv.mod_revision`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchedEvent {
+    #[serde(rename = "type")]
+    pub kind: EventType,
+    pub kv: Kv,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev_kv: Option<Kv>,
+}
+
+impl WatchedEvent {
+    pub fn revision(&self) -> i64 {
+        self.kv.mod_revision
+    }
+}
+
+/// What a watcher saw (actor [`Actor::Watcher`]). A watcher's records form *sessions*: each
+/// `Open` starts one (a new stream to the event's node, with one create request), which lasts
+/// until it breaks, is canceled, or the watcher stops.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "w", rename_all = "snake_case")]
+pub enum WatchRecord {
+    /// A stream was opened and a create request sent: a prefix watch with `prev_kv` from
+    /// `start_revision` (0: from now), with `require_leader` as clientv3's `WithRequireLeader`.
+    Open {
+        start_revision: i64,
+        require_leader: bool,
+    },
+    /// The `created` response; `revision` is its header's.
+    Created { revision: i64 },
+    /// A response carrying events; `revision` is its header's.
+    Events {
+        revision: i64,
+        events: Vec<WatchedEvent>,
+    },
+    /// A response with neither events nor a state change (a progress notification).
+    Progress { revision: i64 },
+    /// The watch was canceled by the server; `compact_revision` > 0 when its start was compacted.
+    Canceled {
+        compact_revision: i64,
+        reason: String,
+    },
+    /// The watcher asked to cancel its watch (a voluntary restart); a `canceled` response should
+    /// follow, possibly after more events.
+    Cancel,
+    /// The stream failed, ended, or stayed idle too long: the session is over.
+    Broken { error: String },
+    /// The watcher stopped on its own (a voluntary restart, or the end of the run).
+    Stop,
 }
 
 /// Who produced an event.
@@ -115,6 +222,9 @@ pub enum Reply {
 pub enum Actor {
     Client(ProcessId),
     Nemesis,
+    /// A watcher of the watch workload: one ordered log of events, possibly across several
+    /// streams (sessions) and members.
+    Watcher(u64),
 }
 
 /// The body of an event.
@@ -138,6 +248,10 @@ pub enum EventKind {
     /// A fault started or stopped (actor is the nemesis).
     Nemesis {
         action: String,
+    },
+    /// Something a watcher received or did (actor is the watcher).
+    Watch {
+        record: WatchRecord,
     },
 }
 
@@ -301,7 +415,7 @@ pub fn pair(events: &[Event]) -> Result<Vec<Op>, ShapeError> {
                     }
                 }
             }
-            EventKind::Nemesis { .. } => {}
+            EventKind::Nemesis { .. } | EventKind::Watch { .. } => {}
         }
     }
     Ok(ops)
@@ -461,6 +575,34 @@ mod tests {
                     prev_version: 3,
                 },
                 revision: 9,
+            },
+        );
+        let kv = |value| Kv {
+            key: "jepsen/w/1".into(),
+            value,
+            create_revision: 3,
+            mod_revision: 7,
+            version: 2,
+        };
+        recorder.record(
+            Actor::Watcher(5),
+            Some(1),
+            EventKind::Watch {
+                record: WatchRecord::Events {
+                    revision: 8,
+                    events: vec![
+                        WatchedEvent {
+                            kind: EventType::Put,
+                            kv: kv(Some(12)),
+                            prev_kv: Some(kv(Some(11))),
+                        },
+                        WatchedEvent {
+                            kind: EventType::Delete,
+                            kv: kv(None),
+                            prev_kv: None,
+                        },
+                    ],
+                },
             },
         );
         let events = recorder.snapshot();

@@ -12,4 +12,5 @@ pub mod nemesis;
 pub mod proxy;
 pub mod run;
 pub mod smoke;
+pub mod watcher;
 pub mod workload;

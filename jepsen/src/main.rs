@@ -21,10 +21,10 @@ struct Cli {
 enum Command {
     /// Start a cluster, run a workload under faults, check the history.
     Test(RunOptions),
-    /// Run the smoke matrix: {register, set, append} × {partition, kill, pause} must pass, and
-    /// serializable reads under partitions must be caught. Other options apply to every run
-    /// (their --workload, --nemesis and --reads are replaced). Exit 0 iff all 12 answer as
-    /// expected.
+    /// Run the smoke matrix: {register, set, append, watch} × {partition, kill, pause} must
+    /// pass, and serializable reads under partitions must be caught (register, set, append).
+    /// Other options apply to every run (their --workload, --nemesis and --reads are replaced).
+    /// Exit 0 iff all 15 answer as expected.
     Smoke(RunOptions),
     /// Re-run the history checkers on a saved report directory.
     Check {

@@ -25,8 +25,9 @@ use tokio::time::Instant;
 use crate::checker::{self, CheckResult, Verdict};
 use crate::client::EtcdClient;
 use crate::cluster::{Cluster, ClusterSpec};
-use crate::history::{self, Actor, Call, EventKind, Recorder};
+use crate::history::{self, Actor, Call, EventKind, Recorder, WatchRecord};
 use crate::nemesis::{self, Fault};
+use crate::watcher::{self, CompactAt, Watchers, WatchersSpec};
 use crate::workload::{self, Generator, ReadMode, Workload};
 
 /// Attempts per member at the final read of the set.
@@ -93,6 +94,18 @@ pub struct RunOptions {
     /// Extra flag passed to every member, repeatable (e.g. --member-arg=--snapshot-count=100).
     #[arg(long = "member-arg", allow_hyphen_values = true)]
     pub member_args: Vec<String>,
+    /// watch: watcher tasks per member (each keeps one watcher at a time; see `watcher`).
+    #[arg(long, default_value_t = 2)]
+    pub watchers_per_member: usize,
+    /// watch: a watch stream with no response for this long is treated as broken and resumed.
+    #[arg(long, default_value_t = 3000)]
+    pub watch_idle_timeout_ms: u64,
+    /// watch: seconds between compactions (0: never compact).
+    #[arg(long, default_value_t = 2.0)]
+    pub compact_interval_s: f64,
+    /// watch: which revisions to compact at (`any` exposes etcd#18089 on etcd < 3.4.33).
+    #[arg(long, value_enum, default_value_t = CompactAt::Put)]
+    pub compact_at: CompactAt,
     /// Where report directories go.
     #[arg(long, default_value = "store")]
     pub store: PathBuf,
@@ -114,6 +127,7 @@ pub fn check_history(workload: Workload, events: &[history::Event]) -> anyhow::R
         Workload::Register => checker::linearizable::check(&ops),
         Workload::Set => checker::set::check(&ops),
         Workload::Append => checker::elle::check(&ops),
+        Workload::Watch => checker::watch::check(events, &ops),
     };
     let checkers = vec![workload_result, checker::revision::check(&ops)];
     Ok(Results {
@@ -140,6 +154,14 @@ fn history_stats(events: &[history::Event]) -> serde_json::Value {
                     Call::Add { .. } => "add",
                     Call::ReadSet => "read_set",
                     Call::Txn { .. } => "txn",
+                    Call::Put { .. } => "put",
+                    Call::PutTxn { .. } => "put_txn",
+                    Call::Delete {
+                        range_end: None, ..
+                    } => "delete",
+                    Call::Delete { .. } => "delete_range",
+                    Call::Compact { .. } => "compact",
+                    Call::ReadPrefix => "read_prefix",
                 };
                 calls.insert(event.actor, name);
                 continue;
@@ -149,6 +171,20 @@ fn history_stats(events: &[history::Event]) -> serde_json::Value {
             EventKind::Info { .. } => "info",
             EventKind::Nemesis { .. } => {
                 *counts.entry("nemesis_events".into()).or_default() += 1;
+                continue;
+            }
+            EventKind::Watch { record } => {
+                let name = match record {
+                    WatchRecord::Open { .. } => "watch_open",
+                    WatchRecord::Created { .. } => "watch_created",
+                    WatchRecord::Events { .. } => "watch_events",
+                    WatchRecord::Progress { .. } => "watch_progress",
+                    WatchRecord::Cancel => "watch_cancel",
+                    WatchRecord::Canceled { .. } => "watch_canceled",
+                    WatchRecord::Broken { .. } => "watch_broken",
+                    WatchRecord::Stop => "watch_stop",
+                };
+                *counts.entry(name.into()).or_default() += 1;
                 continue;
             }
         };
@@ -258,6 +294,40 @@ async fn final_set_reads(
     Ok(())
 }
 
+/// watch, after healing: one successful linearizable read of the watched prefix (trying each
+/// member in turn), whose revision every watcher must then reach. `None` if none succeeded.
+async fn final_watch_read(
+    cluster: &Cluster,
+    recorder: &Recorder,
+    first_process: u64,
+    timeout: Duration,
+) -> anyhow::Result<Option<i64>> {
+    for attempt in 0..FINAL_READ_ATTEMPTS_MAX {
+        let node = attempt % cluster.size();
+        let actor = Actor::Client(first_process + attempt as u64);
+        let mut client = EtcdClient::new(&cluster.client_url(node), timeout)?;
+        recorder.record(
+            actor,
+            Some(node),
+            EventKind::Invoke {
+                call: Call::ReadPrefix,
+            },
+        );
+        let completion =
+            workload::invoke(&mut client, &Call::ReadPrefix, ReadMode::Linearizable).await;
+        let revision = match &completion {
+            EventKind::Ok { revision, .. } => Some(*revision),
+            _ => None,
+        };
+        recorder.record(actor, Some(node), completion);
+        if revision.is_some() {
+            return Ok(revision);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(None)
+}
+
 /// Runs one test and writes its report; returns the report directory and the results.
 pub async fn run(mut options: RunOptions) -> anyhow::Result<(PathBuf, Results)> {
     anyhow::ensure!(options.concurrency >= 2, "--concurrency must be at least 2");
@@ -302,6 +372,35 @@ pub async fn run(mut options: RunOptions) -> anyhow::Result<(PathBuf, Results)> 
         options.workload, options.time_limit_s, options.nemesis
     );
     let mut clients = tokio::task::JoinSet::new();
+    let urls: Vec<String> = (0..cluster.size()).map(|i| cluster.client_url(i)).collect();
+    let timeout = Duration::from_millis(options.request_timeout_ms);
+    let watchers = (options.workload == Workload::Watch).then(|| {
+        Watchers::start(
+            WatchersSpec {
+                urls: urls.clone(),
+                per_member: options.watchers_per_member.max(1),
+                open_timeout: timeout,
+                idle_timeout: Duration::from_millis(options.watch_idle_timeout_ms),
+                end,
+                seed,
+            },
+            generator.clone(),
+            recorder.clone(),
+        )
+    });
+    if options.workload == Workload::Watch && options.compact_interval_s > 0.0 {
+        clients.spawn(watcher::compactor(
+            urls.clone(),
+            Duration::from_secs_f64(options.compact_interval_s),
+            options.compact_at,
+            timeout,
+            generator.clone(),
+            recorder.clone(),
+            options.concurrency as u64 * 2_000_000,
+            end,
+            seed,
+        ));
+    }
     for thread in 0..options.concurrency {
         let node = thread % cluster.size();
         clients.spawn(client_thread(
@@ -362,10 +461,22 @@ pub async fn run(mut options: RunOptions) -> anyhow::Result<(PathBuf, Results)> 
             "recovery_ms": settle.as_ref().ok().map(|d| d.as_millis() as u64),
         }),
     };
+    let first_process = options.concurrency as u64 * 1_000_000;
     if options.workload == Workload::Set && settle.is_ok() {
-        let first_process = options.concurrency as u64 * 1_000_000;
-        let timeout = Duration::from_millis(options.request_timeout_ms);
         final_set_reads(&cluster, &recorder, first_process, timeout, options.reads).await?;
+    }
+    if let Some(watchers) = watchers {
+        let final_revision = if settle.is_ok() {
+            final_watch_read(&cluster, &recorder, first_process, timeout).await?
+        } else {
+            None
+        };
+        eprintln!(
+            "cairn-jepsen: waiting up to {} s for every watcher to reach revision {final_revision:?}",
+            options.settle_timeout_s
+        );
+        let deadline = Instant::now() + Duration::from_secs(options.settle_timeout_s);
+        watchers.finish(final_revision, deadline).await?;
     }
 
     let events = recorder.snapshot();

@@ -20,12 +20,12 @@ pub struct Case {
     pub expected: Verdict,
 }
 
-/// The matrix: {register, set, append} × {partition, kill, pause}, then a serializable-read
-/// control under partitions per workload.
+/// The matrix: {register, set, append, watch} × {partition, kill, pause}, then a
+/// serializable-read control under partitions per read-checking workload.
 pub fn cases() -> Vec<Case> {
     let workloads = [Workload::Register, Workload::Set, Workload::Append];
     let mut cases = Vec::new();
-    for workload in workloads {
+    for workload in workloads.into_iter().chain([Workload::Watch]) {
         for fault in [Fault::Partition, Fault::Kill, Fault::Pause] {
             cases.push(Case {
                 workload,
@@ -84,7 +84,7 @@ mod tests {
     #[test]
     fn the_matrix_covers_every_workload_and_fault_and_a_control_each() {
         let cases = cases();
-        assert_eq!(cases.len(), 12);
+        assert_eq!(cases.len(), 15);
         let controls: Vec<&Case> = cases
             .iter()
             .filter(|c| c.expected == Verdict::Invalid)

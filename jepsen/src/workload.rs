@@ -11,15 +11,22 @@
 //!   commits with a txn guarded by every key's `mod_revision` (so a commit means the reads held
 //!   at the commit's revision); a failed guard is a definite failure. Checked by `checker::elle`.
 //!
+//! - `watch`: every thread writes unique values under `jepsen/w/` (puts, multi-key txns, single
+//!   deletes and multi-key range deletes) while watchers (`crate::watcher`) watch the prefix on
+//!   every member and a compactor compacts behind them. Checked by `checker::watch`.
+//!
 //! Values are unique across the run, so a read identifies the write it observed.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+use cairn_proto::mvccpb::KeyValue;
+use rand::seq::SliceRandom;
+
 use crate::client::{ClientError, EtcdClient};
-use crate::history::{Call, EventKind, Mop, Reply, Value, Versioned};
+use crate::history::{Call, EventKind, Kv, Mop, Reply, Value, Versioned};
 
 /// Prefix of the register keys.
 const REGISTER_PREFIX: &str = "jepsen/r/";
@@ -33,6 +40,15 @@ const APPEND_ACTIVE_KEYS: u64 = 3;
 const APPEND_TXNS_PER_KEY_SHIFT: u64 = 100;
 /// append: micro-operations per transaction, at most (Elle's max-txn-length).
 const APPEND_TXN_MOPS_MAX: usize = 4;
+/// Prefix of the watch workload's keys (what the watchers watch).
+pub const WATCH_PREFIX: &str = "jepsen/w/";
+/// watch: keys written (`jepsen/w/0` … `jepsen/w/7`), few enough that puts often replace a value
+/// and deletes often find one.
+const WATCH_KEYS: usize = 8;
+/// watch: keys in a multi-key txn, at most.
+const WATCH_TXN_PUTS_MAX: usize = 3;
+/// watch: keys a range delete spans, at most.
+const WATCH_DELETE_RANGE_KEYS_MAX: usize = 4;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -41,6 +57,8 @@ pub enum Workload {
     Set,
     /// Elle list-append transactions (strict serializability).
     Append,
+    /// Writers under a prefix while watchers on every member watch it (watch guarantees).
+    Watch,
 }
 
 /// How reads are served.
@@ -70,6 +88,12 @@ pub struct Generator {
     groups: Vec<Group>,
     /// append: transactions handed out so far.
     txns: AtomicU64,
+    /// The highest revision any acknowledged operation reported (for watchers' start revisions
+    /// and the compactor).
+    max_revision: AtomicI64,
+    /// watch: the highest revision of an acknowledged put or txn of puts (a revision without
+    /// deletes, for the compactor).
+    max_put_revision: AtomicI64,
 }
 
 impl Generator {
@@ -93,7 +117,19 @@ impl Generator {
                 })
                 .collect(),
             txns: AtomicU64::new(0),
+            max_revision: AtomicI64::new(1),
+            max_put_revision: AtomicI64::new(0),
         }
+    }
+
+    /// The highest revision of an acknowledged put or txn of puts so far (0 before any).
+    pub fn max_put_revision(&self) -> i64 {
+        self.max_put_revision.load(Ordering::Relaxed)
+    }
+
+    /// The highest revision an acknowledged operation has reported so far (1 before any).
+    pub fn max_revision(&self) -> i64 {
+        self.max_revision.load(Ordering::Relaxed)
     }
 
     fn fresh_value(&self) -> Value {
@@ -110,6 +146,7 @@ impl Generator {
                 (thread - start, size)
             }
             Workload::Set | Workload::Append => (thread, self.concurrency),
+            Workload::Watch => return false,
         };
         slot < size / 2
     }
@@ -117,6 +154,7 @@ impl Generator {
     /// The next call for `thread`.
     pub fn next_call(&self, thread: usize, rng: &mut impl Rng) -> Call {
         match self.workload {
+            Workload::Watch => self.next_watch_call(rng),
             Workload::Append => {
                 let base = self.txns.fetch_add(1, Ordering::Relaxed) / APPEND_TXNS_PER_KEY_SHIFT;
                 let len = rng.random_range(1..=APPEND_TXN_MOPS_MAX);
@@ -171,11 +209,53 @@ impl Generator {
         }
     }
 
-    /// Learns from a completion (the value a register group last saw, for its next CAS).
+    /// watch: a put (40 %), a txn of 2–3 puts (25 %), a delete of one key (20 %) or of a range
+    /// of 2–4 keys (15 %).
+    fn next_watch_call(&self, rng: &mut impl Rng) -> Call {
+        let key = |k: usize| format!("{WATCH_PREFIX}{k}");
+        match rng.random_range(0..20) {
+            0..=7 => Call::Put {
+                key: key(rng.random_range(0..WATCH_KEYS)),
+                value: self.fresh_value(),
+            },
+            8..=12 => {
+                let mut keys: Vec<usize> = (0..WATCH_KEYS).collect();
+                keys.shuffle(rng);
+                keys.truncate(rng.random_range(2..=WATCH_TXN_PUTS_MAX));
+                Call::PutTxn {
+                    puts: keys
+                        .into_iter()
+                        .map(|k| (key(k), self.fresh_value()))
+                        .collect(),
+                }
+            }
+            13..=16 => Call::Delete {
+                key: key(rng.random_range(0..WATCH_KEYS)),
+                range_end: None,
+            },
+            _ => {
+                let first = rng.random_range(0..WATCH_KEYS - 1);
+                let end =
+                    (first + rng.random_range(2..=WATCH_DELETE_RANGE_KEYS_MAX)).min(WATCH_KEYS);
+                Call::Delete {
+                    key: key(first),
+                    range_end: Some(key(end)),
+                }
+            }
+        }
+    }
+
+    /// Learns from a completion (the value a register group last saw, for its next CAS; the
+    /// highest revision seen).
     pub fn observe(&self, thread: usize, call: &Call, completion: &EventKind) {
-        let EventKind::Ok { reply, .. } = completion else {
+        let EventKind::Ok { reply, revision } = completion else {
             return;
         };
+        self.max_revision.fetch_max(*revision, Ordering::Relaxed);
+        if matches!(call, Call::Put { .. } | Call::PutTxn { .. }) {
+            self.max_put_revision
+                .fetch_max(*revision, Ordering::Relaxed);
+        }
         let seen = match (call, reply) {
             (
                 _,
@@ -196,6 +276,17 @@ impl Generator {
         if let Some(group) = self.groups.get(thread / self.threads_per_key) {
             group.last_value.store(seen, Ordering::Relaxed);
         }
+    }
+}
+
+/// A key-value as the history records it.
+pub fn kv_of(kv: &KeyValue) -> Kv {
+    Kv {
+        key: String::from_utf8_lossy(&kv.key).into_owned(),
+        value: (!kv.value.is_empty()).then(|| parse_value(&kv.value)),
+        create_revision: kv.create_revision,
+        mod_revision: kv.mod_revision,
+        version: kv.version,
     }
 }
 
@@ -362,6 +453,55 @@ pub async fn invoke(client: &mut EtcdClient, call: &Call, reads: ReadMode) -> Ev
             Err(e) => read_error(e),
         },
         Call::Txn { mops } => invoke_txn(client, mops, serializable).await,
+        Call::Put { key, value } => {
+            match client.put_prev(key, value.to_string().as_bytes()).await {
+                Ok((prev, revision)) => EventKind::Ok {
+                    reply: Reply::Put {
+                        prev: prev.as_ref().map(kv_of),
+                    },
+                    revision,
+                },
+                Err(e) => write_error(e),
+            }
+        }
+        Call::PutTxn { puts } => {
+            let puts: Vec<(&str, Vec<u8>)> = puts
+                .iter()
+                .map(|(key, value)| (key.as_str(), value.to_string().into_bytes()))
+                .collect();
+            match client.put_txn(&puts).await {
+                Ok(revision) => EventKind::Ok {
+                    reply: Reply::PutTxn,
+                    revision,
+                },
+                Err(e) => write_error(e),
+            }
+        }
+        Call::Delete { key, range_end } => match client.delete(key, range_end.as_deref()).await {
+            Ok((deleted, revision)) => EventKind::Ok {
+                reply: Reply::Delete {
+                    deleted: deleted.iter().map(kv_of).collect(),
+                },
+                revision,
+            },
+            Err(e) => write_error(e),
+        },
+        Call::Compact { revision } => match client.compact(*revision).await {
+            Ok(revision) => EventKind::Ok {
+                reply: Reply::Compact,
+                revision,
+            },
+            Err(e) => write_error(e),
+        },
+        Call::ReadPrefix => match client.get_prefix(WATCH_PREFIX, serializable).await {
+            Ok((kvs, revision)) => EventKind::Ok {
+                reply: Reply::ReadPrefix {
+                    kvs: kvs.iter().map(kv_of).collect(),
+                },
+                revision,
+            },
+            Err(e) => read_error(e),
+        },
     }
 }
 

@@ -7,6 +7,7 @@ pub mod elle;
 pub mod linearizable;
 pub mod revision;
 pub mod set;
+pub mod watch;
 
 use serde::{Deserialize, Serialize};
 

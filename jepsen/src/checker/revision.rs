@@ -4,8 +4,9 @@
 //! other.
 //!
 //! - **Real time**: if op A completed before op B was invoked, `rev(B) >= rev(A)`, and
-//!   `rev(B) > rev(A)` when B wrote (a put, an add, a CAS that succeeded, a txn that appended). A read whose header
-//!   revision is below one already returned to someone is a stale read or time travel.
+//!   `rev(B) > rev(A)` when B wrote (a put, an add, a CAS that succeeded, a txn that appended, a
+//!   delete that deleted something). A read whose header revision is below one already
+//!   returned to someone is a stale read or time travel.
 //! - **One revision per write**: two acknowledged writes never share a revision.
 //! - **Reads agree with writes**: a read of value v reports `mod_revision` = the revision of
 //!   the acknowledged write of v (if v's write was acknowledged), never a revision that an
@@ -63,8 +64,11 @@ pub fn check(history: &[Op]) -> CheckResult {
             }),
             _ => None,
         };
-        let appended = match &op.call {
-            Call::Txn { mops } => mops.iter().any(|m| matches!(m, Mop::Append { .. })),
+        let appended = match (&op.call, reply) {
+            (Call::Txn { mops }, _) => mops.iter().any(|m| matches!(m, Mop::Append { .. })),
+            // The watch workload's writes (a delete that deleted nothing makes no revision).
+            (Call::Put { .. } | Call::PutTxn { .. }, _) => true,
+            (Call::Delete { .. }, Reply::Delete { deleted }) => !deleted.is_empty(),
             _ => false,
         };
         acked.push((

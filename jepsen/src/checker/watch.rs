@@ -1,0 +1,1405 @@
+//! etcd's watch guarantees (consistency-testing.md §6.3 `watch`; etcd-api.md §1.4), checked on
+//! what every watcher of the watch workload received, against each other and against the
+//! acknowledged writes.
+//!
+//! The workload is the cluster's only writer, and every etcd write that changes something takes
+//! exactly one new revision, so the store's revisions after 1 are *dense*: each is one of the
+//! workload's writes. A watcher that has every event up to revision P must therefore deliver
+//! P + 1 next. The checks:
+//!
+//! - **Per watcher** (one logical log, across its sessions and members): the `created` response
+//!   comes before any event of its session; revisions strictly increase; no revision is missing
+//!   (**gap**), delivered twice (**duplicate**), or spread over two responses (**split**); a
+//!   resumed session starts right after the last revision delivered; a session from revision S
+//!   begins at S, one from "now" at most one past its created response's revision; every event
+//!   is at or below its response's header revision. Cancellation for compaction is not a
+//!   failure: the watcher reports `compact_revision` C, which must be a compaction that was
+//!   requested and must be above the revision the watcher needed, and it resumes at C.
+//! - **One canonical log**: every watcher that delivered revision R delivered the same events
+//!   for it, in the same order.
+//! - **The canonical log agrees with the writes**: an acknowledged write appears at exactly the
+//!   revision its response reported, with exactly its events (all keys of a txn, every key a
+//!   range delete removed); every event belongs to one write that was invoked and did not
+//!   definitely fail; one revision holds one write.
+//! - **Replay**: applying the canonical log in order, each event's key-value is consistent with
+//!   the key's previous one (version, create revision) and each `prev_kv` (on every watcher's
+//!   copy, and on the put's own response) equals the key's previous value, or is absent if the
+//!   key was; a missing `prev_kv` is excused only where the previous revision may have been
+//!   compacted (etcd leaves it out then). Where the replay starts at revision 1 and has no hole,
+//!   its state at the final read's revision must equal what that read returned.
+//! - **Catch-up**: after healing, every watcher still running must reach the final read's
+//!   revision. Without a successful final read this is unchecked and the verdict is `unknown`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use super::{CheckResult, Verdict, ANOMALIES_REPORTED_MAX};
+use crate::history::{
+    Actor, Call, Event, EventKind, EventType, Kv, Op, Outcome, Reply, Value, WatchRecord,
+    WatchedEvent,
+};
+
+/// One watcher's delivery of one revision.
+struct Delivery {
+    watcher: u64,
+    events: Vec<WatchedEvent>,
+    /// When the response arrived.
+    time_ns: u64,
+}
+
+/// A range of revisions a watcher skipped.
+struct Gap {
+    watcher: u64,
+    from: i64,
+    to: i64,
+    /// The history index of the response that skipped them.
+    index: u64,
+    /// It begins at the `compact_revision` the watcher resumed from after a compaction cancel.
+    at_compact_revision: bool,
+}
+
+/// Anomalies by kind, in order of discovery, and their counts.
+#[derive(Default)]
+struct Anomalies {
+    notes: Vec<String>,
+    counts: BTreeMap<&'static str, u64>,
+}
+
+impl Anomalies {
+    fn note(&mut self, kind: &'static str, text: String) {
+        let count = self.counts.entry(kind).or_default();
+        *count += 1;
+        if *count <= ANOMALIES_REPORTED_MAX as u64 {
+            self.notes.push(format!("{kind}: {text}"));
+        }
+    }
+}
+
+/// A watcher's state while its records are read.
+struct WatcherState {
+    id: u64,
+    /// It has every event up to this revision; `None` while a watch from "now" waits for its
+    /// created response.
+    position: Option<i64>,
+    /// The last revision it delivered, and that delivery's response index.
+    last: Option<(i64, u64)>,
+    session: Option<SessionState>,
+    /// History index of its `Stop`, if it stopped.
+    stopped_at: Option<u64>,
+    /// Sessions opened so far.
+    sessions: u64,
+    /// The `compact_revision` it resumed from, until its next delivery.
+    compact_resume: Option<i64>,
+}
+
+struct SessionState {
+    start_revision: i64,
+    created: Option<i64>,
+    /// For a watch from "now": the highest revision acknowledged before it was opened; its
+    /// first event must be above it.
+    now_floor: Option<i64>,
+    events_seen: bool,
+    cancel_requested: bool,
+}
+
+/// Everything the checker needs from the client ops.
+struct Writes<'a> {
+    ops: &'a [Op],
+    /// Acknowledged writes that made a revision: revision → op index.
+    acked_at: HashMap<i64, usize>,
+    /// Every put value → (op index, key).
+    value_owner: HashMap<Value, (usize, &'a str)>,
+    /// Revisions compactions were requested at (not definitely failed).
+    compactions: HashSet<i64>,
+    max_compaction: i64,
+    /// (invocation time, revision) of those compactions, by time, with the running maximum.
+    compactions_by_time: Vec<(u64, i64)>,
+    /// (completion time, revision) of acknowledged writes, by time, with the running maximum.
+    acked_by_time: Vec<(u64, i64)>,
+}
+
+impl<'a> Writes<'a> {
+    fn new(ops: &'a [Op], anomalies: &mut Anomalies) -> Writes<'a> {
+        let mut writes = Writes {
+            ops,
+            acked_at: HashMap::new(),
+            value_owner: HashMap::new(),
+            compactions: HashSet::new(),
+            max_compaction: 0,
+            compactions_by_time: Vec::new(),
+            acked_by_time: Vec::new(),
+        };
+        for (at, op) in ops.iter().enumerate() {
+            match &op.call {
+                Call::Put { key, value } => {
+                    writes.value_owner.insert(*value, (at, key));
+                }
+                Call::PutTxn { puts } => {
+                    for (key, value) in puts {
+                        writes.value_owner.insert(*value, (at, key));
+                    }
+                }
+                Call::Compact { revision } if op.outcome != Outcome::Fail => {
+                    writes.compactions.insert(*revision);
+                    writes.max_compaction = writes.max_compaction.max(*revision);
+                    writes.compactions_by_time.push((op.invoke_ns, *revision));
+                }
+                _ => {}
+            }
+            let Outcome::Ok { reply, revision } = &op.outcome else {
+                continue;
+            };
+            let made_revision = match (&op.call, reply) {
+                (Call::Put { .. } | Call::PutTxn { .. }, _) => true,
+                (Call::Delete { .. }, Reply::Delete { deleted }) => !deleted.is_empty(),
+                _ => false,
+            };
+            if !made_revision {
+                continue;
+            }
+            if let Some(other) = writes.acked_at.insert(*revision, at) {
+                anomalies.note(
+                    "reused-revision",
+                    format!(
+                        "{:?} and {:?} were both acknowledged at revision {revision}",
+                        ops[other].call, op.call
+                    ),
+                );
+            }
+            let complete = op.complete_ns.expect("an ok op has completed");
+            writes.acked_by_time.push((complete, *revision));
+        }
+        running_max(&mut writes.acked_by_time);
+        running_max(&mut writes.compactions_by_time);
+        writes
+    }
+
+    /// The highest revision acknowledged before `time_ns`.
+    fn acked_before(&self, time_ns: u64) -> i64 {
+        latest_before(&self.acked_by_time, time_ns)
+    }
+
+    /// The highest revision a compaction invoked before `time_ns` asked for.
+    fn compacted_before(&self, time_ns: u64) -> i64 {
+        latest_before(&self.compactions_by_time, time_ns)
+    }
+
+    /// The events `op` makes, if it is a write whose effect is known from its call alone (a put
+    /// or txn), or from its acknowledgement (a delete).
+    fn expected_events(&self, at: usize) -> Option<Vec<(EventType, &str, Option<Value>)>> {
+        let op = &self.ops[at];
+        match (&op.call, &op.outcome) {
+            (Call::Put { key, value }, _) => Some(vec![(EventType::Put, key, Some(*value))]),
+            (Call::PutTxn { puts }, _) => Some(
+                puts.iter()
+                    .map(|(key, value)| (EventType::Put, key.as_str(), Some(*value)))
+                    .collect(),
+            ),
+            (
+                Call::Delete { .. },
+                Outcome::Ok {
+                    reply: Reply::Delete { deleted },
+                    ..
+                },
+            ) => Some(
+                deleted
+                    .iter()
+                    .map(|kv| (EventType::Delete, kv.key.as_str(), None))
+                    .collect(),
+            ),
+            _ => None,
+        }
+    }
+}
+
+/// Sorts `(time, revision)` pairs by time and makes each revision the maximum so far.
+fn running_max(entries: &mut [(u64, i64)]) {
+    entries.sort_unstable();
+    let mut max = 0;
+    for entry in entries {
+        max = max.max(entry.1);
+        entry.1 = max;
+    }
+}
+
+/// The running maximum of the entries before `time_ns` (0 if none).
+fn latest_before(entries: &[(u64, i64)], time_ns: u64) -> i64 {
+    match entries.partition_point(|&(t, _)| t < time_ns) {
+        0 => 0,
+        n => entries[n - 1].1,
+    }
+}
+
+fn shape(events: &[WatchedEvent]) -> Vec<(EventType, &str, Option<Value>)> {
+    events
+        .iter()
+        .map(|e| {
+            let value = match e.kind {
+                EventType::Put => e.kv.value,
+                EventType::Delete => None,
+            };
+            (e.kind, e.kv.key.as_str(), value)
+        })
+        .collect()
+}
+
+/// Whether two deliveries of a revision agree: same events in the same order; `prev_kv` must
+/// agree where both have one (a missing one is judged by the replay).
+fn same_events(a: &[WatchedEvent], b: &[WatchedEvent]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            x.kind == y.kind
+                && x.kv == y.kv
+                && match (&x.prev_kv, &y.prev_kv) {
+                    (Some(p), Some(q)) => p == q,
+                    _ => true,
+                }
+        })
+}
+
+fn brief(events: &[WatchedEvent]) -> String {
+    events
+        .iter()
+        .map(|e| {
+            let event = match e.kind {
+                EventType::Put => format!("put {}={}", e.kv.key, e.kv.value.unwrap_or(0)),
+                EventType::Delete => format!("delete {}", e.kv.key),
+            };
+            match &e.prev_kv {
+                Some(prev) => format!("{event} (prev {})", prev.value.unwrap_or(0)),
+                None => event,
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Checks the watch workload's history; `ops` are its paired client operations.
+pub fn check(events: &[Event], ops: &[Op]) -> CheckResult {
+    let mut anomalies = Anomalies::default();
+    let writes = Writes::new(ops, &mut anomalies);
+
+    // The final read: the last successful read of the prefix, and when it completed.
+    let mut final_read: Option<(i64, &[Kv], u64)> = None;
+    for op in ops {
+        if let (
+            Call::ReadPrefix,
+            Outcome::Ok {
+                reply: Reply::ReadPrefix { kvs },
+                revision,
+            },
+        ) = (&op.call, &op.outcome)
+        {
+            final_read = Some((*revision, kvs, op.complete_ns.expect("an ok op completed")));
+        }
+    }
+    let final_read_done_at = final_read.map(|(_, _, done_ns)| done_ns);
+
+    // Per watcher, in history order.
+    let mut watchers: BTreeMap<u64, WatcherState> = BTreeMap::new();
+    let mut deliveries: BTreeMap<i64, Vec<Delivery>> = BTreeMap::new();
+    let mut gaps: Vec<Gap> = Vec::new();
+    let mut stats_events = 0u64;
+    let mut stats_sessions = 0u64;
+    let mut compacted_cancels: Vec<String> = Vec::new();
+    let mut excused_revisions = 0i64;
+    let mut server_cancels = 0u64;
+    let mut stop_times: HashMap<u64, u64> = HashMap::new();
+    for event in events {
+        let (Actor::Watcher(id), EventKind::Watch { record }) = (&event.actor, &event.kind) else {
+            continue;
+        };
+        let w = watchers.entry(*id).or_insert_with(|| WatcherState {
+            id: *id,
+            position: None,
+            last: None,
+            session: None,
+            stopped_at: None,
+            sessions: 0,
+            compact_resume: None,
+        });
+        let index = event.index;
+        if w.stopped_at.is_some() {
+            anomalies.note(
+                "harness",
+                format!("watcher {id} has a record after it stopped (index {index})"),
+            );
+            continue;
+        }
+        match record {
+            WatchRecord::Open { start_revision, .. } => {
+                stats_sessions += 1;
+                if w.session.is_some() {
+                    anomalies.note(
+                        "harness",
+                        format!(
+                            "watcher {id} opened a session at index {index} while one was open"
+                        ),
+                    );
+                }
+                let expected = w.position.map_or(0, |p| p + 1);
+                w.sessions += 1;
+                if w.sessions == 1 {
+                    w.position = (*start_revision > 0).then_some(start_revision - 1);
+                } else if *start_revision != expected {
+                    anomalies.note(
+                        "harness",
+                        format!(
+                            "watcher {id} resumed at {start_revision}, not at {expected} (index \
+                             {index})"
+                        ),
+                    );
+                }
+                w.session = Some(SessionState {
+                    start_revision: *start_revision,
+                    created: None,
+                    now_floor: (*start_revision == 0).then(|| writes.acked_before(event.time_ns)),
+                    events_seen: false,
+                    cancel_requested: false,
+                });
+            }
+            WatchRecord::Created { revision } => {
+                let Some(session) = w.session.as_mut() else {
+                    anomalies.note(
+                        "harness",
+                        format!("watcher {id}: created outside a session (index {index})"),
+                    );
+                    continue;
+                };
+                if session.created.is_some() {
+                    anomalies.note(
+                        "created",
+                        format!("watcher {id} got a second created response (index {index})"),
+                    );
+                }
+                if *revision <= 0 {
+                    anomalies.note(
+                        "header",
+                        format!("watcher {id}: created response without a header revision"),
+                    );
+                }
+                session.created = Some(*revision);
+                if w.position.is_none() {
+                    w.position = Some(*revision);
+                }
+            }
+            WatchRecord::Events {
+                revision: header,
+                events: response,
+            } => {
+                let Some(session) = w.session.as_mut() else {
+                    anomalies.note(
+                        "harness",
+                        format!("watcher {id}: events outside a session (index {index})"),
+                    );
+                    continue;
+                };
+                if session.created.is_none() {
+                    anomalies.note(
+                        "created",
+                        format!(
+                            "watcher {id} received events before its created response (index \
+                             {index}, session from {})",
+                            session.start_revision
+                        ),
+                    );
+                }
+                // Group the response's events by revision, in order.
+                let mut groups: Vec<(i64, Vec<WatchedEvent>)> = Vec::new();
+                for e in response {
+                    stats_events += 1;
+                    if *header <= 0 || e.revision() > *header {
+                        anomalies.note(
+                            "header",
+                            format!(
+                                "watcher {id}: event at revision {} in a response whose header \
+                                 revision is {header} (index {index})",
+                                e.revision()
+                            ),
+                        );
+                    }
+                    match groups.last_mut() {
+                        Some((r, group)) if *r == e.revision() => group.push(e.clone()),
+                        _ => groups.push((e.revision(), vec![e.clone()])),
+                    }
+                }
+                for (r, group) in groups {
+                    if let Some((last, last_index)) = w.last {
+                        if r <= last {
+                            if r == last && last_index != index {
+                                let earlier = deliveries
+                                    .get(&r)
+                                    .and_then(|ds| ds.iter().rev().find(|d| d.watcher == *id));
+                                let repeated = earlier.is_some_and(|d| {
+                                    group.iter().all(|e| d.events.iter().any(|x| x == e))
+                                });
+                                if repeated {
+                                    anomalies.note(
+                                        "duplicate",
+                                        format!(
+                                            "watcher {id} received revision {r} again (index \
+                                             {index}): {}",
+                                            brief(&group)
+                                        ),
+                                    );
+                                } else {
+                                    anomalies.note(
+                                        "split",
+                                        format!(
+                                            "watcher {id} received revision {r} in two \
+                                             responses (the second at index {index}: {})",
+                                            brief(&group)
+                                        ),
+                                    );
+                                    if let Some(d) = deliveries.get_mut(&r).and_then(|ds| {
+                                        ds.iter_mut().rev().find(|d| d.watcher == *id)
+                                    }) {
+                                        d.events.extend(group);
+                                    }
+                                }
+                            } else {
+                                let kind = if r == last {
+                                    "out-of-order"
+                                } else {
+                                    "duplicate"
+                                };
+                                let seen_before = deliveries
+                                    .get(&r)
+                                    .is_some_and(|ds| ds.iter().any(|d| d.watcher == *id));
+                                anomalies.note(
+                                    if seen_before { "duplicate" } else { kind },
+                                    format!(
+                                        "watcher {id} received revision {r} after revision \
+                                         {last} (index {index})"
+                                    ),
+                                );
+                            }
+                            continue;
+                        }
+                    }
+                    let position = w.position.unwrap_or(0);
+                    let expected = (position + 1).max(2);
+                    let from_now = session.now_floor.filter(|_| !session.events_seen);
+                    if let Some(floor) = from_now {
+                        // A watch from "now" starts one past the revision at registration,
+                        // which lies between the last acknowledgement before it was opened and
+                        // the created response's revision.
+                        if r <= floor {
+                            anomalies.note(
+                                "before-start",
+                                format!(
+                                    "watcher {id}, watching from now, received revision {r}, \
+                                     although revision {floor} was acknowledged before it \
+                                     started (index {index})"
+                                ),
+                            );
+                        } else if r > expected {
+                            gaps.push(Gap {
+                                watcher: *id,
+                                from: expected,
+                                to: r - 1,
+                                index,
+                                at_compact_revision: false,
+                            });
+                        }
+                    } else if r > expected {
+                        gaps.push(Gap {
+                            watcher: *id,
+                            from: expected,
+                            to: r - 1,
+                            index,
+                            at_compact_revision: w.compact_resume == Some(expected),
+                        });
+                    } else if r < expected {
+                        anomalies.note(
+                            "before-start",
+                            format!(
+                                "watcher {id} received revision {r} although it had everything \
+                                 up to {position} (session from {}, index {index})",
+                                session.start_revision
+                            ),
+                        );
+                    }
+                    session.events_seen = true;
+                    w.compact_resume = None;
+                    w.position = Some(position.max(r));
+                    w.last = Some((r, index));
+                    deliveries.entry(r).or_default().push(Delivery {
+                        watcher: *id,
+                        events: group,
+                        time_ns: event.time_ns,
+                    });
+                }
+            }
+            WatchRecord::Progress { revision } => {
+                let position = w.position.unwrap_or(0);
+                if *revision > position {
+                    gaps.push(Gap {
+                        watcher: *id,
+                        from: (position + 1).max(2),
+                        to: *revision,
+                        index,
+                        at_compact_revision: w.compact_resume == Some(position + 1),
+                    });
+                    w.position = Some(*revision);
+                    w.compact_resume = None;
+                }
+            }
+            WatchRecord::Cancel => {
+                if let Some(session) = w.session.as_mut() {
+                    session.cancel_requested = true;
+                }
+            }
+            WatchRecord::Canceled {
+                compact_revision, ..
+            } => {
+                let Some(session) = w.session.take() else {
+                    anomalies.note(
+                        "harness",
+                        format!("watcher {id}: canceled outside a session (index {index})"),
+                    );
+                    continue;
+                };
+                if session.created.is_none() {
+                    anomalies.note(
+                        "created",
+                        format!("watcher {id} was canceled before its created response"),
+                    );
+                }
+                if *compact_revision > 0 {
+                    let c = *compact_revision;
+                    let needed = w.position.map_or(session.start_revision, |p| p + 1);
+                    if needed >= c {
+                        anomalies.note(
+                            "compaction",
+                            format!(
+                                "watcher {id} was canceled as compacted at {c}, but the revision \
+                                 it needed ({needed}) is not below it (index {index})"
+                            ),
+                        );
+                    }
+                    if !writes.compactions.contains(&c) {
+                        anomalies.note(
+                            "compaction",
+                            format!(
+                                "watcher {id} was told compact_revision {c}, which no compaction \
+                                 asked for (highest asked: {})",
+                                writes.max_compaction
+                            ),
+                        );
+                    }
+                    excused_revisions += (c - needed).max(0);
+                    compacted_cancels
+                        .push(format!("watcher {id} needed {needed}, compacted at {c}"));
+                    w.position = Some(w.position.unwrap_or(0).max(c - 1));
+                    w.compact_resume = Some(c);
+                } else if !session.cancel_requested {
+                    server_cancels += 1;
+                }
+            }
+            WatchRecord::Broken { .. } => {
+                w.session = None;
+            }
+            WatchRecord::Stop => {
+                w.session = None;
+                w.stopped_at = Some(index);
+                stop_times.insert(*id, event.time_ns);
+            }
+        }
+    }
+
+    // One canonical log: every delivery of a revision agrees with the first.
+    let mut canonical: BTreeMap<i64, &Delivery> = BTreeMap::new();
+    for (r, ds) in &deliveries {
+        let first = &ds[0];
+        for d in &ds[1..] {
+            if !same_events(&first.events, &d.events) {
+                anomalies.note(
+                    "disagreement",
+                    format!(
+                        "revision {r}: watcher {} received [{}], watcher {} received [{}]",
+                        first.watcher,
+                        brief(&first.events),
+                        d.watcher,
+                        brief(&d.events)
+                    ),
+                );
+            }
+        }
+        canonical.insert(*r, first);
+    }
+
+    for gap in &gaps {
+        let elsewhere = canonical.range(gap.from..=gap.to).count();
+        let text = format!(
+            "watcher {} skipped revisions {}..={} (index {}); {} of them reached other watchers",
+            gap.watcher, gap.from, gap.to, gap.index, elsewhere
+        );
+        if gap.at_compact_revision {
+            // etcd-io/etcd#18089: compacting at a delete's revision dropped its tombstone.
+            anomalies.note(
+                "gap-at-compact-revision",
+                format!(
+                    "{text}, starting at the compact_revision it resumed from (etcd#18089 drops \
+                     a delete at the compaction revision)"
+                ),
+            );
+        } else {
+            anomalies.note("gap", text);
+        }
+    }
+
+    // The canonical log against the writes.
+    let mut verified_writes = 0u64;
+    for (&r, d) in &canonical {
+        let seen = shape(&d.events);
+        if let Some(&at) = writes.acked_at.get(&r) {
+            let mut expected = writes.expected_events(at).expect("acked writes are writes");
+            let mut seen_sorted = seen.clone();
+            if matches!(ops[at].call, Call::Delete { .. }) {
+                expected.sort();
+                seen_sorted.sort();
+            }
+            if expected != seen_sorted {
+                anomalies.note(
+                    "write-mismatch",
+                    format!(
+                        "revision {r}: {:?} was acknowledged at it, but watchers received [{}]",
+                        ops[at].call,
+                        brief(&d.events)
+                    ),
+                );
+            } else {
+                verified_writes += 1;
+            }
+            continue;
+        }
+        // No acknowledged write at r: the events must come from one write whose outcome is
+        // unknown.
+        if seen.iter().all(|(kind, ..)| *kind == EventType::Delete) {
+            let keys: Vec<&str> = seen.iter().map(|(_, key, _)| *key).collect();
+            let explained = ops.iter().any(|op| match (&op.call, &op.outcome) {
+                (Call::Delete { key, range_end }, Outcome::Info) => {
+                    keys.iter().all(|k| match range_end {
+                        None => k == key,
+                        Some(end) => *k >= key.as_str() && *k < end.as_str(),
+                    })
+                }
+                _ => false,
+            });
+            if !explained {
+                anomalies.note(
+                    "unexplained",
+                    format!(
+                        "revision {r}: [{}] matches no acknowledged or indeterminate delete",
+                        brief(&d.events)
+                    ),
+                );
+            }
+            continue;
+        }
+        let owners: HashSet<Option<usize>> = seen
+            .iter()
+            .map(|(kind, key, value)| {
+                let owner = value.and_then(|v| writes.value_owner.get(&v));
+                match owner {
+                    Some(&(at, owner_key)) if *kind == EventType::Put && owner_key == *key => {
+                        Some(at)
+                    }
+                    _ => None,
+                }
+            })
+            .collect();
+        let owner = match owners.iter().collect::<Vec<_>>()[..] {
+            [Some(at)] => Some(*at),
+            _ => None,
+        };
+        let Some(at) = owner else {
+            anomalies.note(
+                "unexplained",
+                format!(
+                    "revision {r}: [{}] is not the effect of one write",
+                    brief(&d.events)
+                ),
+            );
+            continue;
+        };
+        match &ops[at].outcome {
+            Outcome::Fail => anomalies.note(
+                "unexplained",
+                format!(
+                    "revision {r}: [{}] is the effect of {:?}, which failed",
+                    brief(&d.events),
+                    ops[at].call
+                ),
+            ),
+            Outcome::Ok { revision, .. } => anomalies.note(
+                "write-mismatch",
+                format!(
+                    "revision {r}: [{}] is the effect of {:?}, acknowledged at revision \
+                     {revision}",
+                    brief(&d.events),
+                    ops[at].call
+                ),
+            ),
+            Outcome::Info => {
+                let expected = writes.expected_events(at).expect("puts have events");
+                if expected != seen {
+                    anomalies.note(
+                        "write-mismatch",
+                        format!(
+                            "revision {r}: [{}] is part of {:?}, whose effect is [{:?}]",
+                            brief(&d.events),
+                            ops[at].call,
+                            expected
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    // Acknowledged writes no watcher delivered and no gap covers: nobody watched them (their
+    // revisions were compacted away before any watcher reached them).
+    let unwatched_writes = writes
+        .acked_at
+        .keys()
+        .filter(|r| {
+            !canonical.contains_key(r) && !gaps.iter().any(|g| (g.from..=g.to).contains(*r))
+        })
+        .count();
+
+    // Replay the canonical log.
+    let mut state: HashMap<String, Kv> = HashMap::new();
+    let mut all_known = canonical.keys().next() == Some(&2);
+    let mut known: HashSet<String> = HashSet::new();
+    let mut previous = canonical.keys().next().map_or(0, |r| r - 1);
+    let mut final_state_checked = false;
+    let mut prev_kv_excused = 0u64;
+    for (&r, d) in &canonical {
+        if r != previous + 1 {
+            all_known = false;
+            state.clear();
+            known.clear();
+        }
+        previous = r;
+        // The prev_kv check on every watcher's copy of this revision.
+        for (i, event) in d.events.iter().enumerate() {
+            let key = event.kv.key.clone();
+            let expected_prev: Option<Option<&Kv>> =
+                (all_known || known.contains(&key)).then(|| state.get(&key));
+            match (event.kind, expected_prev) {
+                (EventType::Put, Some(prev)) => {
+                    let version = prev.map_or(1, |p| p.version + 1);
+                    let create = prev.map_or(r, |p| p.create_revision);
+                    if event.kv.version != version || event.kv.create_revision != create {
+                        anomalies.note(
+                            "kv",
+                            format!(
+                                "revision {r}: put of {key} has version {} and create revision \
+                                 {}, expected {version} and {create}",
+                                event.kv.version, event.kv.create_revision
+                            ),
+                        );
+                    }
+                }
+                (EventType::Delete, Some(None)) => anomalies.note(
+                    "kv",
+                    format!("revision {r}: delete of {key}, which did not exist"),
+                ),
+                _ => {}
+            }
+            for delivery in &deliveries[&r] {
+                let Some(copy) = delivery.events.get(i) else {
+                    continue;
+                };
+                let Some(expected) = expected_prev else {
+                    continue;
+                };
+                let creates = event.kind == EventType::Put && event.kv.version == 1;
+                match (&copy.prev_kv, expected) {
+                    (Some(got), Some(want)) if got == want => {}
+                    (None, None) => {}
+                    // etcd looks up prev_kv at r - 1 when it sends the event, and leaves it out
+                    // if that revision has been compacted by then.
+                    (None, Some(_))
+                        if !creates && writes.compacted_before(delivery.time_ns) >= r =>
+                    {
+                        prev_kv_excused += 1;
+                    }
+                    (got, want) => anomalies.note(
+                        "prev-kv",
+                        format!(
+                            "revision {r}: watcher {} got prev_kv {got:?} for {key}, but the \
+                             previous value in the log is {want:?}",
+                            delivery.watcher
+                        ),
+                    ),
+                }
+            }
+        }
+        // The put's own prev_kv, if it was acknowledged.
+        if let Some(&at) = writes.acked_at.get(&r) {
+            if let (
+                Call::Put { key, .. },
+                Outcome::Ok {
+                    reply: Reply::Put { prev },
+                    ..
+                },
+            ) = (&ops[at].call, &ops[at].outcome)
+            {
+                if all_known || known.contains(key) {
+                    let want = state.get(key);
+                    if prev.as_ref() != want {
+                        anomalies.note(
+                            "prev-kv",
+                            format!(
+                                "revision {r}: the put's response had prev_kv {prev:?}, but the \
+                                 previous value in the log is {want:?}"
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        for event in &d.events {
+            let key = event.kv.key.clone();
+            match event.kind {
+                EventType::Put => {
+                    state.insert(key.clone(), event.kv.clone());
+                }
+                EventType::Delete => {
+                    state.remove(&key);
+                }
+            }
+            known.insert(key);
+        }
+        if let Some((final_revision, kvs, _)) = final_read {
+            if r == final_revision {
+                final_state_checked = all_known;
+                let read: HashMap<&str, &Kv> = kvs.iter().map(|kv| (kv.key.as_str(), kv)).collect();
+                let keys: HashSet<&str> = if all_known {
+                    read.keys()
+                        .copied()
+                        .chain(state.keys().map(String::as_str))
+                        .collect()
+                } else {
+                    known.iter().map(String::as_str).collect()
+                };
+                for key in keys {
+                    let (want, got) = (state.get(key), read.get(key).copied());
+                    if want != got {
+                        anomalies.note(
+                            "final-state",
+                            format!(
+                                "{key} at revision {final_revision}: the final read returned \
+                                 {got:?}, the watched log gives {want:?}"
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    // Catch-up: watchers still running when the final read completed must reach its revision.
+    let mut unknown = Vec::new();
+    let mut caught_up = 0u64;
+    for w in watchers.values() {
+        // Without a final read, every watcher's catch-up is unchecked.
+        let running_at_end = match (final_read_done_at, stop_times.get(&w.id)) {
+            (Some(done), Some(&stopped)) => stopped > done,
+            _ => true,
+        };
+        if !running_at_end {
+            continue;
+        }
+        match final_read {
+            Some((final_revision, _, _)) => {
+                let position = w.position.unwrap_or(0);
+                if position >= final_revision {
+                    caught_up += 1;
+                } else {
+                    anomalies.note(
+                        "catch-up",
+                        format!(
+                            "watcher {} stopped with every event up to revision {position} only; \
+                             the final read was at {final_revision}",
+                            w.id
+                        ),
+                    );
+                }
+            }
+            None => unknown.push(w.id),
+        }
+    }
+
+    let mut notes = anomalies.notes;
+    let verdict = if !anomalies.counts.is_empty() {
+        Verdict::Invalid
+    } else if !unknown.is_empty() {
+        notes.push(format!(
+            "no successful final read: whether watchers {unknown:?} caught up is unchecked"
+        ));
+        Verdict::Unknown
+    } else if stats_events == 0 {
+        notes.push("no watcher received any event".into());
+        Verdict::Unknown
+    } else {
+        Verdict::Valid
+    };
+    if verdict != Verdict::Invalid {
+        // Compaction cancels are reported, not failures.
+        notes.extend(
+            compacted_cancels
+                .iter()
+                .take(ANOMALIES_REPORTED_MAX)
+                .map(|c| format!("compacted (not a failure): {c}")),
+        );
+    }
+    CheckResult {
+        checker: "watch".into(),
+        verdict,
+        anomalies: notes,
+        stats: serde_json::json!({
+            "watchers": watchers.len(),
+            "sessions": stats_sessions,
+            "events_delivered": stats_events,
+            "revisions_watched": canonical.len(),
+            "acknowledged_writes": writes.acked_at.len(),
+            "acknowledged_writes_verified": verified_writes,
+            "acknowledged_writes_unwatched": unwatched_writes,
+            "compacted_cancels": compacted_cancels.len(),
+            "revisions_excused_by_compaction": excused_revisions,
+            "prev_kv_excused_by_compaction": prev_kv_excused,
+            "server_cancels": server_cancels,
+            "caught_up": caught_up,
+            "final_revision": final_read.map(|(r, _, _)| r),
+            "final_state_checked": final_state_checked,
+            "anomalies": anomalies.counts,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::pair;
+
+    /// One history event before stamping: who, and what.
+    type Step = (Actor, EventKind);
+
+    fn kv(key: &str, value: Option<Value>, create: i64, modified: i64, version: i64) -> Kv {
+        Kv {
+            key: key.into(),
+            value,
+            create_revision: create,
+            mod_revision: modified,
+            version,
+        }
+    }
+
+    fn put(key: &str, value: Value, create: i64, modified: i64, version: i64) -> WatchedEvent {
+        let prev = (version > 1).then(|| {
+            // The scenario's keys are put at most twice before being deleted.
+            kv(key, Some(PREVIOUS[key]), create, create, version - 1)
+        });
+        WatchedEvent {
+            kind: EventType::Put,
+            kv: kv(key, Some(value), create, modified, version),
+            prev_kv: prev,
+        }
+    }
+
+    fn del(key: &str, modified: i64, prev: Kv) -> WatchedEvent {
+        WatchedEvent {
+            kind: EventType::Delete,
+            kv: kv(key, None, 0, modified, 0),
+            prev_kv: Some(prev),
+        }
+    }
+
+    /// Values a second put replaces, by key.
+    static PREVIOUS: std::sync::LazyLock<HashMap<&'static str, Value>> =
+        std::sync::LazyLock::new(|| HashMap::from([("k0", 1)]));
+
+    fn client(process: u64) -> Actor {
+        Actor::Client(process)
+    }
+
+    fn w(record: WatchRecord) -> EventKind {
+        EventKind::Watch { record }
+    }
+
+    fn events(at: i64, events: Vec<WatchedEvent>) -> EventKind {
+        w(WatchRecord::Events {
+            revision: at,
+            events,
+        })
+    }
+
+    fn open(start_revision: i64) -> EventKind {
+        w(WatchRecord::Open {
+            start_revision,
+            require_leader: false,
+        })
+    }
+
+    fn created(revision: i64) -> EventKind {
+        w(WatchRecord::Created { revision })
+    }
+
+    fn ok(reply: Reply, revision: i64) -> EventKind {
+        EventKind::Ok { reply, revision }
+    }
+
+    fn invoke(call: Call) -> EventKind {
+        EventKind::Invoke { call }
+    }
+
+    fn k0_first() -> Kv {
+        kv("k0", Some(4), 2, 4, 2)
+    }
+
+    /// A valid history: revision 2 puts k0=1; 3 is a txn putting k1=2 and k2=3; 4 puts k0=4;
+    /// 5 deletes the range [k0, k2) (k0 and k1); 6 puts k1=5 by a write whose outcome is
+    /// unknown. A compaction at 4. Watcher 0 watches from 1 in one session; watcher 1 from 3,
+    /// breaks after 3 and resumes at 4 on another member; watcher 2 starts at 2, is canceled as
+    /// compacted and resumes at 4. The final read is at 6.
+    fn scenario() -> Vec<Step> {
+        let (w0, w1, w2) = (Actor::Watcher(0), Actor::Watcher(1), Actor::Watcher(2));
+        let e2 = vec![put("k0", 1, 2, 2, 1)];
+        let e3 = vec![put("k1", 2, 3, 3, 1), put("k2", 3, 3, 3, 1)];
+        let e4 = vec![put("k0", 4, 2, 4, 2)];
+        let e5 = vec![
+            del("k0", 5, k0_first()),
+            del("k1", 5, kv("k1", Some(2), 3, 3, 1)),
+        ];
+        let e6 = vec![put("k1", 5, 6, 6, 1)];
+        vec![
+            (w0, open(1)),
+            (w0, created(1)),
+            (
+                client(1),
+                invoke(Call::Put {
+                    key: "k0".into(),
+                    value: 1,
+                }),
+            ),
+            (client(1), ok(Reply::Put { prev: None }, 2)),
+            (w0, events(2, e2.clone())),
+            (w1, open(3)),
+            (
+                client(1),
+                invoke(Call::PutTxn {
+                    puts: vec![("k1".into(), 2), ("k2".into(), 3)],
+                }),
+            ),
+            (w1, created(2)),
+            (client(1), ok(Reply::PutTxn, 3)),
+            (w0, events(3, e3.clone())),
+            (w1, events(3, e3.clone())),
+            (
+                w1,
+                w(WatchRecord::Broken {
+                    error: "member killed".into(),
+                }),
+            ),
+            (
+                client(1),
+                invoke(Call::Put {
+                    key: "k0".into(),
+                    value: 4,
+                }),
+            ),
+            (
+                client(1),
+                ok(
+                    Reply::Put {
+                        prev: Some(kv("k0", Some(1), 2, 2, 1)),
+                    },
+                    4,
+                ),
+            ),
+            (w0, events(4, e4.clone())),
+            (client(2), invoke(Call::Compact { revision: 4 })),
+            (client(2), ok(Reply::Compact, 4)),
+            (w2, open(2)),
+            (w2, created(4)),
+            (
+                w2,
+                w(WatchRecord::Canceled {
+                    compact_revision: 4,
+                    reason: String::new(),
+                }),
+            ),
+            (w2, open(4)),
+            (w2, created(4)),
+            (w2, events(4, e4.clone())),
+            (w1, open(4)),
+            (w1, created(4)),
+            (
+                client(1),
+                invoke(Call::Delete {
+                    key: "k0".into(),
+                    range_end: Some("k2".into()),
+                }),
+            ),
+            (
+                client(1),
+                ok(
+                    Reply::Delete {
+                        deleted: vec![k0_first(), kv("k1", Some(2), 3, 3, 1)],
+                    },
+                    5,
+                ),
+            ),
+            (w1, events(5, [e4.clone(), e5.clone()].concat())),
+            (w0, events(5, e5.clone())),
+            (w2, events(5, e5.clone())),
+            (
+                client(3),
+                invoke(Call::Put {
+                    key: "k1".into(),
+                    value: 5,
+                }),
+            ),
+            (
+                client(3),
+                EventKind::Info {
+                    error: "timeout".into(),
+                },
+            ),
+            (w0, events(6, e6.clone())),
+            (w1, events(6, e6.clone())),
+            (w2, events(6, e6)),
+            (client(4), invoke(Call::ReadPrefix)),
+            (
+                client(4),
+                ok(
+                    Reply::ReadPrefix {
+                        kvs: vec![kv("k1", Some(5), 6, 6, 1), kv("k2", Some(3), 3, 3, 1)],
+                    },
+                    6,
+                ),
+            ),
+            (w0, w(WatchRecord::Stop)),
+            (w1, w(WatchRecord::Stop)),
+            (w2, w(WatchRecord::Stop)),
+        ]
+    }
+
+    fn check_steps(steps: &[Step]) -> CheckResult {
+        let events: Vec<Event> = steps
+            .iter()
+            .enumerate()
+            .map(|(i, (actor, kind))| Event {
+                index: i as u64,
+                time_ns: i as u64 * 10,
+                actor: *actor,
+                node: Some(0),
+                kind: kind.clone(),
+            })
+            .collect();
+        let ops = pair(&events).unwrap();
+        check(&events, &ops)
+    }
+
+    fn kinds(result: &CheckResult) -> Vec<String> {
+        result.stats["anomalies"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// The position of the `n`th step (from 0) of `actor` whose kind satisfies `pred`.
+    fn find(steps: &[Step], actor: Actor, n: usize, pred: impl Fn(&EventKind) -> bool) -> usize {
+        steps
+            .iter()
+            .enumerate()
+            .filter(|(_, (a, k))| *a == actor && pred(k))
+            .nth(n)
+            .map(|(i, _)| i)
+            .expect("the scenario has that step")
+    }
+
+    fn is_events(kind: &EventKind) -> bool {
+        matches!(
+            kind,
+            EventKind::Watch {
+                record: WatchRecord::Events { .. }
+            }
+        )
+    }
+
+    #[test]
+    fn the_scenario_is_valid() {
+        let result = check_steps(&scenario());
+        assert_eq!(result.verdict, Verdict::Valid, "{result:#?}");
+        assert_eq!(result.stats["acknowledged_writes_verified"], 4);
+        assert_eq!(result.stats["caught_up"], 3);
+        assert_eq!(result.stats["compacted_cancels"], 1);
+        assert_eq!(result.stats["final_state_checked"], true);
+    }
+
+    #[test]
+    fn a_missing_revision_is_a_gap() {
+        let mut steps = scenario();
+        // Watcher 0 never receives revision 4.
+        steps.remove(find(&steps, Actor::Watcher(0), 2, is_events));
+        let result = check_steps(&steps);
+        assert_eq!(result.verdict, Verdict::Invalid);
+        assert_eq!(kinds(&result), ["gap"], "{result:#?}");
+        assert!(result.anomalies[0].contains("skipped revisions 4..=4"));
+    }
+
+    #[test]
+    fn a_repeated_response_is_a_duplicate() {
+        let mut steps = scenario();
+        let at = find(&steps, Actor::Watcher(0), 2, is_events);
+        steps.insert(at + 1, steps[at].clone());
+        let result = check_steps(&steps);
+        assert_eq!(kinds(&result), ["duplicate"], "{result:#?}");
+    }
+
+    #[test]
+    fn a_revision_spread_over_two_responses_is_split() {
+        let mut steps = scenario();
+        // The txn at revision 3 reaches watcher 0 in two responses.
+        let at = find(&steps, Actor::Watcher(0), 1, is_events);
+        let e3 = [put("k1", 2, 3, 3, 1), put("k2", 3, 3, 3, 1)];
+        steps[at].1 = events(3, e3[..1].to_vec());
+        steps.insert(at + 1, (Actor::Watcher(0), events(3, e3[1..].to_vec())));
+        let result = check_steps(&steps);
+        assert_eq!(kinds(&result), ["split"], "{result:#?}");
+    }
+
+    #[test]
+    fn watchers_that_disagree_are_caught() {
+        let mut steps = scenario();
+        let at = find(&steps, Actor::Watcher(1), 2, is_events);
+        steps[at].1 = events(6, vec![put("k1", 7, 6, 6, 1)]);
+        let result = check_steps(&steps);
+        assert!(
+            kinds(&result).contains(&"disagreement".to_string()),
+            "{result:#?}"
+        );
+    }
+
+    #[test]
+    fn a_wrong_prev_kv_is_caught() {
+        let mut steps = scenario();
+        let at = find(&steps, Actor::Watcher(0), 2, is_events);
+        let mut e4 = put("k0", 4, 2, 4, 2);
+        e4.prev_kv.as_mut().unwrap().value = Some(99);
+        steps[at].1 = events(4, vec![e4]);
+        let result = check_steps(&steps);
+        // The other watchers' prev_kv differs, too.
+        assert_eq!(kinds(&result), ["disagreement", "prev-kv"], "{result:#?}");
+        // So is a missing one, where nothing was compacted yet.
+        let mut e4 = put("k0", 4, 2, 4, 2);
+        e4.prev_kv = None;
+        steps[at].1 = events(4, vec![e4]);
+        assert_eq!(kinds(&check_steps(&steps)), ["prev-kv"]);
+    }
+
+    #[test]
+    fn events_before_the_created_response_are_caught() {
+        let mut steps = scenario();
+        let at = find(&steps, Actor::Watcher(0), 0, |k| {
+            matches!(
+                k,
+                EventKind::Watch {
+                    record: WatchRecord::Created { .. }
+                }
+            )
+        });
+        steps.remove(at);
+        let at = find(&steps, Actor::Watcher(0), 0, is_events);
+        steps.insert(at + 1, (Actor::Watcher(0), created(2)));
+        let result = check_steps(&steps);
+        assert!(
+            kinds(&result).contains(&"created".to_string()),
+            "{result:#?}"
+        );
+    }
+
+    #[test]
+    fn an_acknowledged_write_at_another_revision_is_caught() {
+        let mut steps = scenario();
+        // The first put claims revision 3, which the txn owns.
+        let at = find(&steps, client(1), 0, |k| matches!(k, EventKind::Ok { .. }));
+        steps[at].1 = ok(Reply::Put { prev: None }, 3);
+        let result = check_steps(&steps);
+        let kinds = kinds(&result);
+        assert!(
+            kinds.contains(&"reused-revision".to_string()),
+            "{result:#?}"
+        );
+        assert!(kinds.contains(&"write-mismatch".to_string()), "{result:#?}");
+    }
+
+    #[test]
+    fn a_watcher_that_never_catches_up_is_caught() {
+        let mut steps = scenario();
+        // Watcher 2 never receives revision 6 but is still running at the final read.
+        steps.remove(find(&steps, Actor::Watcher(2), 2, is_events));
+        let result = check_steps(&steps);
+        assert_eq!(kinds(&result), ["catch-up"], "{result:#?}");
+    }
+
+    #[test]
+    fn compaction_cancels_must_name_a_requested_compaction() {
+        let mut steps = scenario();
+        let at = find(&steps, Actor::Watcher(2), 0, |k| {
+            matches!(
+                k,
+                EventKind::Watch {
+                    record: WatchRecord::Canceled { .. }
+                }
+            )
+        });
+        steps[at].1 = w(WatchRecord::Canceled {
+            compact_revision: 3,
+            reason: String::new(),
+        });
+        let result = check_steps(&steps);
+        assert!(
+            kinds(&result).contains(&"compaction".to_string()),
+            "{result:#?}"
+        );
+    }
+
+    #[test]
+    fn a_delete_lost_at_the_compaction_revision_is_named() {
+        let mut steps = scenario();
+        // Watcher 2 resumes at compact_revision 4 and gets 5 first (etcd#18089's shape).
+        steps.remove(find(&steps, Actor::Watcher(2), 0, is_events));
+        let result = check_steps(&steps);
+        assert_eq!(kinds(&result), ["gap-at-compact-revision"], "{result:#?}");
+    }
+
+    #[test]
+    fn without_a_final_read_the_catch_up_is_unknown() {
+        let steps: Vec<Step> = scenario()
+            .into_iter()
+            .filter(|(a, _)| *a != client(4))
+            .collect();
+        let result = check_steps(&steps);
+        assert_eq!(result.verdict, Verdict::Unknown, "{result:#?}");
+    }
+
+    #[test]
+    fn a_final_read_that_disagrees_with_the_log_is_caught() {
+        let mut steps = scenario();
+        let at = find(&steps, client(4), 0, |k| matches!(k, EventKind::Ok { .. }));
+        steps[at].1 = ok(
+            Reply::ReadPrefix {
+                kvs: vec![kv("k2", Some(3), 3, 3, 1)],
+            },
+            6,
+        );
+        let result = check_steps(&steps);
+        assert_eq!(kinds(&result), ["final-state"], "{result:#?}");
+    }
+}
