@@ -96,8 +96,6 @@ const UNSUPPORTED_FLAGS: &[&str] = &[
     "compaction-batch-limit",
     "experimental-compaction-batch-limit",
     "compaction-sleep-interval",
-    "watch-progress-notify-interval",
-    "experimental-watch-progress-notify-interval",
     "bootstrap-defrag-threshold-megabytes",
     "downgrade-check-time",
     "force-new-cluster",
@@ -160,6 +158,14 @@ pub struct Config {
     /// Time (in milliseconds) for an election to timeout.
     #[arg(long, default_value_t = 1000)]
     pub election_timeout: u64,
+    /// Duration of periodic watch progress notifications (e.g. 10m, 5s, 500ms).
+    #[arg(
+        long,
+        alias = "experimental-watch-progress-notify-interval",
+        default_value = "10m",
+        value_parser = parse_go_duration
+    )]
+    pub watch_progress_notify_interval: Duration,
     /// Log level: debug, info, warn, error, panic or fatal.
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -333,8 +339,11 @@ fn with_env(
         let Some(long) = arg.get_long() else {
             continue;
         };
-        let var = env_name(long);
-        let Some(value) = env(&var) else {
+        let names = std::iter::once(long).chain(arg.get_all_aliases().into_iter().flatten());
+        let Some((var, value)) = names
+            .map(env_name)
+            .find_map(|var| env(&var).map(|value| (var, value)))
+        else {
             continue;
         };
         if given.value_source(arg.get_id().as_str()) == Some(ValueSource::CommandLine) {
@@ -345,6 +354,42 @@ fn with_env(
         args.push(format!("--{long}={value}"));
     }
     Ok(args)
+}
+
+/// Parses a Go duration (`time.ParseDuration`): a sequence of decimal numbers with units ns, us
+/// (or µs), ms, s, m, h, such as "10m", "1h30m" or "1.5s"; "0" alone is zero.
+pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("time: invalid duration {text:?}");
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut rest = text;
+    let mut total = 0f64;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| format!("time: missing unit in duration {text:?}"))?;
+        let number: f64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let seconds = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" | "μs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            unit => return Err(format!("time: unknown unit {unit:?} in duration {text:?}")),
+        };
+        total += number * seconds;
+        rest = &rest[unit_len..];
+    }
+    Ok(Duration::from_secs_f64(total))
 }
 
 /// Splits an `http://host:port` URL into (host, port). Other schemes are refused for now.
@@ -412,6 +457,33 @@ mod tests {
         assert_eq!(c.name, "n1");
         let e = parse(&["--name", "n2"], &[("ETCD_NAME", "n1")]).unwrap_err();
         assert!(e.0.contains("ETCD_NAME"), "{e}");
+    }
+
+    #[test]
+    fn go_durations_parse_like_go() {
+        assert_eq!(parse_go_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_go_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_go_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_go_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_go_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_go_duration("10").is_err());
+        assert!(parse_go_duration("").is_err());
+        assert!(parse_go_duration("5x").is_err());
+        let cfg = parse(
+            &[
+                "cairn",
+                "--experimental-watch-progress-notify-interval",
+                "5s",
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(cfg.watch_progress_notify_interval, Duration::from_secs(5));
+        let cfg = parse(&["cairn"], &[("ETCD_WATCH_PROGRESS_NOTIFY_INTERVAL", "2s")]).unwrap();
+        assert_eq!(cfg.watch_progress_notify_interval, Duration::from_secs(2));
+        let env = [("ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL", "3s")];
+        let cfg = parse(&["cairn"], &env).unwrap();
+        assert_eq!(cfg.watch_progress_notify_interval, Duration::from_secs(3));
     }
 
     #[test]

@@ -10,3 +10,4 @@ pub mod mvcc;
 pub mod raft;
 pub mod server;
 pub mod snapshot;
+pub mod watch;

@@ -120,6 +120,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
     let applied_index = writer.applied_index()?;
     let compactor = Arc::new(Compactor::start(engine.clone())?);
     let wait = Wait::default();
+    let watch_hub = Arc::new(crate::watch::Hub::new(writer.revision()));
     let (membership_tx, membership_rx) = watch::channel(membership);
     let (committed_tx, committed_rx) = crossbeam_channel::bounded(raft::APPLY_QUEUE_LEN_MAX);
     let (applied_tx, applied_rx) = watch::channel(applied_index);
@@ -129,6 +130,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
             compactor: compactor.clone(),
             wait: wait.clone(),
             membership: membership_tx,
+            watch_hub: watch_hub.clone(),
         },
         committed_rx,
         applied_tx,
@@ -173,6 +175,8 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
         max_txn_ops: cfg.max_txn_ops as usize,
         request_timeout: cfg.request_timeout(),
         election_timeout: Duration::from_millis(cfg.election_timeout),
+        watch_hub,
+        watch_progress_notify_interval: cfg.watch_progress_notify_interval,
     });
     let (shutdown, _) = watch::channel(false);
     let mut serving = vec![];

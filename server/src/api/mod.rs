@@ -14,6 +14,7 @@ mod kv;
 mod listener;
 mod maintenance;
 mod validate;
+mod watch;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -23,10 +24,11 @@ use cairn_proto::cairnpb::{internal_request, InternalRequest, MemberChange};
 use cairn_proto::etcdserverpb::cluster_server::ClusterServer;
 use cairn_proto::etcdserverpb::kv_server::KvServer;
 use cairn_proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use cairn_proto::etcdserverpb::watch_server::WatchServer;
 use cairn_proto::etcdserverpb::ResponseHeader;
 use cairn_proto::grpc_health_v1::health_server::HealthServer;
 use prost::Message;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
 use crate::apply::wait::Wait;
 use crate::apply::{Applied, ApplyResult};
@@ -78,7 +80,7 @@ pub struct Core {
     pub member_id: u64,
     pub cluster_id: u64,
     /// The membership as of the applied index.
-    pub membership: watch::Receiver<Membership>,
+    pub membership: tokio::sync::watch::Receiver<Membership>,
     pub client_urls: Vec<String>,
     pub compactor: Arc<Compactor>,
     pub engine: Engine,
@@ -86,6 +88,8 @@ pub struct Core {
     pub max_txn_ops: usize,
     pub request_timeout: Duration,
     pub election_timeout: Duration,
+    pub watch_hub: Arc<crate::watch::Hub>,
+    pub watch_progress_notify_interval: Duration,
 }
 
 impl Core {
@@ -189,6 +193,11 @@ pub fn router(core: Arc<Core>) -> axum::Router {
     )
     .add_service(
         ClusterServer::new(cluster::ClusterService::new(core.clone()))
+            .max_decoding_message_size(recv_max)
+            .max_encoding_message_size(usize::MAX),
+    )
+    .add_service(
+        WatchServer::new(watch::WatchService::new(core.clone()))
             .max_decoding_message_size(recv_max)
             .max_encoding_message_size(usize::MAX),
     )

@@ -2,6 +2,8 @@
 //!
 //! **Invariant:** entries are applied exactly once, in order: an entry at or below the applied index
 //! stored with the data (etcd's consistent index) is skipped, so a replay after a crash is harmless.
+//! Each revision's events go to the watch hub after the revision is written and before the proposer
+//! is answered (as in etcd, a client that saw its write acknowledged then watches from later on).
 //! It also owns the replicated membership: membership entries and member attributes change it in the
 //! same batch as their applied index, and every change is published on a `watch` channel.
 //!
@@ -25,6 +27,7 @@ use crate::engine::Batch;
 use crate::mvcc::{self, Compactor, Writer};
 use crate::raft::Committed;
 use crate::snapshot;
+use crate::watch::Hub;
 use wait::Wait;
 
 /// The state-machine outcome of one applied request.
@@ -47,6 +50,8 @@ pub struct Apply {
     pub wait: Wait<ApplyResult>,
     /// The membership as of the applied index; the worker publishes every change.
     pub membership: watch::Sender<Membership>,
+    /// Where each revision's events go, once written.
+    pub watch_hub: std::sync::Arc<Hub>,
 }
 
 /// Starts the apply worker. It publishes its applied index on `applied` after each batch.
@@ -145,6 +150,10 @@ impl Apply {
         if let Err(mvcc::Error::Engine(e)) = &result {
             panic!("applying entry {index} failed in storage (fail-stop): {e}");
         }
+        let events = self.writer.take_events();
+        if !events.is_empty() {
+            self.watch_hub.publish(self.writer.revision(), &events);
+        }
         self.wait.trigger(req.id, result);
     }
 
@@ -219,11 +228,13 @@ impl Apply {
 
     fn install_snapshot(&mut self, index: u64, path: &std::path::Path, raft_state: Batch) {
         let engine = self.writer.engine().clone();
+        self.watch_hub.begin_install();
         if let Err(e) = snapshot::install(&engine, path, raft_state) {
             panic!("installing the snapshot at {index} failed (fail-stop): {e}");
         }
         self.writer = Writer::open(engine.clone())
             .unwrap_or_else(|e| panic!("reopening the store after a snapshot: {e}"));
+        self.watch_hub.finish_install(self.writer.revision());
         let membership = Membership::load(&engine)
             .unwrap_or_else(|e| panic!("reading membership after a snapshot: {e}"))
             .map(|(m, _)| m)

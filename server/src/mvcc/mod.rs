@@ -22,12 +22,13 @@ use cairn_proto::etcdserverpb::{
     DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, TxnRequest,
     TxnResponse,
 };
-use cairn_proto::mvccpb::KeyValue;
+use cairn_proto::mvccpb::{event::EventType, Event, KeyValue};
 use prost::Message;
 
 use crate::engine::{Cf, Engine, EngineError, RangeIter, ReadView};
 use codec::KeyBounds;
 
+pub use codec::EventKind;
 pub use compact::Compactor;
 pub use range::RangeResult;
 pub use write::{is_read_only, Writer};
@@ -198,6 +199,77 @@ impl Store {
         Ok(decode_i64(
             self.engine.get(Cf::Meta, META_COMPACT_REVISION)?,
         ))
+    }
+}
+
+/// Where [`Store::events`] delivers history: it says which events it wants, then receives them.
+pub trait EventSink {
+    /// Whether the event of `kind` on `key` at `revision` is wanted: `None` = no; `Some(true)` = yes,
+    /// with the previous key-value.
+    fn wants(&mut self, revision: i64, kind: EventKind, key: &[u8]) -> Option<bool>;
+    /// The event that the last call to `wants` asked for.
+    fn event(&mut self, event: Event);
+    /// Whether the sink has enough; asked between revisions.
+    fn full(&self) -> bool;
+}
+
+impl Store {
+    /// Replays the events of revisions `from..=to` from history, in order, into `sink`, all from one
+    /// consistent view. Stops early at a revision boundary once the sink is full (after at least one
+    /// revision). Returns the last revision covered; fails with [`Error::Compacted`] if `from` is
+    /// below the compacted revision.
+    pub fn events(&self, from: i64, to: i64, sink: &mut dyn EventSink) -> Result<i64> {
+        let view = self.engine.read_view();
+        let compacted = decode_i64(view.get(Cf::Meta, META_COMPACT_REVISION)?);
+        if from < compacted {
+            return Err(Error::Compacted);
+        }
+        let upper = codec::revision_key(to + 1, 0);
+        let mut it = view.iter(Cf::KvRevision, &codec::revision_key(from, 0), Some(&upper));
+        let mut last = from;
+        while let Some((k, v)) = it.current() {
+            let (revision, _) = codec::decode_revision_key(k);
+            if revision != last && sink.full() {
+                return Ok(revision - 1);
+            }
+            let (kind, key) = codec::decode_revision_value(v);
+            if let Some(with_prev) = sink.wants(revision, kind, key) {
+                let kv = match kind {
+                    EventKind::Put => {
+                        let stored = view
+                            .get(Cf::KvHistory, &codec::history_key(key, revision))?
+                            .expect("every put in the event log has its version in history");
+                        decode_kv(key, &stored)
+                    }
+                    EventKind::Delete => KeyValue {
+                        key: Bytes::copy_from_slice(key),
+                        mod_revision: revision,
+                        ..KeyValue::default()
+                    },
+                };
+                // Like etcd, no previous value when its revision is compacted.
+                let mut prev_kv = None;
+                if with_prev && revision - 1 >= compacted {
+                    scan_history(&view, KeyBounds::Single(key), revision - 1, &mut |kv| {
+                        prev_kv = Some(kv);
+                        false
+                    })?;
+                }
+                let event = Event {
+                    r#type: match kind {
+                        EventKind::Put => EventType::Put,
+                        EventKind::Delete => EventType::Delete,
+                    } as i32,
+                    kv: Some(kv),
+                    prev_kv,
+                };
+                sink.event(event);
+            }
+            last = revision;
+            it.advance();
+        }
+        it.check()?;
+        Ok(to)
     }
 }
 

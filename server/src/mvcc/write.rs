@@ -12,7 +12,7 @@ use cairn_proto::etcdserverpb::{
     PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp,
     TxnRequest, TxnResponse,
 };
-use cairn_proto::mvccpb::KeyValue;
+use cairn_proto::mvccpb::{event::EventType, Event, KeyValue};
 use prost::Message;
 
 use super::codec::{self, key_range, EventKind, KeyBounds};
@@ -30,6 +30,8 @@ pub struct Writer {
     revision: i64,
     /// -1 until the first compaction (etcd's `compactMainRev` starts at -1).
     compact_revision: i64,
+    /// The events of the last committed request, for the watch hub.
+    events: Vec<Event>,
 }
 
 fn header(revision: i64) -> Option<ResponseHeader> {
@@ -53,12 +55,19 @@ impl Writer {
             engine,
             revision,
             compact_revision,
+            events: vec![],
         })
     }
 
     /// The revision of the last applied write.
     pub fn revision(&self) -> i64 {
         self.revision
+    }
+
+    /// The events of the last request that changed the keyspace, in sub-revision order (each with its
+    /// previous key-value, if the key existed); empty afterwards.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
     }
 
     /// The raft index of the last entry this store applied (0 on a new store).
@@ -90,6 +99,7 @@ impl Writer {
             compacted: self.compact_revision,
             sub: 0,
             overlay: BTreeMap::new(),
+            events: vec![],
         }
     }
 
@@ -103,7 +113,9 @@ impl Writer {
         let mut txn = self.begin();
         match op(&mut txn) {
             Ok(r) => {
+                let events = std::mem::take(&mut txn.events);
                 self.revision = txn.commit(applied)?;
+                self.events = events;
                 Ok(r)
             }
             Err(e) => {
@@ -399,6 +411,8 @@ struct WriteTxn<'a> {
     sub: i64,
     /// Keys written by this request: `None` = deleted.
     overlay: BTreeMap<Vec<u8>, Option<KeyValue>>,
+    /// This request's changes as watch events.
+    events: Vec<Event>,
 }
 
 impl WriteTxn<'_> {
@@ -420,7 +434,8 @@ impl WriteTxn<'_> {
 
     fn put(&mut self, key: &[u8], value: Bytes, lease: i64) -> Result<KeyValue> {
         let rev = self.revision();
-        let (create_revision, version) = match self.get_latest(key)? {
+        let prev = self.get_latest(key)?;
+        let (create_revision, version) = match &prev {
             Some(prev) => (prev.create_revision, prev.version + 1),
             None => (rev, 1),
         };
@@ -439,16 +454,31 @@ impl WriteTxn<'_> {
         self.record(EventKind::Put, key);
         kv.key = Bytes::copy_from_slice(key);
         self.overlay.insert(key.to_vec(), Some(kv.clone()));
+        self.events.push(Event {
+            r#type: EventType::Put as i32,
+            kv: Some(kv.clone()),
+            prev_kv: prev,
+        });
         Ok(kv)
     }
 
-    fn delete(&mut self, key: &[u8]) {
+    fn delete(&mut self, prev: &KeyValue) {
         let rev = self.revision();
+        let key = &prev.key;
         self.batch.delete(Cf::KvLatest, key);
         self.batch
             .put(Cf::KvHistory, &codec::history_key(key, rev), &[]);
         self.record(EventKind::Delete, key);
         self.overlay.insert(key.to_vec(), None);
+        self.events.push(Event {
+            r#type: EventType::Delete as i32,
+            kv: Some(KeyValue {
+                key: key.clone(),
+                mod_revision: rev,
+                ..KeyValue::default()
+            }),
+            prev_kv: Some(prev.clone()),
+        });
     }
 
     fn record(&mut self, kind: EventKind, key: &[u8]) {
@@ -488,7 +518,7 @@ impl WriteTxn<'_> {
             })?;
         }
         for kv in &doomed {
-            self.delete(&kv.key);
+            self.delete(kv);
         }
         Ok(DeleteRangeResponse {
             header: header(self.current_revision()),
