@@ -35,13 +35,19 @@ struct Stream {
 
 impl Stream {
     async fn open(endpoint: &str) -> Stream {
+        Stream::open_with(endpoint, false).await
+    }
+
+    /// `requires_leader` sets the `hasleader` metadata, as clientv3's `WithRequireLeader` does.
+    async fn open_with(endpoint: &str, requires_leader: bool) -> Stream {
         let mut client = WatchClient::connect(endpoint.to_string()).await.unwrap();
         let (requests, rx) = mpsc::channel(16);
-        let responses = client
-            .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
+        let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        if requires_leader {
+            let value = "true".parse().unwrap();
+            request.metadata_mut().insert("hasleader", value);
+        }
+        let responses = client.watch(request).await.unwrap().into_inner();
         Stream {
             requests,
             responses,
@@ -527,6 +533,39 @@ async fn follower_watches_survive_a_restart_and_resume_exactly() {
             "acknowledged put of {key} at {revision} is in the log"
         );
     }
+}
+
+/// A stream that requires a leader ends with etcd's `no leader` error once its member has had none
+/// for a few election timeouts; one that does not require a leader stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_that_require_a_leader_end_when_it_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(Kind::Cairn, 3, dir.path(), &[]);
+    let endpoint = cluster.members[0].endpoint();
+    let mut strict = Stream::open_with(&endpoint, true).await;
+    strict.create(create("k", 0)).await;
+    let mut lenient = Stream::open(&endpoint).await;
+    lenient.create(create("k", 0)).await;
+    tokio::task::block_in_place(|| {
+        cluster.members[1].kill9();
+        cluster.members[2].kill9();
+    });
+    let ended = tokio::time::timeout(Duration::from_secs(20), strict.responses.message())
+        .await
+        .expect("the stream ends within a few election timeouts");
+    let status = ended.expect_err("the stream ends with an error");
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert_eq!(status.message(), "etcdserver: no leader");
+    lenient.assert_quiet().await;
+    // A new stream that requires a leader is refused at once.
+    let mut client = WatchClient::connect(endpoint).await.unwrap();
+    let (_tx, rx) = mpsc::channel::<WatchRequest>(1);
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    request
+        .metadata_mut()
+        .insert("hasleader", "true".parse().unwrap());
+    let refused = client.watch(request).await.expect_err("refused");
+    assert_eq!(refused.message(), "etcdserver: no leader");
 }
 
 /// Puts, two-key txns and prefix deletes through one member for a while; returns the acknowledged
