@@ -249,7 +249,7 @@ impl Store {
                 };
                 // Like etcd, no previous value when its revision is compacted.
                 let mut prev_kv = None;
-                if with_prev && revision - 1 >= compacted {
+                if with_prev && revision > compacted {
                     scan_history(&view, KeyBounds::Single(key), revision - 1, &mut |kv| {
                         prev_kv = Some(kv);
                         false
