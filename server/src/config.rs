@@ -470,19 +470,15 @@ mod tests {
         assert!(parse_go_duration("").is_err());
         assert!(parse_go_duration("5x").is_err());
         let cfg = parse(
-            &[
-                "cairn",
-                "--experimental-watch-progress-notify-interval",
-                "5s",
-            ],
+            &["--experimental-watch-progress-notify-interval", "5s"],
             &[],
         )
         .unwrap();
         assert_eq!(cfg.watch_progress_notify_interval, Duration::from_secs(5));
-        let cfg = parse(&["cairn"], &[("ETCD_WATCH_PROGRESS_NOTIFY_INTERVAL", "2s")]).unwrap();
+        let cfg = parse(&[], &[("ETCD_WATCH_PROGRESS_NOTIFY_INTERVAL", "2s")]).unwrap();
         assert_eq!(cfg.watch_progress_notify_interval, Duration::from_secs(2));
         let env = [("ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL", "3s")];
-        let cfg = parse(&["cairn"], &env).unwrap();
+        let cfg = parse(&[], &env).unwrap();
         assert_eq!(cfg.watch_progress_notify_interval, Duration::from_secs(3));
     }
 

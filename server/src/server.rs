@@ -38,6 +38,8 @@ pub struct Server {
     peer_serving: Vec<tokio::task::JoinHandle<()>>,
     /// The raft loop (which outlives its log writer) and the apply worker.
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// Watch streams never end by themselves: closed on shutdown.
+    watch_hub: Arc<crate::watch::Hub>,
 }
 
 /// How long a clean stop waits for the raft loop and the apply worker to finish.
@@ -64,9 +66,11 @@ impl Server {
             peer_serving,
             threads,
             raft,
+            watch_hub,
             ..
         } = self;
         shutdown.send_replace(true);
+        watch_hub.close();
         for task in peer_serving {
             task.abort();
         }
@@ -175,7 +179,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
         max_txn_ops: cfg.max_txn_ops as usize,
         request_timeout: cfg.request_timeout(),
         election_timeout: Duration::from_millis(cfg.election_timeout),
-        watch_hub,
+        watch_hub: watch_hub.clone(),
         watch_progress_notify_interval: cfg.watch_progress_notify_interval,
     });
     let (shutdown, _) = watch::channel(false);
@@ -193,6 +197,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
         serving,
         peer_serving,
         threads: vec![raft_thread, apply_thread],
+        watch_hub,
     })
 }
 

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use cairn_client::proto::etcdserverpb::watch_client::WatchClient;
@@ -566,6 +566,106 @@ async fn streams_that_require_a_leader_end_when_it_is_lost() {
         .insert("hasleader", "true".parse().unwrap());
     let refused = client.watch(request).await.expect_err("refused");
     assert_eq!(refused.message(), "etcdserver: no leader");
+}
+
+/// Watchers are created and canceled while writers keep their key busy: after a watcher's `canceled`
+/// response no event of it arrives. Then a progress request sent while a new watcher still reads a
+/// long history is answered only once that history is delivered (etcd ≥ 3.4.31).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_races_and_deferred_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Member::start(Kind::Cairn, &dir.path().join("m1"), &[]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (endpoint, stop) = (m.endpoint(), stop.clone());
+            tokio::spawn(async move {
+                let mut c = Client::connect(endpoint).await.unwrap();
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) || i < 400 {
+                    i += 1;
+                    c.put("race", format!("{w}-{i}")).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    let mut s = Stream::open(&m.endpoint()).await;
+    let mut canceled = HashSet::new();
+    let check = |resp: &WatchResponse, canceled: &HashSet<i64>| {
+        assert!(
+            resp.events.is_empty() || !canceled.contains(&resp.watch_id),
+            "events for watcher {} after it was canceled",
+            resp.watch_id
+        );
+    };
+    for _ in 0..30 {
+        s.send(RequestUnion::CreateRequest(create("race", 0))).await;
+        let id = loop {
+            let resp = s.next().await;
+            check(&resp, &canceled);
+            if resp.created {
+                break resp.watch_id;
+            }
+        };
+        s.send(RequestUnion::CancelRequest(WatchCancelRequest {
+            watch_id: id,
+        }))
+        .await;
+        loop {
+            let resp = s.next().await;
+            check(&resp, &canceled);
+            if resp.canceled {
+                assert_eq!(resp.watch_id, id);
+                canceled.insert(id);
+                break;
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    s.assert_quiet().await;
+
+    let mut c = Client::connect(m.endpoint()).await.unwrap();
+    let current = c.status().await.unwrap().header.unwrap().revision;
+    assert!(
+        current > 1600,
+        "history spans more than one catch-up window"
+    );
+    let mut s = Stream::open(&m.endpoint()).await;
+    s.send(RequestUnion::CreateRequest(create("race", 1))).await;
+    s.send(RequestUnion::ProgressRequest(WatchProgressRequest {}))
+        .await;
+    let mut last = 0;
+    loop {
+        let resp = s.next().await;
+        if resp.watch_id == -1 {
+            assert_eq!(resp.header.unwrap().revision, current);
+            assert_eq!(last, current, "progress only after the whole history");
+            break;
+        }
+        last = resp.events.last().map_or(last, rev);
+    }
+}
+
+/// A stopping member ends its watch streams with etcd's `server stopped` (clients then resume
+/// elsewhere) instead of holding its shutdown open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_watch_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = Member::start(Kind::Cairn, &dir.path().join("m1"), &[]);
+    let mut s = Stream::open(&m.endpoint()).await;
+    s.create(create("k", 0)).await;
+    let exit = tokio::task::block_in_place(|| m.terminate());
+    assert!(exit.success(), "clean exit: {exit:?}");
+    let status = s
+        .responses
+        .message()
+        .await
+        .expect_err("the stream ends with an error");
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert_eq!(status.message(), "etcdserver: server stopped");
 }
 
 /// Puts, two-key txns and prefix deletes through one member for a while; returns the acknowledged

@@ -61,7 +61,7 @@ impl Watch for WatchService {
             .is_some_and(|v| v.as_bytes() == b"true");
         let mut inbound = request.into_inner();
         let (requests, requests_rx) = mpsc::channel(REQUESTS_BUFFERED);
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             loop {
                 let next = inbound.message().await.transpose();
                 let ended = !matches!(next, Some(Ok(_)));
@@ -76,7 +76,7 @@ impl Watch for WatchService {
             }
         });
         let (responses, responses_rx) = mpsc::channel(RESPONSES_BUFFERED);
-        let task = StreamTask::new(self.core.clone(), responses, requires_leader);
+        let task = StreamTask::new(self.core.clone(), responses, requires_leader, reader);
         tokio::spawn(task.run(requests_rx));
         Ok(Response::new(ReceiverStream::new(responses_rx)))
     }
@@ -107,10 +107,14 @@ struct StreamTask {
     progress_requested: bool,
     /// The progress-notify interval passed since the last notifications.
     progress_due: bool,
+    /// The task reading the client's requests: stopped with this one, so that the request half of
+    /// the HTTP/2 stream is released too (a stopping server then closes the connection).
+    reader: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for StreamTask {
     fn drop(&mut self) {
+        self.reader.abort();
         self.core.watch_hub.close_stream(self.stream);
     }
 }
@@ -120,6 +124,7 @@ impl StreamTask {
         core: Arc<Core>,
         responses: mpsc::Sender<Result<WatchResponse, Status>>,
         requires_leader: bool,
+        reader: tokio::task::JoinHandle<()>,
     ) -> StreamTask {
         let (stream, wake) = core.watch_hub.open_stream();
         StreamTask {
@@ -132,6 +137,7 @@ impl StreamTask {
             next_id: 0,
             progress_requested: false,
             progress_due: false,
+            reader,
         }
     }
 
@@ -165,6 +171,11 @@ impl StreamTask {
                 Work::CatchUp(plan) => self.catch_up(plan).await.map(|_| true),
                 Work::Idle { revision } => self.synced(revision).await.map(|_| false),
                 Work::Wait => Ok(false),
+                Work::Closed => {
+                    let status = Status::from(ApiError::from(RaftError::Stopped));
+                    let _ = self.responses.send(Err(status)).await;
+                    return;
+                }
             };
             match busy {
                 Ok(true) => continue,

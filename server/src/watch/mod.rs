@@ -82,6 +82,8 @@ pub enum Work {
     Wait,
     /// Nothing to do: every watcher has been given every event up to `revision`.
     Idle { revision: i64 },
+    /// The server is stopping: the stream ends.
+    Closed,
 }
 
 #[derive(Debug)]
@@ -113,6 +115,8 @@ struct State {
     /// Bumped when a snapshot install starts: reads of storage that began before it are void.
     epoch: u64,
     installing: bool,
+    /// Set when the server stops.
+    closed: bool,
     next_stream: u64,
     streams: HashMap<u64, Stream>,
     synced: Matcher<WatcherRef>,
@@ -139,6 +143,7 @@ impl Hub {
                 published: revision,
                 epoch: 0,
                 installing: false,
+                closed: false,
                 next_stream: 0,
                 streams: HashMap::new(),
                 synced: Matcher::default(),
@@ -328,6 +333,9 @@ impl Hub {
     /// deliveries are still queued.
     pub fn take(&self, stream: u64) -> Work {
         let mut st = self.lock();
+        if st.closed {
+            return Work::Closed;
+        }
         let (published, epoch, installing) = (st.published, st.epoch, st.installing);
         let s = st.streams.get_mut(&stream).expect("stream is open");
         if !s.queue.is_empty() {
@@ -352,6 +360,15 @@ impl Hub {
             .map(|(&id, w)| (id, w.spec.clone(), w.next))
             .collect();
         Work::CatchUp(catch_up::Plan::new(epoch, published, unsynced))
+    }
+
+    /// The server is stopping: every stream ends at its next step.
+    pub fn close(&self) {
+        let mut st = self.lock();
+        st.closed = true;
+        for s in st.streams.values() {
+            s.wake.notify_one();
+        }
     }
 
     /// Whether history read under `plan` is still valid (no snapshot install began since).

@@ -103,7 +103,7 @@ impl Sim {
                 hub.caught_up(self.id, &step.advanced, &step.compacted);
                 true
             }
-            Work::Idle { .. } | Work::Wait => false,
+            Work::Idle { .. } | Work::Wait | Work::Closed => false,
         }
     }
 }
