@@ -431,29 +431,41 @@ async fn follower_watches_survive_a_restart_and_resume_exactly() {
         })
         .collect();
 
-    // Three watchers from different starting points, on the follower.
+    // Three watchers from different starting points, on the follower (ids 0, 1, 2). All creates go
+    // at once: events of a watcher may arrive before the next one is created.
     let mut logs: Vec<Vec<Event>> = vec![vec![]; 3];
     let starts = [1i64, 0, 5];
     let mut stream = Stream::open(&endpoints[follower]).await;
-    for (id, &start) in starts.iter().enumerate() {
-        let created = stream
-            .create(WatchCreateRequest {
-                prev_kv: true,
-                ..prefix("mix/", start)
-            })
-            .await;
-        assert_eq!(created.watch_id, id as i64);
-        if start == 0 {
-            logs[id].push(Event {
-                kv: Some(cairn_client::proto::mvccpb::KeyValue {
-                    mod_revision: created.header.unwrap().revision,
-                    ..Default::default()
-                }),
-                ..Event::default()
-            });
-        }
+    for &start in &starts {
+        let create = WatchCreateRequest {
+            prev_kv: true,
+            ..prefix("mix/", start)
+        };
+        stream.send(RequestUnion::CreateRequest(create)).await;
     }
-    collect(&mut stream, &mut logs, Duration::from_millis(1500)).await;
+    let mut created = [false; 3];
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
+    while let Ok(Ok(Some(resp))) =
+        tokio::time::timeout_at(deadline, stream.responses.message()).await
+    {
+        let id = resp.watch_id as usize;
+        if resp.created {
+            created[id] = true;
+            // A watcher from "now" starts after the revision its `created` reports: mark it.
+            if starts[id] == 0 {
+                logs[id].push(Event {
+                    kv: Some(cairn_client::proto::mvccpb::KeyValue {
+                        mod_revision: resp.header.unwrap().revision,
+                        ..Default::default()
+                    }),
+                    ..Event::default()
+                });
+            }
+        }
+        assert!(created[id], "watch {id}: events before `created`");
+        logs[id].extend(resp.events);
+    }
+    assert_eq!(created, [true; 3]);
 
     // Restart the follower under load, then resume every watcher on it from its next revision.
     drop(stream);
@@ -711,14 +723,4 @@ async fn write_mix(endpoint: String, w: usize) -> Vec<(i64, String, String)> {
         }
     }
     acked
-}
-
-/// Reads a stream's events into per-watcher logs for `period`.
-async fn collect(stream: &mut Stream, logs: &mut [Vec<Event>], period: Duration) {
-    let deadline = tokio::time::Instant::now() + period;
-    while let Ok(Ok(Some(resp))) =
-        tokio::time::timeout_at(deadline, stream.responses.message()).await
-    {
-        logs[resp.watch_id as usize].extend(resp.events);
-    }
 }
