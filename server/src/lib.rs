@@ -6,6 +6,7 @@ pub mod apply;
 pub mod cluster;
 pub mod config;
 pub mod engine;
+pub mod lease;
 pub mod mvcc;
 pub mod raft;
 pub mod server;

@@ -40,6 +40,8 @@ pub struct Server {
     threads: Vec<std::thread::JoinHandle<()>>,
     /// Watch streams never end by themselves: closed on shutdown.
     watch_hub: Arc<crate::watch::Hub>,
+    /// The leader's lease expiry task (it holds the core): aborted on shutdown.
+    lease_expiry: tokio::task::JoinHandle<()>,
 }
 
 /// How long a clean stop waits for the raft loop and the apply worker to finish.
@@ -67,10 +69,12 @@ impl Server {
             threads,
             raft,
             watch_hub,
+            lease_expiry,
             ..
         } = self;
         shutdown.send_replace(true);
         watch_hub.close();
+        lease_expiry.abort();
         for task in peer_serving {
             task.abort();
         }
@@ -125,6 +129,11 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
     let compactor = Arc::new(Compactor::start(engine.clone())?);
     let wait = Wait::default();
     let watch_hub = Arc::new(crate::watch::Hub::new(writer.revision()));
+    let store = Store::new(engine.clone());
+    let lease_leader = Arc::new(api::LeaseLeader {
+        lessor: Arc::new(crate::lease::Lessor::new(store.leases()?)),
+        store: store.clone(),
+    });
     let (membership_tx, membership_rx) = watch::channel(membership);
     let (committed_tx, committed_rx) = crossbeam_channel::bounded(raft::APPLY_QUEUE_LEN_MAX);
     let (applied_tx, applied_rx) = watch::channel(applied_index);
@@ -135,6 +144,8 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
             wait: wait.clone(),
             membership: membership_tx,
             watch_hub: watch_hub.clone(),
+            lessor: lease_leader.lessor.clone(),
+            min_lease_ttl: crate::lease::min_ttl(cfg.tick(), cfg.election_ticks()),
         },
         committed_rx,
         applied_tx,
@@ -162,10 +173,11 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
         cluster_id,
         membership_rx.clone(),
         snapshot_dir,
+        lease_leader.clone(),
     );
 
     let core = Arc::new(Core {
-        store: Store::new(engine.clone()),
+        store,
         raft: raft.clone(),
         wait,
         ids: IdGenerator::new(member_id, SystemTime::now()),
@@ -181,7 +193,10 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
         election_timeout: Duration::from_millis(cfg.election_timeout),
         watch_hub: watch_hub.clone(),
         watch_progress_notify_interval: cfg.watch_progress_notify_interval,
+        lease_leader,
+        leader_links: api::LeaderLinks::default(),
     });
+    let lease_expiry = tokio::spawn(api::run_expiry(core.clone()));
     let (shutdown, _) = watch::channel(false);
     let mut serving = vec![];
     let mut peer_serving = vec![];
@@ -198,6 +213,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
         peer_serving,
         threads: vec![raft_thread, apply_thread],
         watch_hub,
+        lease_expiry,
     })
 }
 

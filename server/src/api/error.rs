@@ -31,6 +31,8 @@ pub enum ApiError {
     Internal(String),
     #[error("rpc not supported for learner")]
     NotSupportedForLearner,
+    #[error("too large lease TTL")]
+    LeaseTtlTooLarge,
 }
 
 /// Why a membership request was refused (etcd: `membership` errors as `rpctypes` maps them).
@@ -75,6 +77,7 @@ impl From<ApiError> for Status {
             ApiError::EmptyKey => (Code::InvalidArgument, "etcdserver: key is not provided"),
             ApiError::ValueProvided => (Code::InvalidArgument, "etcdserver: value is provided"),
             ApiError::LeaseProvided => (Code::InvalidArgument, "etcdserver: lease is provided"),
+            ApiError::LeaseTtlTooLarge => (Code::OutOfRange, "etcdserver: too large lease TTL"),
             ApiError::TooManyOps => (
                 Code::InvalidArgument,
                 "etcdserver: too many operations in txn request",
@@ -98,6 +101,9 @@ impl From<ApiError> for Status {
                 mvcc::Error::KeyNotFound => (Code::InvalidArgument, "etcdserver: key not found"),
                 mvcc::Error::LeaseNotFound => {
                     (Code::NotFound, "etcdserver: requested lease not found")
+                }
+                mvcc::Error::LeaseExists => {
+                    (Code::FailedPrecondition, "etcdserver: lease already exists")
                 }
                 mvcc::Error::Engine(io) => {
                     return Status::internal(format!("etcdserver: {io}"));

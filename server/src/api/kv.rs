@@ -73,7 +73,7 @@ fn all_ranges_serializable(req: &TxnRequest) -> bool {
         })
 }
 
-fn unexpected(applied: Applied) -> Status {
+pub(super) fn unexpected(applied: Applied) -> Status {
     Status::internal(format!("apply answered with {applied:?}"))
 }
 

@@ -11,6 +11,7 @@ mod error;
 mod health;
 mod http;
 mod kv;
+mod lease;
 mod listener;
 mod maintenance;
 mod validate;
@@ -23,6 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use cairn_proto::cairnpb::{internal_request, InternalRequest, MemberChange};
 use cairn_proto::etcdserverpb::cluster_server::ClusterServer;
 use cairn_proto::etcdserverpb::kv_server::KvServer;
+use cairn_proto::etcdserverpb::lease_server::LeaseServer;
 use cairn_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use cairn_proto::etcdserverpb::watch_server::WatchServer;
 use cairn_proto::etcdserverpb::ResponseHeader;
@@ -37,6 +39,7 @@ use crate::engine::Engine;
 use crate::mvcc::{Compactor, Store};
 use crate::raft::{MemberChangeKind, RaftError, RaftHandle};
 pub use error::ApiError;
+pub use lease::{run_expiry, LeaderLinks, LeaseLeader};
 pub use listener::ClientListener;
 
 /// The etcd API version whose semantics Cairn implements (reported by Status and `/version`).
@@ -90,6 +93,8 @@ pub struct Core {
     pub election_timeout: Duration,
     pub watch_hub: Arc<crate::watch::Hub>,
     pub watch_progress_notify_interval: Duration,
+    pub lease_leader: Arc<LeaseLeader>,
+    pub leader_links: LeaderLinks,
 }
 
 impl Core {
@@ -193,6 +198,11 @@ pub fn router(core: Arc<Core>) -> axum::Router {
     )
     .add_service(
         ClusterServer::new(cluster::ClusterService::new(core.clone()))
+            .max_decoding_message_size(recv_max)
+            .max_encoding_message_size(usize::MAX),
+    )
+    .add_service(
+        LeaseServer::new(lease::LeaseService::new(core.clone()))
             .max_decoding_message_size(recv_max)
             .max_encoding_message_size(usize::MAX),
     )

@@ -16,7 +16,8 @@ use std::thread;
 
 use cairn_proto::cairnpb::{internal_request, member_change, InternalRequest, MemberChange};
 use cairn_proto::etcdserverpb::{
-    CompactionResponse, DeleteRangeResponse, PutResponse, TxnResponse,
+    CompactionResponse, DeleteRangeResponse, LeaseGrantResponse, LeaseRevokeResponse, PutResponse,
+    ResponseHeader, TxnResponse,
 };
 use crossbeam_channel::Receiver;
 use prost::Message;
@@ -24,6 +25,7 @@ use tokio::sync::watch;
 
 use crate::cluster::{Member, Membership};
 use crate::engine::Batch;
+use crate::lease::Lessor;
 use crate::mvcc::{self, Compactor, Writer};
 use crate::raft::Committed;
 use crate::snapshot;
@@ -37,6 +39,8 @@ pub enum Applied {
     DeleteRange(DeleteRangeResponse),
     Txn(TxnResponse),
     Compaction(CompactionResponse),
+    LeaseGrant(LeaseGrantResponse),
+    LeaseRevoke(LeaseRevokeResponse),
     /// A membership change or member update: the membership after it.
     Membership(Membership),
 }
@@ -52,6 +56,9 @@ pub struct Apply {
     pub membership: watch::Sender<Membership>,
     /// Where each revision's events go, once written.
     pub watch_hub: std::sync::Arc<Hub>,
+    pub lessor: std::sync::Arc<Lessor>,
+    /// The least TTL a lease is granted (etcd raises smaller requests to it).
+    pub min_lease_ttl: i64,
 }
 
 /// Starts the apply worker. It publishes its applied index on `applied` after each batch.
@@ -125,6 +132,38 @@ impl Apply {
                     self.compactor.schedule(r.revision);
                 }
                 result.map(Applied::Compaction)
+            }
+            Some(internal_request::Request::LeaseGrant(g)) => {
+                let ttl = g.ttl.max(self.min_lease_ttl);
+                let result = writer.lease_grant(g.id, ttl, index);
+                if result.is_ok() {
+                    self.lessor.granted(g.id, ttl);
+                }
+                result.map(|()| {
+                    Applied::LeaseGrant(LeaseGrantResponse {
+                        header: Some(ResponseHeader {
+                            revision: writer.revision(),
+                            ..ResponseHeader::default()
+                        }),
+                        id: g.id,
+                        ttl,
+                        error: String::new(),
+                    })
+                })
+            }
+            Some(internal_request::Request::LeaseRevoke(r)) => {
+                let result = writer.lease_revoke(r.id, index);
+                if result.is_ok() {
+                    self.lessor.revoked(r.id);
+                }
+                result.map(|revision| {
+                    Applied::LeaseRevoke(LeaseRevokeResponse {
+                        header: Some(ResponseHeader {
+                            revision,
+                            ..ResponseHeader::default()
+                        }),
+                    })
+                })
             }
             Some(internal_request::Request::MemberAttributes(a)) => {
                 self.update_membership(index, |m| {
@@ -235,6 +274,10 @@ impl Apply {
         self.writer = Writer::open(engine.clone())
             .unwrap_or_else(|e| panic!("reopening the store after a snapshot: {e}"));
         self.watch_hub.finish_install(self.writer.revision());
+        let leases = mvcc::Store::new(engine.clone())
+            .leases()
+            .unwrap_or_else(|e| panic!("reading leases after a snapshot: {e}"));
+        self.lessor.reload(leases);
         let membership = Membership::load(&engine)
             .unwrap_or_else(|e| panic!("reading membership after a snapshot: {e}"))
             .map(|(m, _)| m)

@@ -35,20 +35,29 @@ pub enum Cf {
     KvRevision,
     /// Applied index, current and compacted revision, cluster and member identity.
     Meta,
+    /// Leases (id → granted TTL) and their attached keys.
+    Lease,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 6] = [
+    pub const ALL: [Cf; 7] = [
         Cf::RaftLog,
         Cf::RaftState,
         Cf::KvLatest,
         Cf::KvHistory,
         Cf::KvRevision,
         Cf::Meta,
+        Cf::Lease,
     ];
 
     /// The column families of the replicated state machine (what a raft snapshot carries).
-    pub const STATE: [Cf; 4] = [Cf::KvLatest, Cf::KvHistory, Cf::KvRevision, Cf::Meta];
+    pub const STATE: [Cf; 5] = [
+        Cf::KvLatest,
+        Cf::KvHistory,
+        Cf::KvRevision,
+        Cf::Meta,
+        Cf::Lease,
+    ];
 
     /// A stable one-byte tag (used in snapshot records).
     pub fn tag(self) -> u8 {
@@ -67,6 +76,7 @@ impl Cf {
             Cf::KvHistory => "kv_history",
             Cf::KvRevision => "kv_revision",
             Cf::Meta => "meta",
+            Cf::Lease => "lease",
         }
     }
 
@@ -79,7 +89,7 @@ impl Cf {
                 opts.set_compression_type(DBCompressionType::None);
                 opts.set_write_buffer_size(32 << 20);
             }
-            Cf::RaftState | Cf::Meta => {
+            Cf::RaftState | Cf::Meta | Cf::Lease => {
                 opts.set_compression_type(DBCompressionType::None);
                 opts.set_write_buffer_size(4 << 20);
             }

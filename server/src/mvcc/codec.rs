@@ -6,6 +6,8 @@
 //!   a prefix of another; the inverted revision puts a key's newest version first, so one seek to
 //!   `escaped(key) ‖ inv(R)` lands on the version visible at revision R.
 //! - `kv_revision`: main revision ‖ sub revision, both big-endian → event kind byte ‖ user key.
+//! - `lease`: `l` ‖ lease id (BE) → granted TTL (i64 BE); `k` ‖ lease id (BE) ‖ user key → empty, one
+//!   per key attached to the lease (so a revoke finds its keys without a scan of the keyspace).
 
 use std::cmp::Ordering;
 
@@ -92,6 +94,41 @@ pub fn decode_revision_key(bytes: &[u8]) -> (i64, i64) {
     let main = u64::from_be_bytes(bytes[..8].try_into().expect("16-byte revision key"));
     let sub = u64::from_be_bytes(bytes[8..16].try_into().expect("16-byte revision key"));
     (main as i64, sub as i64)
+}
+
+/// The `lease` key of lease `id`'s record.
+pub fn lease_key(id: i64) -> [u8; 9] {
+    let mut out = [b'l'; 9];
+    out[1..].copy_from_slice(&id.to_be_bytes());
+    out
+}
+
+/// The `lease` key recording that `key` is attached to lease `id`.
+pub fn lease_attachment_key(id: i64, key: &[u8]) -> Vec<u8> {
+    let mut out = lease_attachments_prefix(id);
+    out.extend_from_slice(key);
+    out
+}
+
+/// The prefix of every attachment of lease `id`.
+pub fn lease_attachments_prefix(id: i64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(9);
+    out.push(b'k');
+    out.extend_from_slice(&id.to_be_bytes());
+    out
+}
+
+/// The smallest key greater than every key that starts with `prefix` (`prefix` must not be all 0xFF).
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(&last) = end.last() {
+        if last < 0xFF {
+            *end.last_mut().expect("non-empty") += 1;
+            return end;
+        }
+        end.pop();
+    }
+    panic!("a prefix of 0xFF bytes has no end")
 }
 
 /// What happened to a key at a revision.

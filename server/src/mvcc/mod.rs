@@ -56,6 +56,8 @@ pub enum Error {
     KeyNotFound,
     #[error("requested lease not found")]
     LeaseNotFound,
+    #[error("lease already exists")]
+    LeaseExists,
     #[error(transparent)]
     Engine(#[from] EngineError),
 }
@@ -200,6 +202,38 @@ impl Store {
             self.engine.get(Cf::Meta, META_COMPACT_REVISION)?,
         ))
     }
+
+    /// Every lease: (id, granted TTL in seconds), by id.
+    pub fn leases(&self) -> Result<Vec<(i64, i64)>> {
+        let mut out = vec![];
+        let mut it = self.engine.iter(Cf::Lease, b"l", Some(b"m"));
+        while let Some((k, v)) = it.current() {
+            let id = i64::from_be_bytes(k[1..].try_into().expect("9-byte lease key"));
+            out.push((id, decode_i64(Some(v.to_vec()))));
+            it.advance();
+        }
+        it.check()?;
+        Ok(out)
+    }
+
+    /// The keys attached to lease `id`, in key order.
+    pub fn lease_keys(&self, id: i64) -> Result<Vec<Bytes>> {
+        lease_keys(&self.engine, id)
+    }
+}
+
+/// The keys attached to lease `id`, in key order.
+fn lease_keys(engine: &Engine, id: i64) -> Result<Vec<Bytes>> {
+    let prefix = codec::lease_attachments_prefix(id);
+    let upper = codec::prefix_end(&prefix);
+    let mut out = vec![];
+    let mut it = engine.iter(Cf::Lease, &prefix, Some(&upper));
+    while let Some((k, _)) = it.current() {
+        out.push(Bytes::copy_from_slice(&k[prefix.len()..]));
+        it.advance();
+    }
+    it.check()?;
+    Ok(out)
 }
 
 /// Where [`Store::events`] delivers history: it says which events it wants, then receives them.

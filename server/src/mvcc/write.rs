@@ -152,6 +152,35 @@ impl Writer {
         })
     }
 
+    /// Grants lease `id` with `ttl` seconds (already raised to the minimum by the caller).
+    pub fn lease_grant(&mut self, id: i64, ttl: i64, applied: u64) -> Result<()> {
+        if lease_exists(&self.engine, id)? {
+            self.set_applied(applied)?;
+            return Err(Error::LeaseExists);
+        }
+        let mut batch = self.engine.batch();
+        batch.put(Cf::Lease, &codec::lease_key(id), &ttl.to_be_bytes());
+        self.commit_with_applied(batch, applied)
+    }
+
+    /// Revokes lease `id`: deletes every key attached to it, all at one new revision (none if it has
+    /// no keys), and the lease. Returns the store's revision afterwards.
+    pub fn lease_revoke(&mut self, id: i64, applied: u64) -> Result<i64> {
+        self.execute(applied, |txn| {
+            if !lease_exists(txn.engine, id)? {
+                return Err(Error::LeaseNotFound);
+            }
+            for key in super::lease_keys(txn.engine, id)? {
+                if let Some(kv) = txn.get_latest(&key)? {
+                    txn.delete(&kv);
+                }
+            }
+            txn.batch.delete(Cf::Lease, &codec::lease_key(id));
+            Ok(())
+        })?;
+        Ok(self.revision)
+    }
+
     /// Marks history below `revision` as compacted (reads of it fail from now on). The caller hands
     /// `revision` to the [`super::Compactor`], which removes the history physically.
     pub fn compact(&mut self, revision: i64, applied: u64) -> Result<CompactionResponse> {
@@ -264,21 +293,19 @@ fn execute_txn(target: &mut dyn TxnTarget, req: &TxnRequest, path: &[bool]) -> R
     walk(target, req, &mut path)
 }
 
-/// No lease can exist until the lessor is built (issue 5), so every non-zero lease is unknown —
-/// which is what etcd answers for a lease it does not know.
-fn lease_exists(_id: i64) -> bool {
-    false
-}
-
 /// etcd `checkRequestPut`: ignore_* needs an existing key; a lease must exist.
 fn check_put(txn: &WriteTxn, req: &PutRequest) -> Result<()> {
     if (req.ignore_value || req.ignore_lease) && txn.get_latest(&req.key)?.is_none() {
         return Err(Error::KeyNotFound);
     }
-    if req.lease != 0 && !lease_exists(req.lease) {
+    if req.lease != 0 && !lease_exists(txn.engine, req.lease)? {
         return Err(Error::LeaseNotFound);
     }
     Ok(())
+}
+
+fn lease_exists(engine: &Engine, id: i64) -> Result<bool> {
+    Ok(engine.get(Cf::Lease, &codec::lease_key(id))?.is_some())
 }
 
 /// Whether every op of the txn, in both branches and nested txns, is a range.
@@ -449,6 +476,14 @@ impl WriteTxn<'_> {
         };
         let stored = kv.encode_to_vec();
         self.batch.put(Cf::KvLatest, key, &stored);
+        let prev_lease = prev.as_ref().map_or(0, |p| p.lease);
+        if prev_lease != lease {
+            self.detach(prev_lease, key);
+            if lease != 0 {
+                self.batch
+                    .put(Cf::Lease, &codec::lease_attachment_key(lease, key), &[]);
+            }
+        }
         self.batch
             .put(Cf::KvHistory, &codec::history_key(key, rev), &stored);
         self.record(EventKind::Put, key);
@@ -469,6 +504,7 @@ impl WriteTxn<'_> {
         self.batch
             .put(Cf::KvHistory, &codec::history_key(key, rev), &[]);
         self.record(EventKind::Delete, key);
+        self.detach(prev.lease, key);
         self.overlay.insert(key.to_vec(), None);
         self.events.push(Event {
             r#type: EventType::Delete as i32,
@@ -479,6 +515,13 @@ impl WriteTxn<'_> {
             }),
             prev_kv: Some(prev.clone()),
         });
+    }
+
+    fn detach(&mut self, lease: i64, key: &[u8]) {
+        if lease != 0 {
+            self.batch
+                .delete(Cf::Lease, &codec::lease_attachment_key(lease, key));
+        }
     }
 
     fn record(&mut self, kind: EventKind, key: &[u8]) {
@@ -623,5 +666,66 @@ impl KvRead for WriteTxn<'_> {
             "history reads never see this request's writes"
         );
         super::scan_history(self.engine, bounds, rev, visit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mvcc::Store;
+
+    fn put(w: &mut Writer, key: &str, lease: i64, applied: u64) -> Result<PutResponse> {
+        let req = PutRequest {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            value: Bytes::from_static(b"v"),
+            lease,
+            ..PutRequest::default()
+        };
+        w.put(&req, applied)
+    }
+
+    /// Attachments follow every write: a put with a lease attaches, a put without one or a delete
+    /// detaches, and a revoke deletes exactly the keys still attached, at one revision.
+    #[test]
+    fn lease_attachments_follow_writes_and_revoke_deletes_them_at_one_revision() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path()).unwrap();
+        let store = Store::new(engine.clone());
+        let mut w = Writer::open(engine).unwrap();
+        assert!(matches!(put(&mut w, "a", 5, 1), Err(Error::LeaseNotFound)));
+        w.lease_grant(5, 10, 2).unwrap();
+        assert!(matches!(w.lease_grant(5, 10, 3), Err(Error::LeaseExists)));
+        for (i, key) in ["a", "b", "c", "d"].iter().enumerate() {
+            put(&mut w, key, 5, 4 + i as u64).unwrap();
+        }
+        put(&mut w, "a", 0, 8).unwrap();
+        w.delete_range(
+            &DeleteRangeRequest {
+                key: Bytes::from_static(b"b"),
+                ..DeleteRangeRequest::default()
+            },
+            9,
+        )
+        .unwrap();
+        w.take_events();
+        assert_eq!(store.lease_keys(5).unwrap(), vec!["c", "d"]);
+        assert_eq!(store.leases().unwrap(), vec![(5, 10)]);
+        let before = w.revision();
+        assert_eq!(w.lease_revoke(5, 10).unwrap(), before + 1);
+        let events = w.take_events();
+        let deleted: Vec<&[u8]> = events
+            .iter()
+            .map(|e| e.kv.as_ref().unwrap().key.as_ref())
+            .collect();
+        assert_eq!(deleted, vec![b"c", b"d"]);
+        assert!(events
+            .iter()
+            .all(|e| e.kv.as_ref().unwrap().mod_revision == before + 1));
+        assert!(store.lease_keys(5).unwrap().is_empty());
+        assert!(store.leases().unwrap().is_empty());
+        assert!(matches!(w.lease_revoke(5, 11), Err(Error::LeaseNotFound)));
+        // A lease without keys is revoked without a new revision.
+        w.lease_grant(6, 10, 12).unwrap();
+        assert_eq!(w.lease_revoke(6, 13).unwrap(), before + 1);
     }
 }

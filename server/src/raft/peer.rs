@@ -3,14 +3,20 @@
 //! Batches from a peer are decoded and handed to the raft loop's mailbox (dropped when it is full:
 //! raft retransmits). A snapshot is written to a file as it arrives and handed to raft only once
 //! complete. Messages from another cluster or from a removed member are refused.
+//! Lease renewals and TTL queries that followers forward to the leader are answered through
+//! [`LeaseQueries`], which the API implements (raft knows nothing of leases).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use cairn_proto::cairnpb::peer_server::Peer;
 use cairn_proto::cairnpb::{
     MembersRequest, MembersResponse, RaftBatch, RaftBatchAck, SnapshotAck, SnapshotChunk,
 };
-use cairn_proto::etcdserverpb;
+use cairn_proto::etcdserverpb::{
+    self, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest,
+    LeaseTimeToLiveResponse,
+};
 use crossbeam_channel::Sender;
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
@@ -21,6 +27,14 @@ use super::PeerInput;
 use crate::cluster::Membership;
 use crate::snapshot::SnapshotFile;
 
+/// The leader's answers about leases, for followers.
+pub trait LeaseQueries: Send + Sync {
+    /// Renews lease `id`; its TTL, or 0 if there is no such lease.
+    fn renew(&self, id: i64) -> Result<i64, Status>;
+    fn time_to_live(&self, req: &LeaseTimeToLiveRequest)
+        -> Result<LeaseTimeToLiveResponse, Status>;
+}
+
 #[derive(Clone)]
 pub struct PeerService {
     local: u64,
@@ -28,6 +42,7 @@ pub struct PeerService {
     mailbox: Sender<PeerInput>,
     membership: watch::Receiver<Membership>,
     snapshot_dir: PathBuf,
+    leases: Arc<dyn LeaseQueries>,
 }
 
 impl PeerService {
@@ -37,6 +52,7 @@ impl PeerService {
         cluster_id: u64,
         membership: watch::Receiver<Membership>,
         snapshot_dir: PathBuf,
+        leases: Arc<dyn LeaseQueries>,
     ) -> PeerService {
         PeerService {
             local,
@@ -44,6 +60,7 @@ impl PeerService {
             mailbox: handle.peer.clone(),
             membership,
             snapshot_dir,
+            leases,
         }
     }
 
@@ -157,11 +174,51 @@ impl Peer for PeerService {
                 .collect(),
         }))
     }
+
+    async fn lease_renew(
+        &self,
+        req: Request<LeaseKeepAliveRequest>,
+    ) -> Result<Response<LeaseKeepAliveResponse>, Status> {
+        let id = req.into_inner().id;
+        let ttl = self.leases.renew(id)?;
+        Ok(Response::new(LeaseKeepAliveResponse {
+            header: None,
+            id,
+            ttl,
+        }))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        req: Request<LeaseTimeToLiveRequest>,
+    ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let leases = self.leases.clone();
+        let req = req.into_inner();
+        // Listing a lease's keys reads storage.
+        let resp = tokio::task::spawn_blocking(move || leases.time_to_live(&req))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(resp))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct NoLeases;
+
+    impl LeaseQueries for NoLeases {
+        fn renew(&self, _: i64) -> Result<i64, Status> {
+            Err(Status::unavailable("no leases here"))
+        }
+        fn time_to_live(
+            &self,
+            _: &LeaseTimeToLiveRequest,
+        ) -> Result<LeaseTimeToLiveResponse, Status> {
+            Err(Status::unavailable("no leases here"))
+        }
+    }
     use crate::raft::transport::PeersActive;
     use crate::raft::{RaftHandle, RaftStatus};
 
@@ -188,6 +245,7 @@ mod tests {
             7,
             watch::channel(membership).1,
             PathBuf::from("/nonexistent"),
+            Arc::new(NoLeases),
         );
         assert!(service.check(2, 1, 7).is_ok());
         let foreign = service.check(2, 1, 8).unwrap_err();
