@@ -7,10 +7,12 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use cairn_client::proto::etcdserverpb::cluster_client::ClusterClient;
+use cairn_client::proto::etcdserverpb::lease_client::LeaseClient;
 use cairn_client::proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use cairn_client::proto::etcdserverpb::{
-    MemberAddRequest, MemberListRequest, MemberPromoteRequest, MemberRemoveRequest,
-    MemberUpdateRequest, MoveLeaderRequest, RangeRequest, StatusRequest, StatusResponse,
+    LeaseGrantRequest, LeaseLeasesRequest, LeaseRevokeRequest, MemberAddRequest, MemberListRequest,
+    MemberPromoteRequest, MemberRemoveRequest, MemberUpdateRequest, MoveLeaderRequest, PutRequest,
+    RangeRequest, StatusRequest, StatusResponse,
 };
 use cairn_client::Client;
 use common::{wait_for, Cluster, Kind, Member};
@@ -236,6 +238,16 @@ async fn a_follower_down_past_the_snapshot_threshold_catches_up_by_snapshot() {
     assert_eq!(acked.len(), 5600);
     let mut c = Client::connect(endpoints[li].clone()).await.unwrap();
     c.put("after", "x").await.unwrap();
+    // A lease and its key travel in the snapshot too.
+    let mut leases = LeaseClient::new(channel(&endpoints[li]).await);
+    let grant = LeaseGrantRequest { ttl: 600, id: 77 };
+    leases.lease_grant(grant).await.unwrap();
+    let leased = PutRequest {
+        key: "leased/k".into(),
+        lease: 77,
+        ..PutRequest::default()
+    };
+    c.put_request(leased).await.unwrap();
 
     let started = Instant::now();
     cluster.members[fi].restart();
@@ -249,6 +261,20 @@ async fn a_follower_down_past_the_snapshot_threshold_catches_up_by_snapshot() {
     // And it keeps following the log after the snapshot.
     c.put("snap/later", "y").await.unwrap();
     converged(&endpoints[fi], "snap", &["snap/later".to_string()]).await;
+    converged(&endpoints[fi], "leased", &["leased/k".to_string()]).await;
+    let mut follower_leases = LeaseClient::new(channel(&endpoints[fi]).await);
+    let listed = follower_leases.lease_leases(LeaseLeasesRequest {}).await;
+    assert_eq!(listed.unwrap().into_inner().leases.len(), 1);
+    leases
+        .lease_revoke(LeaseRevokeRequest { id: 77 })
+        .await
+        .unwrap();
+    wait_for_async(
+        "the revoke to delete the key on the follower",
+        Duration::from_secs(10),
+        || async { local_keys(&endpoints[fi], "leased").await.is_empty() },
+    )
+    .await;
     let local = status(&endpoints[fi]).await.unwrap();
     assert_eq!(local.leader, leader);
 }
