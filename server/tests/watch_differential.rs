@@ -6,11 +6,11 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::thread;
 use std::time::Duration;
 
-use common::{Kind, Member};
+use common::{etcdctl, run_etcdctl as run, Kind, Member};
 
 /// Time for watchers to connect and print the history before live writes, and for live events to
 /// arrive before the watchers are stopped.
@@ -43,26 +43,6 @@ const WATCHES: &[(&str, &str)] = &[
     ("watch --rev=3 k3 -w json", ""),
     ("watch -i", "watch --rev=3 k2\n"),
 ];
-
-fn etcdctl(endpoint: &str, args: &str) -> Command {
-    let mut cmd = Command::new("etcdctl");
-    cmd.arg(format!("--endpoints={endpoint}"))
-        .args(args.split(' '))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("ETCDCTL_API", "3");
-    cmd
-}
-
-fn run(endpoint: &str, args: &str) -> String {
-    let out = etcdctl(endpoint, args).output().expect("etcdctl runs");
-    format!(
-        "exit {:?}\n{}{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// Starts a watch command whose stdin stays open (interactive mode ends at end of input).
 fn spawn_watch(endpoint: &str, args: &str, input: &str) -> Child {

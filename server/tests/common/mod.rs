@@ -267,3 +267,25 @@ impl Drop for Member {
         self.kill9();
     }
 }
+
+/// `etcdctl --endpoints=<endpoint> <args>` (split on spaces), in a clean environment.
+pub fn etcdctl(endpoint: &str, args: &str) -> Command {
+    let mut cmd = Command::new("etcdctl");
+    cmd.arg(format!("--endpoints={endpoint}"))
+        .args(args.split(' '))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("ETCDCTL_API", "3");
+    cmd
+}
+
+/// Runs an etcdctl command to completion: its exit code, stdout and stderr as one text.
+pub fn run_etcdctl(endpoint: &str, args: &str) -> String {
+    let out = etcdctl(endpoint, args).output().expect("etcdctl runs");
+    format!(
+        "exit {:?}\n{}{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
