@@ -7,6 +7,7 @@
 //! **Boundary:** the only module that implements tonic service traits or speaks HTTP.
 
 mod cluster;
+mod concurrency;
 mod error;
 mod health;
 mod http;
@@ -29,6 +30,8 @@ use cairn_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use cairn_proto::etcdserverpb::watch_server::WatchServer;
 use cairn_proto::etcdserverpb::ResponseHeader;
 use cairn_proto::grpc_health_v1::health_server::HealthServer;
+use cairn_proto::v3electionpb::election_server::ElectionServer;
+use cairn_proto::v3lockpb::lock_server::LockServer;
 use prost::Message;
 use tokio::sync::oneshot;
 
@@ -208,6 +211,16 @@ pub fn router(core: Arc<Core>) -> axum::Router {
     )
     .add_service(
         WatchServer::new(watch::WatchService::new(core.clone()))
+            .max_decoding_message_size(recv_max)
+            .max_encoding_message_size(usize::MAX),
+    )
+    .add_service(
+        LockServer::new(concurrency::LockService::new(core.clone()))
+            .max_decoding_message_size(recv_max)
+            .max_encoding_message_size(usize::MAX),
+    )
+    .add_service(
+        ElectionServer::new(concurrency::ElectionService::new(core.clone()))
             .max_decoding_message_size(recv_max)
             .max_encoding_message_size(usize::MAX),
     )
