@@ -5,12 +5,11 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::thread;
 use std::time::Duration;
 
-use common::{etcdctl, run_etcdctl as run, Kind, Member};
+use common::{run_etcdctl as run, spawn_etcdctl, stop_etcdctl, Kind, Member};
 
 /// Time for watchers to connect and print the history before live writes, and for live events to
 /// arrive before the watchers are stopped.
@@ -44,36 +43,6 @@ const WATCHES: &[(&str, &str)] = &[
     ("watch -i", "watch --rev=3 k2\n"),
 ];
 
-/// Starts a watch command whose stdin stays open (interactive mode ends at end of input).
-fn spawn_watch(endpoint: &str, args: &str, input: &str) -> Child {
-    let mut child = etcdctl(endpoint, args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("etcdctl runs");
-    child
-        .stdin
-        .as_mut()
-        .expect("piped")
-        .write_all(input.as_bytes())
-        .expect("write interactive input");
-    child
-}
-
-fn stop(mut child: Child) -> String {
-    let _ = child.kill();
-    let _ = child.wait();
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .expect("piped")
-        .read_to_string(&mut out)
-        .expect("read output");
-    out
-}
-
 /// Replaces the values of JSON fields that differ between any two servers.
 fn normalise(text: &str) -> String {
     let mut out = text.to_string();
@@ -99,7 +68,7 @@ fn session(endpoint: &str) -> Vec<(String, String)> {
     }
     let watchers: Vec<Child> = WATCHES
         .iter()
-        .map(|(args, input)| spawn_watch(endpoint, args, input))
+        .map(|(args, input)| spawn_etcdctl(endpoint, args, input))
         .collect();
     thread::sleep(SETTLE);
     for cmd in LIVE {
@@ -107,12 +76,12 @@ fn session(endpoint: &str) -> Vec<(String, String)> {
     }
     thread::sleep(SETTLE);
     // Every watcher is synced by now: a progress request reports the current revision.
-    let progress = spawn_watch(endpoint, "watch -i", "watch k9\nprogress\n");
+    let progress = spawn_etcdctl(endpoint, "watch -i", "watch k9\nprogress\n");
     thread::sleep(SETTLE);
     for ((args, _), child) in WATCHES.iter().zip(watchers) {
-        transcript.push((args.to_string(), normalise(&stop(child))));
+        transcript.push((args.to_string(), normalise(&stop_etcdctl(child, "KILL"))));
     }
-    transcript.push(("watch -i; progress".into(), stop(progress)));
+    transcript.push(("watch -i; progress".into(), stop_etcdctl(progress, "KILL")));
     transcript.push(("compaction 6".into(), run(endpoint, "compaction 6")));
     transcript.push(("watch --rev=5 k1".into(), run(endpoint, "watch --rev=5 k1")));
     transcript

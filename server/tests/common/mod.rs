@@ -289,3 +289,39 @@ pub fn run_etcdctl(endpoint: &str, args: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+/// Starts an etcdctl command that runs until stopped, with `input` written to its stdin, which stays
+/// open (interactive commands end at the end of their input).
+pub fn spawn_etcdctl(endpoint: &str, args: &str, input: &str) -> Child {
+    let mut child = etcdctl(endpoint, args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("etcdctl runs");
+    child
+        .stdin
+        .as_mut()
+        .expect("piped")
+        .write_all(input.as_bytes())
+        .expect("write etcdctl's input");
+    child
+}
+
+/// Sends `signal` (e.g. `TERM`, `KILL`) to an etcdctl started by [`spawn_etcdctl`], waits for it,
+/// and returns what it printed.
+pub fn stop_etcdctl(mut child: Child, signal: &str) -> String {
+    let _ = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(child.id().to_string())
+        .status();
+    let _ = child.wait();
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .expect("piped")
+        .read_to_string(&mut out)
+        .expect("read etcdctl's output");
+    out
+}
