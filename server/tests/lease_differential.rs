@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use common::{run_etcdctl, spawn_etcdctl, stop_etcdctl, Kind, Member};
 
+/// (step, normalised output) per command.
+type Transcript = Vec<(String, String)>;
+
 /// The session; `$L` is the lease granted by the step marked to capture it.
 const SESSION: &[&str] = &[
     "lease grant 1",
@@ -79,7 +82,7 @@ fn replace_between(line: &str, open: &str, close: &str, f: impl Fn(&str) -> Stri
     format!("{}{}{}", &line[..at], f(&line[at..end]), &line[end..])
 }
 
-fn session(endpoint: &str) -> Vec<(String, String)> {
+fn session(endpoint: &str) -> Transcript {
     let mut lease = String::new();
     let mut out = vec![];
     for (i, step) in SESSION.iter().enumerate() {
@@ -103,7 +106,7 @@ const SETTLE: Duration = Duration::from_millis(1000);
 
 /// Lock handover and an election with an observer: holders stop with SIGTERM, on which etcdctl
 /// releases what it holds.
-fn recipes_session(endpoint: &str) -> Vec<(String, String)> {
+fn recipes_session(endpoint: &str) -> Transcript {
     let mut out = vec![];
     out.push((
         "lock l1 echo hi".into(),
@@ -132,9 +135,7 @@ fn recipes_session(endpoint: &str) -> Vec<(String, String)> {
 }
 
 /// Runs `session` against a fresh etcd and a fresh Cairn at once.
-fn both(
-    session: fn(&str) -> Vec<(String, String)>,
-) -> (Vec<(String, String)>, Vec<(String, String)>) {
+fn both(session: fn(&str) -> Transcript) -> (Transcript, Transcript) {
     let dir = tempfile::tempdir().unwrap();
     let etcd = Member::start(Kind::Etcd, &dir.path().join("etcd"), &[]);
     let cairn = Member::start(Kind::Cairn, &dir.path().join("cairn"), &[]);
