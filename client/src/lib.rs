@@ -1,36 +1,97 @@
-//! cairn-client: a typed client for Cairn and any etcd v3 endpoint.
+//! cairn-client: a Rust client for Cairn and any etcd v3 cluster, for control-plane code.
 //!
-//! This first version is a thin, typed layer over the KV, Maintenance and Cluster services with
-//! etcd's request shapes; failover, retries, watch and leases come with the client issue.
+//! Connect once with every endpoint you know; the client finds the rest of the cluster with
+//! `MemberList`, spreads requests over healthy members, reconnects with backoff, and retries
+//! what is safe to retry, so failover is not the caller's job:
+//!
+//! ```no_run
+//! use cairn_client::{Client, ConnectOptions, GetOptions, PutOptions};
+//!
+//! # async fn demo() -> cairn_client::Result<()> {
+//! let client = Client::connect_with(
+//!     ["http://127.0.0.1:2379", "http://127.0.0.1:22379"],
+//!     ConnectOptions::new(),
+//! )
+//! .await?;
+//! let kv = client.kv();
+//! kv.put("greeting", "hello", PutOptions::new()).await?;
+//! let resp = kv.get("greeting", GetOptions::new()).await?;
+//! assert_eq!(&resp.kvs[0].value[..], b"hello");
+//! # Ok(()) }
+//! ```
+//!
+//! # What the client does for you
+//!
+//! - **Balancing and failover**: requests go round-robin to endpoints that are not failing; a
+//!   member that refuses connections, loses its leader or drops a connection is skipped for a
+//!   while (exponential backoff, 50 ms to 2 s) and tried again later.
+//! - **Retries within a deadline** ([`ConnectOptions::with_timeout`], 10 s by default): reads,
+//!   status and other idempotent requests are retried on another member after any transient
+//!   failure; writes only when they certainly were not executed (the connection could not be
+//!   made, or the member refused them before executing them). A write whose outcome is unknown
+//!   fails with an [`Error`] for which [`Error::is_unavailable`] is true: it is never silently
+//!   sent twice. Mark a transaction that is safe to repeat with [`Txn::idempotent`].
+//! - **Watches that do not break** ([`Watch`]): a [`Watcher`] is a `Stream` of events that
+//!   resumes on another member from the last delivered revision + 1 after a disconnect or the
+//!   loss of its member, without gaps or duplicates; compaction is reported as
+//!   [`Error::WatchCompacted`].
+//! - **Leases that stay alive** ([`Lease::keep_alive`]): renewed in the background until the
+//!   handle is dropped, on another member if need be, with the loss reported.
+//! - **Recipes** in [`concurrency`]: `Session`, `Mutex`, `Election` with Go clientv3's key
+//!   layouts (Go programs and `etcdctl lock`/`elect` interoperate with them) and `Stm`.
+//! - **Errors by name**: [`Error`] has a variant for each of etcd's errors.
+//! - **Auth**: [`ConnectOptions::with_user`] authenticates and refreshes the token when a member
+//!   answers `invalid auth token`. TLS is not in this build (see [`ConnectOptions::with_tls`]).
+//!
+//! # Single-endpoint methods
+//!
+//! [`Client::connect`] with one endpoint and the methods directly on [`Client`] (`put`, `get`,
+//! `range`, `txn`, ...) are a thin layer over the raw requests: one member, one attempt, every
+//! server error as [`Error::Status`]. Tests that probe one member use them; applications want
+//! [`Client::connect_with`] and the service handles.
+//!
 //! It depends on `cairn-proto` only, never on the server.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use cairn_proto::etcdserverpb::cluster_client::ClusterClient;
 use cairn_proto::etcdserverpb::kv_client::KvClient;
 use cairn_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use cairn_proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
     MemberListRequest, MemberListResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
-    StatusRequest, StatusResponse, TxnRequest, TxnResponse,
+    StatusRequest, StatusResponse, TxnRequest, TxnResponse as PbTxnResponse,
 };
-use cairn_proto::mvccpb::KeyValue;
 use tonic::transport::{Channel, Endpoint};
 
+mod cluster;
+mod error;
+mod kv;
+mod maintenance;
+mod namespace;
+mod options;
+mod transport;
+
 pub use cairn_proto as proto;
+pub use cluster::{Cluster, Member};
+pub use error::{Error, Result};
+pub use kv::{
+    CompactOptions, Compare, CompareOp, DeleteOptions, GetOptions, Kv, PutOptions, Txn, TxnOp,
+    TxnOpResponse, TxnResponse,
+};
+pub use maintenance::Maintenance;
+pub use options::{ConnectOptions, TlsOptions};
+pub use proto::etcdserverpb::range_request::{SortOrder, SortTarget};
+pub use proto::etcdserverpb::ResponseHeader;
+pub use proto::mvccpb::KeyValue;
 
-/// How long `connect` waits for the endpoint.
+use namespace::Namespace;
+use transport::Pool;
+
+/// How long the single-endpoint [`Client::connect`] waits for the endpoint.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("transport: {0}")]
-    Transport(#[from] tonic::transport::Error),
-    #[error("{}", .0.message())]
-    Status(#[from] tonic::Status),
-}
-
-pub type Result<T> = std::result::Result<T, Error>;
 
 /// The key just after every key that starts with `prefix` (etcd's prefix range end).
 pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
@@ -44,28 +105,125 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
-/// A connection to one endpoint.
+/// A client of one cluster. Cheap to clone: clones share the connections, and every handle
+/// ([`Client::kv`], [`Client::watch`], ...) is cheap too. Background work (endpoint sync,
+/// watches, keep-alives) stops when the handles that need it are dropped.
 #[derive(Clone)]
 pub struct Client {
-    kv: KvClient<Channel>,
-    maintenance: MaintenanceClient<Channel>,
-    cluster: ClusterClient<Channel>,
+    pool: Arc<Pool>,
+    ns: Namespace,
 }
 
 impl Client {
-    /// Connects to `endpoint` (e.g. `http://127.0.0.1:2379`).
-    pub async fn connect(endpoint: impl Into<String>) -> Result<Client> {
-        let channel = Endpoint::from_shared(endpoint.into())?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .connect()
-            .await?;
+    /// Connects to the cluster behind `endpoints` (`http://host:port`, or `host:port`).
+    ///
+    /// The connections are made lazily: this does not fail when members are down (requests
+    /// wait for them until their deadline). With auto-sync on (the default) the endpoint list
+    /// is refreshed from `MemberList` now, if a member answers within the connect timeout, and
+    /// periodically after that.
+    pub async fn connect_with<I, S>(endpoints: I, options: ConnectOptions) -> Result<Client>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let uris: Vec<String> = endpoints
+            .into_iter()
+            .map(|s| s.as_ref().to_string())
+            .collect();
+        let sync = options.auto_sync_interval;
+        let connect_timeout = options.connect_timeout;
+        let pool = Pool::new(&uris, options)?;
+        if let Some(interval) = sync {
+            match tokio::time::timeout(connect_timeout, pool.sync_endpoints()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "initial endpoint sync failed"),
+                Err(_) => tracing::debug!("initial endpoint sync timed out"),
+            }
+            transport::spawn_auto_sync(&pool, interval);
+        }
         Ok(Client {
-            kv: KvClient::new(channel.clone()).max_decoding_message_size(usize::MAX),
-            maintenance: MaintenanceClient::new(channel.clone()),
-            cluster: ClusterClient::new(channel),
+            pool,
+            ns: Namespace::default(),
         })
     }
 
+    /// Connects to the one member at `endpoint` (e.g. `http://127.0.0.1:2379`) and waits until
+    /// the connection is up. The client stays on that member: no discovery, no retries (see
+    /// "Single-endpoint methods" above); the service handles work on it too.
+    pub async fn connect(endpoint: impl Into<String>) -> Result<Client> {
+        let endpoint = endpoint.into();
+        let channel = Endpoint::from_shared(endpoint.clone())?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .connect()
+            .await?;
+        let options = ConnectOptions::new().with_auto_sync_interval(None);
+        Ok(Client {
+            pool: Pool::with_channel(endpoint, channel, options),
+            ns: Namespace::default(),
+        })
+    }
+
+    /// A view of the cluster where every key is under `prefix`: keys sent gain it, keys
+    /// received lose it (Go's `clientv3/namespace`). Applies to [`Client::kv`],
+    /// [`Client::watch`], lease key lists and the [`concurrency`] recipes built on this client.
+    /// Namespaces nest.
+    pub fn with_namespace(&self, prefix: impl Into<Vec<u8>>) -> Client {
+        let mut p = self.ns.0.to_vec();
+        p.extend_from_slice(&prefix.into());
+        Client {
+            pool: self.pool.clone(),
+            ns: Namespace(Bytes::from(p)),
+        }
+    }
+
+    /// The endpoints the client currently uses.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.pool.endpoints()
+    }
+
+    /// Replaces the endpoints now from `MemberList` (auto-sync does this periodically).
+    pub async fn sync_endpoints(&self) -> Result<()> {
+        self.pool.sync_endpoints().await
+    }
+
+    /// The KV service.
+    pub fn kv(&self) -> Kv {
+        Kv {
+            pool: self.pool.clone(),
+            ns: self.ns.clone(),
+        }
+    }
+
+    /// The Cluster service (membership).
+    pub fn cluster(&self) -> Cluster {
+        Cluster {
+            pool: self.pool.clone(),
+        }
+    }
+
+    /// The Maintenance service (status, alarms, defragment, move-leader, snapshot).
+    pub fn maintenance(&self) -> Maintenance {
+        Maintenance {
+            pool: self.pool.clone(),
+        }
+    }
+
+    // ---- single-endpoint methods: one attempt, raw statuses ----
+
+    /// A request to the first endpoint (the only one after [`Client::connect`]), with the
+    /// auth token if there is one.
+    fn raw_request<T>(&self, req: T) -> (Channel, tonic::Request<T>) {
+        let uri = self.pool.endpoints().remove(0);
+        let picked = self
+            .pool
+            .channel_of(&uri)
+            .expect("an endpoint of the pool has a channel");
+        let mut request = tonic::Request::new(req);
+        self.pool.decorate(&mut request, false);
+        (picked.channel, request)
+    }
+
+    /// Puts `key = value` (single endpoint, one attempt).
     pub async fn put(
         &mut self,
         key: impl Into<Vec<u8>>,
@@ -79,11 +237,13 @@ impl Client {
         .await
     }
 
+    /// Sends a raw `PutRequest` (single endpoint, one attempt).
     pub async fn put_request(&mut self, req: PutRequest) -> Result<PutResponse> {
-        Ok(self.kv.put(req).await?.into_inner())
+        let (ch, req) = self.raw_request(req);
+        Ok(raw_kv(ch).put(req).await?.into_inner())
     }
 
-    /// The current value of one key, read linearizably.
+    /// The current value of one key, read linearizably (single endpoint, one attempt).
     pub async fn get(&mut self, key: impl Into<Vec<u8>>) -> Result<Option<KeyValue>> {
         let resp = self
             .range(RangeRequest {
@@ -94,7 +254,7 @@ impl Client {
         Ok(resp.kvs.into_iter().next())
     }
 
-    /// Every key that starts with `prefix`.
+    /// Every key that starts with `prefix` (single endpoint, one attempt).
     pub async fn get_prefix(&mut self, prefix: impl Into<Vec<u8>>) -> Result<RangeResponse> {
         let prefix = prefix.into();
         self.range(RangeRequest {
@@ -105,41 +265,45 @@ impl Client {
         .await
     }
 
+    /// Sends a raw `RangeRequest` (single endpoint, one attempt).
     pub async fn range(&mut self, req: RangeRequest) -> Result<RangeResponse> {
-        Ok(self.kv.range(req).await?.into_inner())
+        let (ch, req) = self.raw_request(req);
+        Ok(raw_kv(ch).range(req).await?.into_inner())
     }
 
+    /// Sends a raw `DeleteRangeRequest` (single endpoint, one attempt).
     pub async fn delete(&mut self, req: DeleteRangeRequest) -> Result<DeleteRangeResponse> {
-        Ok(self.kv.delete_range(req).await?.into_inner())
+        let (ch, req) = self.raw_request(req);
+        Ok(raw_kv(ch).delete_range(req).await?.into_inner())
     }
 
-    pub async fn txn(&mut self, req: TxnRequest) -> Result<TxnResponse> {
-        Ok(self.kv.txn(req).await?.into_inner())
+    /// Sends a raw `TxnRequest` (single endpoint, one attempt).
+    pub async fn txn(&mut self, req: TxnRequest) -> Result<PbTxnResponse> {
+        let (ch, req) = self.raw_request(req);
+        Ok(raw_kv(ch).txn(req).await?.into_inner())
     }
 
+    /// Compacts the history up to `revision` (single endpoint, one attempt).
     pub async fn compact(&mut self, revision: i64, physical: bool) -> Result<CompactionResponse> {
-        Ok(self
-            .kv
-            .compact(CompactionRequest { revision, physical })
-            .await?
-            .into_inner())
+        let (ch, req) = self.raw_request(CompactionRequest { revision, physical });
+        Ok(raw_kv(ch).compact(req).await?.into_inner())
     }
 
+    /// The member's status (single endpoint, one attempt).
     pub async fn status(&mut self) -> Result<StatusResponse> {
-        Ok(self
-            .maintenance
-            .status(StatusRequest {})
-            .await?
-            .into_inner())
+        let (ch, req) = self.raw_request(StatusRequest {});
+        Ok(MaintenanceClient::new(ch).status(req).await?.into_inner())
     }
 
+    /// The cluster's members as this member sees them (single endpoint, one attempt).
     pub async fn member_list(&mut self) -> Result<MemberListResponse> {
-        Ok(self
-            .cluster
-            .member_list(MemberListRequest::default())
-            .await?
-            .into_inner())
+        let (ch, req) = self.raw_request(MemberListRequest::default());
+        Ok(ClusterClient::new(ch).member_list(req).await?.into_inner())
     }
+}
+
+fn raw_kv(ch: Channel) -> KvClient<Channel> {
+    KvClient::new(ch).max_decoding_message_size(usize::MAX)
 }
 
 #[cfg(test)]
