@@ -2,11 +2,11 @@
 
 mod common;
 
-use cairn_client::proto::etcdserverpb::lease_client::LeaseClient;
+use cairn_client::proto::etcdserverpb::auth_client::AuthClient;
 use cairn_client::proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use cairn_client::proto::etcdserverpb::{
-    compare, request_op, response_op, Compare, DefragmentRequest, DeleteRangeRequest,
-    LeaseGrantRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
+    compare, request_op, response_op, AuthStatusRequest, Compare, DefragmentRequest,
+    DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
 };
 use cairn_client::proto::grpc_health_v1::health_check_response::ServingStatus;
 use cairn_client::proto::grpc_health_v1::health_client::HealthClient;
@@ -169,13 +169,13 @@ async fn kv_basics_headers_and_errors() {
         .connect()
         .await
         .unwrap();
-    let e = LeaseClient::new(channel.clone())
-        .lease_grant(LeaseGrantRequest { ttl: 5, id: 0 })
+    let e = AuthClient::new(channel.clone())
+        .auth_status(AuthStatusRequest {})
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Unimplemented);
     assert!(
-        e.message().contains("/etcdserverpb.Lease/LeaseGrant"),
+        e.message().contains("/etcdserverpb.Auth/AuthStatus"),
         "{}",
         e.message()
     );
