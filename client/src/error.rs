@@ -159,8 +159,9 @@ pub enum Error {
     /// it does not have yet).
     #[error("unimplemented: {0}")]
     Unimplemented(String),
-    /// No member answered (connection refused or lost, or another `Unavailable` that is not one
-    /// of etcd's named errors). Retried for requests that are safe to retry.
+    /// No member answered: the connection was refused or broke (a transport error), or the
+    /// server said `Unavailable` without naming one of etcd's errors. Requests that are safe to
+    /// retry are retried on another member before this is returned.
     #[error("unavailable: {}", .0.message())]
     Unavailable(tonic::Status),
     /// The request's deadline (`ConnectOptions::with_timeout`) passed before it completed.
@@ -240,9 +241,14 @@ impl Error {
         if let Some(e) = named {
             return e;
         }
+        // A status the client's transport made up (it carries the transport error as its
+        // source; the server's statuses have none) means the member could not be reached or
+        // the connection broke.
+        let local = std::error::Error::source(&status).is_some();
         match status.code() {
             Code::Unimplemented => Error::Unimplemented(msg.to_string()),
             Code::Unavailable => Error::Unavailable(status),
+            Code::Unknown | Code::Cancelled | Code::Internal if local => Error::Unavailable(status),
             Code::DeadlineExceeded => Error::DeadlineExceeded,
             _ => Error::Status(status),
         }

@@ -73,6 +73,7 @@ mod maintenance;
 mod namespace;
 mod options;
 mod transport;
+mod watch;
 
 pub use cairn_proto as proto;
 pub use cluster::{Cluster, Member};
@@ -86,6 +87,7 @@ pub use options::{ConnectOptions, TlsOptions};
 pub use proto::etcdserverpb::range_request::{SortOrder, SortTarget};
 pub use proto::etcdserverpb::ResponseHeader;
 pub use proto::mvccpb::KeyValue;
+pub use watch::{Event, EventKind, Watch, WatchOptions, WatchResponse, Watcher};
 
 use namespace::Namespace;
 use transport::Pool;
@@ -189,6 +191,14 @@ impl Client {
     /// The KV service.
     pub fn kv(&self) -> Kv {
         Kv {
+            pool: self.pool.clone(),
+            ns: self.ns.clone(),
+        }
+    }
+
+    /// The Watch service: resumable watches.
+    pub fn watch(&self) -> Watch {
+        Watch {
             pool: self.pool.clone(),
             ns: self.ns.clone(),
         }

@@ -327,7 +327,7 @@ impl Pool {
         Ok(())
     }
 
-    fn current_token(&self) -> Option<String> {
+    pub(crate) fn current_token(&self) -> Option<String> {
         self.token.read().expect("token lock poisoned").clone()
     }
 
