@@ -37,9 +37,9 @@ const SESSION: &[&str] = &[
 /// The step whose granted lease becomes `$L`.
 const CAPTURE: usize = 1;
 
-/// Replaces 16-digit hex lease ids (which each server picks, also inside `name/<id>` keys) and the
-/// seconds left (which may tick differently); sorts a lease's attached keys (etcd lists them in
-/// map order); drops etcdctl's JSON log lines (timestamps, client ids), keeping its `Error:` lines.
+/// Replaces hex lease ids (which each server picks; 8 to 16 digits, as `%x` drops leading zeros;
+/// also inside `name/<id>` keys) and the seconds left (which may tick differently); sorts a lease's
+/// attached keys (etcd lists them in map order); drops etcdctl's JSON log lines (timestamps, client ids), keeping its `Error:` lines.
 fn normalise(text: &str) -> String {
     text.lines()
         .filter(|l| !l.starts_with("{\"level\""))
@@ -49,8 +49,8 @@ fn normalise(text: &str) -> String {
                 .map(|word| {
                     word.split('/')
                         .map(|part| {
-                            let id =
-                                part.len() == 16 && part.chars().all(|c| c.is_ascii_hexdigit());
+                            let id = (8..=16).contains(&part.len())
+                                && part.chars().all(|c| c.is_ascii_hexdigit());
                             if id {
                                 "<lease>"
                             } else {
