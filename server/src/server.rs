@@ -130,10 +130,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
     let wait = Wait::default();
     let watch_hub = Arc::new(crate::watch::Hub::new(writer.revision()));
     let store = Store::new(engine.clone());
-    let lease_leader = Arc::new(api::LeaseLeader {
-        lessor: Arc::new(crate::lease::Lessor::new(store.leases()?)),
-        store: store.clone(),
-    });
+    let lessor = Arc::new(crate::lease::Lessor::new(store.leases()?));
     let (membership_tx, membership_rx) = watch::channel(membership);
     let (committed_tx, committed_rx) = crossbeam_channel::bounded(raft::APPLY_QUEUE_LEN_MAX);
     let (applied_tx, applied_rx) = watch::channel(applied_index);
@@ -144,7 +141,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
             wait: wait.clone(),
             membership: membership_tx,
             watch_hub: watch_hub.clone(),
-            lessor: lease_leader.lessor.clone(),
+            lessor: lessor.clone(),
             min_lease_ttl: crate::lease::min_ttl(cfg.tick(), cfg.election_ticks()),
         },
         committed_rx,
@@ -167,6 +164,12 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
         membership_rx.clone(),
         tokio::runtime::Handle::current(),
     )?;
+    let lease_leader = Arc::new(api::LeaseLeader {
+        lessor,
+        store: store.clone(),
+        raft: raft.clone(),
+        request_timeout: cfg.request_timeout(),
+    });
     let peer_service = PeerService::new(
         &raft,
         member_id,

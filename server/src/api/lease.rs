@@ -28,7 +28,7 @@ use super::Core;
 use crate::apply::Applied;
 use crate::lease::{Lessor, MAX_LEASE_TTL};
 use crate::mvcc::Store;
-use crate::raft::{LeaseQueries, RaftError};
+use crate::raft::{LeaseQueries, RaftError, RaftHandle};
 
 /// Expired leases revoked per second at most (etcd: `leaseRevokeRate`).
 const REVOKES_PER_SECOND: usize = 1000;
@@ -41,23 +41,38 @@ const KEEPALIVE_RESPONSES_BUFFERED: usize = 16;
 pub struct LeaseLeader {
     pub lessor: Arc<Lessor>,
     pub store: Store,
+    pub raft: RaftHandle,
+    pub request_timeout: Duration,
 }
 
-impl LeaseQueries for LeaseLeader {
-    fn renew(&self, id: i64) -> Result<i64, Status> {
+impl LeaseLeader {
+    /// Refuses unless this member leads (and keeps the deadlines), after applying everything
+    /// committed: a lease granted or revoked just before is then known (etcd: `waitAppliedIndex`).
+    async fn ready(&self) -> Result<(), Status> {
+        let commit = self.raft.status().commit_index;
+        tokio::time::timeout(self.request_timeout, self.raft.wait_applied(commit))
+            .await
+            .map_err(|_| ApiError::from(RaftError::Timeout))?
+            .map_err(ApiError::from)?;
         if !self.lessor.is_primary() {
             return Err(ApiError::from(RaftError::NotLeader).into());
         }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl LeaseQueries for LeaseLeader {
+    async fn renew(&self, id: i64) -> Result<i64, Status> {
+        self.ready().await?;
         Ok(self.lessor.renew(id).unwrap_or(0))
     }
 
-    fn time_to_live(
+    async fn time_to_live(
         &self,
-        req: &LeaseTimeToLiveRequest,
+        req: LeaseTimeToLiveRequest,
     ) -> Result<LeaseTimeToLiveResponse, Status> {
-        if !self.lessor.is_primary() {
-            return Err(ApiError::from(RaftError::NotLeader).into());
-        }
+        self.ready().await?;
         let Some(remaining) = self.lessor.time_to_live(req.id) else {
             // etcd answers an unknown lease with TTL -1, not an error.
             return Ok(LeaseTimeToLiveResponse {
@@ -67,7 +82,12 @@ impl LeaseQueries for LeaseLeader {
             });
         };
         let keys = if req.keys {
-            let keys = self.store.lease_keys(req.id).map_err(ApiError::from)?;
+            // Listing a lease's keys reads storage.
+            let (store, id) = (self.store.clone(), req.id);
+            let keys = tokio::task::spawn_blocking(move || store.lease_keys(id))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(ApiError::from)?;
             keys.into_iter().map(|k| k.to_vec().into()).collect()
         } else {
             vec![]
@@ -127,7 +147,7 @@ impl Core {
     /// Renews lease `id` on the leader (here, or forwarded); its TTL, 0 if there is no such lease.
     async fn lease_renew(&self, id: i64) -> Result<i64, Status> {
         if self.raft.status().is_leader {
-            return self.lease_leader.renew(id);
+            return self.lease_leader.renew(id).await;
         }
         let mut leader = self.leader_link()?;
         let req = LeaseKeepAliveRequest { id };
@@ -142,10 +162,7 @@ impl Core {
         req: LeaseTimeToLiveRequest,
     ) -> Result<LeaseTimeToLiveResponse, Status> {
         if self.raft.status().is_leader {
-            let leader = self.lease_leader.clone();
-            return tokio::task::spawn_blocking(move || leader.time_to_live(&req))
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?;
+            return self.lease_leader.time_to_live(req).await;
         }
         let mut leader = self.leader_link()?;
         let resp = tokio::time::timeout(self.request_timeout, leader.lease_time_to_live(req))

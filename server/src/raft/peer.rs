@@ -28,11 +28,14 @@ use crate::cluster::Membership;
 use crate::snapshot::SnapshotFile;
 
 /// The leader's answers about leases, for followers.
+#[tonic::async_trait]
 pub trait LeaseQueries: Send + Sync {
     /// Renews lease `id`; its TTL, or 0 if there is no such lease.
-    fn renew(&self, id: i64) -> Result<i64, Status>;
-    fn time_to_live(&self, req: &LeaseTimeToLiveRequest)
-        -> Result<LeaseTimeToLiveResponse, Status>;
+    async fn renew(&self, id: i64) -> Result<i64, Status>;
+    async fn time_to_live(
+        &self,
+        req: LeaseTimeToLiveRequest,
+    ) -> Result<LeaseTimeToLiveResponse, Status>;
 }
 
 #[derive(Clone)]
@@ -180,7 +183,7 @@ impl Peer for PeerService {
         req: Request<LeaseKeepAliveRequest>,
     ) -> Result<Response<LeaseKeepAliveResponse>, Status> {
         let id = req.into_inner().id;
-        let ttl = self.leases.renew(id)?;
+        let ttl = self.leases.renew(id).await?;
         Ok(Response::new(LeaseKeepAliveResponse {
             header: None,
             id,
@@ -192,12 +195,7 @@ impl Peer for PeerService {
         &self,
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
-        let leases = self.leases.clone();
-        let req = req.into_inner();
-        // Listing a lease's keys reads storage.
-        let resp = tokio::task::spawn_blocking(move || leases.time_to_live(&req))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))??;
+        let resp = self.leases.time_to_live(req.into_inner()).await?;
         Ok(Response::new(resp))
     }
 }
@@ -208,13 +206,14 @@ mod tests {
 
     struct NoLeases;
 
+    #[tonic::async_trait]
     impl LeaseQueries for NoLeases {
-        fn renew(&self, _: i64) -> Result<i64, Status> {
+        async fn renew(&self, _: i64) -> Result<i64, Status> {
             Err(Status::unavailable("no leases here"))
         }
-        fn time_to_live(
+        async fn time_to_live(
             &self,
-            _: &LeaseTimeToLiveRequest,
+            _: LeaseTimeToLiveRequest,
         ) -> Result<LeaseTimeToLiveResponse, Status> {
             Err(Status::unavailable("no leases here"))
         }
