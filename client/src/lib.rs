@@ -67,11 +67,15 @@ use cairn_proto::etcdserverpb::{
 use tonic::transport::{Channel, Endpoint};
 
 mod cluster;
+pub mod concurrency;
 mod error;
 mod kv;
+mod lease;
 mod maintenance;
 mod namespace;
 mod options;
+mod services;
+mod stream;
 mod transport;
 mod watch;
 
@@ -82,11 +86,15 @@ pub use kv::{
     CompactOptions, Compare, CompareOp, DeleteOptions, GetOptions, Kv, PutOptions, Txn, TxnOp,
     TxnOpResponse, TxnResponse,
 };
+pub use lease::{Lease, LeaseGrantOptions, LeaseKeeper};
 pub use maintenance::Maintenance;
 pub use options::{ConnectOptions, TlsOptions};
 pub use proto::etcdserverpb::range_request::{SortOrder, SortTarget};
 pub use proto::etcdserverpb::ResponseHeader;
 pub use proto::mvccpb::KeyValue;
+pub use proto::v3electionpb::LeaderKey;
+pub use services::{ElectionService, LockService};
+pub use stream::TaskStream;
 pub use watch::{Event, EventKind, Watch, WatchOptions, WatchResponse, Watcher};
 
 use namespace::Namespace;
@@ -199,6 +207,31 @@ impl Client {
     /// The Watch service: resumable watches.
     pub fn watch(&self) -> Watch {
         Watch {
+            pool: self.pool.clone(),
+            ns: self.ns.clone(),
+        }
+    }
+
+    /// The Lease service: grant, revoke, TTLs and background keep-alive.
+    pub fn lease(&self) -> Lease {
+        Lease {
+            pool: self.pool.clone(),
+            ns: self.ns.clone(),
+        }
+    }
+
+    /// The server-side Lock service (`v3lockpb.Lock`); see also [`concurrency::Mutex`].
+    pub fn lock(&self) -> LockService {
+        LockService {
+            pool: self.pool.clone(),
+            ns: self.ns.clone(),
+        }
+    }
+
+    /// The server-side Election service (`v3electionpb.Election`); see also
+    /// [`concurrency::Election`].
+    pub fn election(&self) -> ElectionService {
+        ElectionService {
             pool: self.pool.clone(),
             ns: self.ns.clone(),
         }

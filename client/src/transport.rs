@@ -344,6 +344,23 @@ impl Pool {
         Fut: Future<Output = std::result::Result<tonic::Response<Resp>, tonic::Status>>,
     {
         let deadline = Instant::now() + self.options.request_timeout;
+        self.unary_until(retry, deadline, req, call).await
+    }
+
+    /// [`Pool::unary`] with a deadline of the caller's choice (blocking calls such as the
+    /// server-side lock wait longer than the request timeout).
+    pub(crate) async fn unary_until<Req, Resp, F, Fut>(
+        &self,
+        retry: Retry,
+        deadline: Instant,
+        req: Req,
+        call: F,
+    ) -> Result<Resp>
+    where
+        Req: Clone,
+        F: Fn(Channel, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<Resp>, tonic::Status>>,
+    {
         if self.needs_token() {
             self.refresh_token(None, deadline).await?;
         }
