@@ -27,7 +27,7 @@ use crate::client::EtcdClient;
 use crate::cluster::{Cluster, ClusterSpec};
 use crate::history::{self, Actor, Call, EventKind, Recorder, WatchRecord};
 use crate::nemesis::{self, Fault};
-use crate::watcher::{self, CompactAt, Watchers, WatchersSpec};
+use crate::watcher::{self, CompactAt, CompactorSpec, Watchers, WatchersSpec};
 use crate::workload::{self, Generator, ReadMode, Workload};
 
 /// Attempts per member at the final read of the set.
@@ -103,7 +103,11 @@ pub struct RunOptions {
     /// watch: seconds between compactions (0: never compact).
     #[arg(long, default_value_t = 2.0)]
     pub compact_interval_s: f64,
-    /// watch: which revisions to compact at (`any` exposes etcd#18089 on etcd < 3.4.33).
+    /// watch: revisions the compactor stays behind the highest acknowledged one.
+    #[arg(long, default_value_t = watcher::COMPACT_LAG_REVISIONS_DEFAULT)]
+    pub compact_lag_revisions: i64,
+    /// watch: which revisions to compact at (`any` also compacts at deletes' revisions, which
+    /// exposes etcd#18089 in etcd 3.4.23).
     #[arg(long, value_enum, default_value_t = CompactAt::Put)]
     pub compact_at: CompactAt,
     /// Where report directories go.
@@ -391,8 +395,11 @@ pub async fn run(mut options: RunOptions) -> anyhow::Result<(PathBuf, Results)> 
     if options.workload == Workload::Watch && options.compact_interval_s > 0.0 {
         clients.spawn(watcher::compactor(
             urls.clone(),
-            Duration::from_secs_f64(options.compact_interval_s),
-            options.compact_at,
+            CompactorSpec {
+                interval: Duration::from_secs_f64(options.compact_interval_s),
+                lag_revisions: options.compact_lag_revisions.max(1),
+                at: options.compact_at,
+            },
             timeout,
             generator.clone(),
             recorder.clone(),

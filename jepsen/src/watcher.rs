@@ -38,10 +38,10 @@ use crate::history::{
 };
 use crate::workload::{self, kv_of, Generator, ReadMode, WATCH_PREFIX};
 
-/// Revisions the compactor stays behind the highest acknowledged revision: far enough that a
-/// watcher resuming after a fault usually still finds its next revision, close enough that
-/// watchers starting at old revisions meet compaction.
-pub const COMPACT_LAG_REVISIONS: i64 = 300;
+/// Revisions the compactor stays behind the highest acknowledged revision, by default: far
+/// enough that a watcher resuming after a fault usually still finds its next revision, close
+/// enough that watchers starting at old revisions meet compaction.
+pub const COMPACT_LAG_REVISIONS_DEFAULT: i64 = 300;
 
 /// Pause after a failed attempt to open a stream, before the next one.
 const REOPEN_BACKOFF: Duration = Duration::from_millis(100);
@@ -406,19 +406,27 @@ pub enum CompactAt {
     /// 3.4 and 3.5 in August 2024). Compacting elsewhere keeps the other guarantees testable on
     /// etcd 3.4.23.
     Put,
-    /// Any revision [`COMPACT_LAG_REVISIONS`] behind the head (exposes etcd#18089).
+    /// Any revision (exposes etcd#18089).
     Any,
 }
 
-/// Compacts every `interval` (±20 %) until `end`, about [`COMPACT_LAG_REVISIONS`] behind the
+/// When and where the compactor compacts.
+#[derive(Clone, Copy, Debug)]
+pub struct CompactorSpec {
+    pub interval: Duration,
+    /// Revisions behind the highest acknowledged revision.
+    pub lag_revisions: i64,
+    pub at: CompactAt,
+}
+
+/// Compacts every `spec.interval` (±20 %) until `end`, about `spec.lag_revisions` behind the
 /// highest acknowledged revision (at a put's revision with [`CompactAt::Put`]), on a random
 /// member. Each compaction is a client op of its own process (`first_process`, then the next
 /// after an indeterminate one).
 #[allow(clippy::too_many_arguments)]
 pub async fn compactor(
     urls: Vec<String>,
-    interval: Duration,
-    at: CompactAt,
+    spec: CompactorSpec,
     timeout: Duration,
     generator: Arc<Generator>,
     recorder: Recorder,
@@ -432,14 +440,14 @@ pub async fn compactor(
     // The latest put revision at each tick, oldest first.
     let mut put_revisions: std::collections::VecDeque<i64> = Default::default();
     loop {
-        let delay = interval.mul_f64(rng.random_range(0.8..1.2));
+        let delay = spec.interval.mul_f64(rng.random_range(0.8..1.2));
         tokio::time::sleep_until(end.min(Instant::now() + delay)).await;
         if Instant::now() >= end {
             return Ok(());
         }
-        let horizon = generator.max_revision() - COMPACT_LAG_REVISIONS;
+        let horizon = generator.max_revision() - spec.lag_revisions;
         put_revisions.push_back(generator.max_put_revision());
-        let revision = match at {
+        let revision = match spec.at {
             CompactAt::Any => horizon,
             CompactAt::Put => {
                 let mut chosen = 0;

@@ -88,6 +88,7 @@ fn watch_guarantees_hold_on_etcd_and_doctored_histories_are_caught() {
             "--nemesis=kill,pause,partition",
             "--nemesis-interval-s=2",
             "--compact-interval-s=1",
+            "--compact-lag-revisions=50",
             "--seed=5",
         ],
     );

@@ -5,6 +5,28 @@ use std::process::Command;
 
 const ETCD: &str = "/usr/bin/etcd";
 
+/// `target/<profile>/cairn`, beside `target/<profile>/deps/<this test>`, if `cargo test
+/// --workspace` (or `cargo build -p cairn-server`) built it there.
+#[allow(dead_code)] // not every test file drives Cairn
+pub fn cairn() -> Option<PathBuf> {
+    let exe = std::env::current_exe().expect("the test knows its executable");
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("tests run from target/<profile>/deps")
+        .join("cairn");
+    if bin.exists() {
+        Some(bin)
+    } else {
+        println!(
+            "skipped: {} not built (cargo test --workspace builds it)",
+            bin.display()
+        );
+        None
+    }
+}
+
+#[allow(dead_code)] // not every test file drives etcd
 pub fn etcd() -> Option<PathBuf> {
     let path = Path::new(ETCD);
     if path.exists() {
