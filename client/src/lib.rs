@@ -52,6 +52,8 @@
 //!
 //! It depends on `cairn-proto` only, never on the server.
 
+#![warn(missing_docs)]
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,6 +68,7 @@ use cairn_proto::etcdserverpb::{
 };
 use tonic::transport::{Channel, Endpoint};
 
+mod auth;
 mod cluster;
 pub mod concurrency;
 mod error;
@@ -79,6 +82,7 @@ mod stream;
 mod transport;
 mod watch;
 
+pub use auth::{Access, Auth};
 pub use cairn_proto as proto;
 pub use cluster::{Cluster, Member};
 pub use error::{Error, Result};
@@ -234,6 +238,13 @@ impl Client {
         ElectionService {
             pool: self.pool.clone(),
             ns: self.ns.clone(),
+        }
+    }
+
+    /// The Auth service: users, roles, permissions, enabling auth.
+    pub fn auth(&self) -> Auth {
+        Auth {
+            pool: self.pool.clone(),
         }
     }
 

@@ -212,8 +212,6 @@ impl Cluster {
             .args(["--initial-cluster", &self.initial_cluster])
             .args(["--initial-cluster-state", "new"])
             .args(["--initial-cluster-token", "client-tests"])
-            // etcd's defaults are 100 ms / 1 s; shorter elections keep failover tests quick.
-            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
             .args(&self.extra_args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -273,7 +271,7 @@ impl Cluster {
     pub async fn client_with(&self, options: ConnectOptions) -> Client {
         Client::connect_with(
             self.endpoints(),
-            options.with_timeout(Duration::from_secs(8)),
+            options.with_timeout(Duration::from_secs(15)),
         )
         .await
         .unwrap()
