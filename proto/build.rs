@@ -17,6 +17,12 @@ const PROTO_FILES: &[&str] = &[
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=protos");
     let fds = protox::compile(PROTO_FILES, ["protos"])?;
+    // The descriptors themselves, for the JSON gateway's proto3-JSON mapping.
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out.join("descriptors.bin"),
+        prost::Message::encode_to_vec(&fds),
+    )?;
     tonic_prost_build::configure()
         // Keys, values and blobs become `bytes::Bytes`: cheap to clone and slice across layers.
         .bytes(".")

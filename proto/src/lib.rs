@@ -74,6 +74,9 @@ pub mod grpc_health_v1 {
     tonic::include_proto!("grpc.health.v1");
 }
 
+/// The encoded `FileDescriptorSet` of every file above (for reflection: the JSON gateway).
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));
+
 /// Cairn's internal messages: raft log entry payloads and the peer transport. Never seen by clients.
 pub mod cairnpb {
     tonic::include_proto!("cairnpb");

@@ -271,11 +271,12 @@ impl Cluster for ClusterService {
         req: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
         let req = req.into_inner();
-        check_urls(&req.peer_ur_ls)?;
         let membership = self.core.membership.borrow().clone();
+        // etcd looks the member up first.
         if membership.get(req.id).is_none() {
             return Err(ApiError::from(MemberError::NotFound).into());
         }
+        check_urls(&req.peer_ur_ls)?;
         if membership.peer_urls_taken(&req.peer_ur_ls, req.id) {
             return Err(ApiError::from(MemberError::PeerUrlExists).into());
         }

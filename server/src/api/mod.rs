@@ -9,6 +9,7 @@
 mod cluster;
 mod concurrency;
 mod error;
+mod gateway;
 mod health;
 mod http;
 mod kv;
@@ -231,7 +232,8 @@ pub fn router(core: Arc<Core>) -> axum::Router {
             core.clone(),
             admission,
         ));
-    http::routes(grpc, core)
+    let gateway = Arc::new(gateway::Gateway::new(grpc.clone()));
+    http::routes(grpc, core).merge(gateway::routes(gateway))
 }
 
 impl Core {
