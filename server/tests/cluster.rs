@@ -15,7 +15,7 @@ use cairn_client::proto::etcdserverpb::{
     RangeRequest, StatusRequest, StatusResponse,
 };
 use cairn_client::Client;
-use common::{wait_for, Cluster, Kind, Member};
+use common::{http_get, wait_for, Cluster, Kind, Member};
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -322,6 +322,16 @@ async fn a_minority_refuses_requests_and_the_cluster_heals() {
         (err.code(), err.message()),
         (Code::Unavailable, "etcdserver: no leader")
     );
+    // Still live (local reads work), not ready (no linearizable read).
+    let addr = cluster.members[li].addr();
+    let (code, body) = http_get(&addr, "/livez").unwrap();
+    assert_eq!((code, body.as_str()), (200, "ok\n"));
+    let (code, body) = http_get(&addr, "/readyz").unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("[-]linearizable_read failed: "), "{body}");
+    assert!(body.contains("[+]serializable_read ok\n") && body.ends_with("/readyz check failed\n"));
+    let (code, _) = http_get(&addr, "/readyz?exclude=linearizable_read").unwrap();
+    assert_eq!(code, 200);
 
     for &i in &followers {
         cluster.members[i].signal("CONT");

@@ -188,6 +188,23 @@ async fn kv_basics_headers_and_errors() {
         .into_inner();
     assert_eq!(serving.status, ServingStatus::Serving as i32);
 
+    // Probes (etcd 3.5.12+): plain `ok`, every check with `?verbose`, one check by sub-path.
+    assert_eq!(
+        http_get(&m.addr(), "/livez").unwrap(),
+        (200, "ok\n".to_string())
+    );
+    let (code, body) = http_get(&m.addr(), "/readyz?verbose").unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(
+        body,
+        "[+]data_corruption ok\n[+]serializable_read ok\n[+]linearizable_read ok\n[+]non_learner ok\nok\n"
+    );
+    let (_, body) = http_get(&m.addr(), "/readyz?verbose&exclude=non_learner").unwrap();
+    assert!(body.contains("[+]non_learner excluded: ok\n"), "{body}");
+    let one = http_get(&m.addr(), "/readyz/linearizable_read").unwrap();
+    assert_eq!(one, (200, "ok\n".to_string()));
+    assert_eq!(http_get(&m.addr(), "/livez/nothing").unwrap().0, 404);
+
     let (code, body) = http_get(&m.addr(), "/version").unwrap();
     assert_eq!(code, 200);
     assert_eq!(

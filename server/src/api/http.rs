@@ -1,10 +1,12 @@
-//! The HTTP/1.1 side of the client port: `/version` and `/health` with etcd's JSON, and the answer
-//! to paths nobody serves (etcd: `etcdserver/api/etcdhttp/{base,metrics}.go`, 3.4).
+//! The HTTP/1.1 side of the client port: `/version` and `/health` with etcd's JSON, `/livez` and
+//! `/readyz` with etcd's text checks (3.5.12+), and the answer to paths nobody serves (etcd:
+//! `etcdserver/api/etcdhttp/{base,metrics,health}.go`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Request, State};
+use axum::extract::{Path, Request, State};
+use axum::http::Uri;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -21,6 +23,10 @@ pub fn routes(grpc: Router, core: Arc<Core>) -> Router {
     let http = Router::new()
         .route("/version", get(version))
         .route("/health", get(health))
+        .route("/livez", get(livez))
+        .route("/livez/{check}", get(livez_one))
+        .route("/readyz", get(readyz))
+        .route("/readyz/{check}", get(readyz_one))
         .with_state(core);
     grpc.merge(http).fallback(fallback)
 }
@@ -44,6 +50,148 @@ async fn health(State(core): State<Arc<Core>>) -> Response {
         (StatusCode::SERVICE_UNAVAILABLE, json!({"health": "false"}))
     };
     (status, Json(body)).into_response()
+}
+
+/// The checks behind `/livez` and `/readyz` (etcd 3.5.12+).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Check {
+    /// A local read works.
+    SerializableRead,
+    /// A read through the leader (ReadIndex) works in time.
+    LinearizableRead,
+    /// No CORRUPT alarm (Cairn raises none yet).
+    DataCorruption,
+    /// The member votes.
+    NonLearner,
+}
+
+const LIVEZ: &[Check] = &[Check::SerializableRead];
+const READYZ: &[Check] = &[
+    Check::DataCorruption,
+    Check::SerializableRead,
+    Check::LinearizableRead,
+    Check::NonLearner,
+];
+
+impl Check {
+    fn name(self) -> &'static str {
+        match self {
+            Check::SerializableRead => "serializable_read",
+            Check::LinearizableRead => "linearizable_read",
+            Check::DataCorruption => "data_corruption",
+            Check::NonLearner => "non_learner",
+        }
+    }
+
+    /// `Err(reason)` when the check fails.
+    async fn run(self, core: &Core) -> Result<(), String> {
+        match self {
+            Check::SerializableRead => core
+                .store
+                .current_revision()
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Check::LinearizableRead => {
+                match tokio::time::timeout(
+                    HEALTH_TIMEOUT,
+                    core.raft.wait_linearizable(HEALTH_TIMEOUT),
+                )
+                .await
+                {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(format!("etcdserver: {e}")),
+                    Err(_) => Err("etcdserver: request timed out".into()),
+                }
+            }
+            Check::DataCorruption => Ok(()),
+            Check::NonLearner => {
+                if core.is_learner() {
+                    Err("etcdserver: rpc not supported for learner".into())
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+/// Runs `checks` (skipping `?exclude=` ones): 200 `ok` (with every line if `?verbose`), or 503 with
+/// every line and `<path> check failed`.
+async fn run_checks(
+    core: &Core,
+    path: &str,
+    checks: &[Check],
+    query: &[(String, String)],
+) -> Response {
+    let excluded: Vec<&str> = query
+        .iter()
+        .filter(|(k, _)| k == "exclude")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    let verbose = query.iter().any(|(k, _)| k == "verbose");
+    let mut lines = String::new();
+    let mut failed = false;
+    for check in checks {
+        let name = check.name();
+        if excluded.contains(&name) {
+            lines.push_str(&format!("[+]{name} excluded: ok\n"));
+            continue;
+        }
+        match check.run(core).await {
+            Ok(()) => lines.push_str(&format!("[+]{name} ok\n")),
+            Err(reason) => {
+                failed = true;
+                lines.push_str(&format!("[-]{name} failed: {reason}\n"));
+            }
+        }
+    }
+    if failed {
+        let body = format!("{lines}{path} check failed\n");
+        return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
+    }
+    let body = if verbose {
+        format!("{lines}ok\n")
+    } else {
+        "ok\n".into()
+    };
+    (StatusCode::OK, body).into_response()
+}
+
+/// The query's `key=value` pairs (a bare `key` has an empty value).
+fn query_pairs(uri: &Uri) -> Vec<(String, String)> {
+    uri.query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (k.to_string(), v.to_string())
+        })
+        .collect()
+}
+
+async fn livez(State(core): State<Arc<Core>>, uri: Uri) -> Response {
+    run_checks(&core, "/livez", LIVEZ, &query_pairs(&uri)).await
+}
+
+async fn readyz(State(core): State<Arc<Core>>, uri: Uri) -> Response {
+    run_checks(&core, "/readyz", READYZ, &query_pairs(&uri)).await
+}
+
+/// One check of a probe, as a sub-path (`/readyz/linearizable_read`).
+async fn one_check(core: &Core, path: &str, checks: &[Check], name: &str) -> Response {
+    match checks.iter().find(|c| c.name() == name) {
+        Some(&check) => run_checks(core, &format!("{path}/{name}"), &[check], &[]).await,
+        None => (StatusCode::NOT_FOUND, "404 page not found\n").into_response(),
+    }
+}
+
+async fn livez_one(State(core): State<Arc<Core>>, Path(name): Path<String>) -> Response {
+    one_check(&core, "/livez", LIVEZ, &name).await
+}
+
+async fn readyz_one(State(core): State<Arc<Core>>, Path(name): Path<String>) -> Response {
+    one_check(&core, "/readyz", READYZ, &name).await
 }
 
 /// gRPC calls to services Cairn does not serve yet get `Unimplemented` naming the method; other
