@@ -329,8 +329,10 @@ pub(crate) fn delivery_of(status: &tonic::Status) -> Delivery {
         return Delivery::NotSent;
     }
     match status.message() {
+        // Each of these is checked before the request is proposed.
         "etcdserver: rpc not supported for learner"
         | "etcdserver: too many requests"
+        | "etcdserver: unhealthy cluster"
         | "etcdserver: invalid auth token" => return Delivery::Refused,
         _ => {}
     }

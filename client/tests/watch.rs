@@ -319,3 +319,57 @@ per_backend!(
     etcd_namespaced_watch_and_progress,
     namespaced_watch_and_progress
 );
+
+/// A revision bigger than the server's message limit arrives in fragments, reassembled into
+/// one response.
+async fn large_revisions_arrive_whole(backend: Backend) {
+    let Some(cluster) = Cluster::start(backend, 3).await else {
+        return;
+    };
+    let client = cluster.client().await;
+    let kv = client.kv();
+    let big = |c: u8| vec![c; 600 * 1024];
+    kv.put("big/a", big(b'a'), PutOptions::new()).await.unwrap();
+    kv.put("big/b", big(b'b'), PutOptions::new()).await.unwrap();
+    let mut w = client
+        .watch()
+        .watch("big/", WatchOptions::new().with_prefix().with_prev_key())
+        .await
+        .unwrap();
+    // With previous values, this one revision's events are ~2.4 MB: over the 1.5 MiB limit.
+    let t = kv
+        .txn(cairn_client::Txn::new().and_then([
+            cairn_client::TxnOp::put("big/a", big(b'c'), PutOptions::new()),
+            cairn_client::TxnOp::put("big/b", big(b'd'), PutOptions::new()),
+        ]))
+        .await
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), w.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        resp.events.len(),
+        2,
+        "{backend:?}: the whole revision at once"
+    );
+    for (e, (now, before)) in resp.events.iter().zip([(b'c', b'a'), (b'd', b'b')]) {
+        assert_eq!(e.revision(), t.revision());
+        assert_eq!(e.kv.value.len(), 600 * 1024);
+        assert!(e.kv.value.iter().all(|c| *c == now));
+        assert!(e
+            .prev_kv
+            .as_ref()
+            .unwrap()
+            .value
+            .iter()
+            .all(|c| *c == before));
+    }
+}
+
+per_backend!(
+    cairn_large_revisions_arrive_whole,
+    etcd_large_revisions_arrive_whole,
+    large_revisions_arrive_whole
+);
