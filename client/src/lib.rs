@@ -50,7 +50,20 @@
 //! server error as [`Error::Status`]. Tests that probe one member use them; applications want
 //! [`Client::connect_with`] and the service handles.
 //!
-//! It depends on `cairn-proto` only, never on the server.
+//! # Inside
+//!
+//! - `transport`: the endpoint pool (one lazily connected channel per endpoint, health and
+//!   backoff), the retry policy and the auth token; every request goes through it.
+//! - `kv`, `cluster`, `maintenance`, `auth`, `services`: the service handles, thin typed layers
+//!   that choose each request's retry policy.
+//! - `watch` and `lease`: one background task per watcher or keeper, owning its gRPC stream and
+//!   its resume state; the handle talks to it over bounded channels and stops it when dropped.
+//! - [`concurrency`]: recipes built only on the public KV, Lease and Watch APIs.
+//!
+//! **Boundary:** the client depends on `cairn-proto` only, never on the server, and speaks
+//! nothing but etcd's public API, so it works with any etcd v3 cluster.
+//! **Invariant:** a request is sent again only if it was not executed or is idempotent
+//! (`transport::Retry`); a watcher never yields a revision twice or skips one.
 
 #![warn(missing_docs)]
 
