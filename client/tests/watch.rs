@@ -340,10 +340,19 @@ async fn large_revisions_arrive_whole(backend: Backend) {
     let kv = client.kv();
     let big = |c: u8| vec![c; 600 * 1024];
     kv.put("big/a", big(b'a'), PutOptions::new()).await.unwrap();
-    kv.put("big/b", big(b'b'), PutOptions::new()).await.unwrap();
+    let written = kv.put("big/b", big(b'b'), PutOptions::new()).await.unwrap();
+    // From the revision after the puts: a watch "from now" on a member that has not applied them
+    // yet would start before them (in etcd too).
+    let after = written.header.unwrap().revision + 1;
     let mut w = client
         .watch()
-        .watch("big/", WatchOptions::new().with_prefix().with_prev_key())
+        .watch(
+            "big/",
+            WatchOptions::new()
+                .with_prefix()
+                .with_prev_key()
+                .with_start_revision(after),
+        )
         .await
         .unwrap();
     // With previous values, this one revision's events are ~2.4 MB: over the 1.5 MiB limit.
