@@ -15,7 +15,9 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::cluster::{Cluster, ClusterSpec, Settings, System};
+use crate::expiry::{self, ExpirySpec};
 use crate::histogram::Histogram;
+use crate::lease::{self, KeepaliveSpec};
 use crate::load::{self, Consistency, KeySpec, LoadSpec, Stop, Workload};
 use crate::report::Report;
 use crate::watch::{self, WatchSpec};
@@ -33,6 +35,14 @@ const SPREAD_PUT_CLIENTS: u64 = 100;
 const SPREAD_IN_FLIGHT_PUTS: u64 = 256;
 /// A watch run gives up after this long without an event.
 const WATCH_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Clients granting and revoking leases (round-robin over the lease connections).
+const LEASE_CLIENTS: usize = 100;
+/// Keep-alive leases checked at the end (LeaseTimeToLive, attached key).
+const KEEPALIVE_CHECK_LEASES: u64 = 1000;
+/// Lease-expiry: how long past the last lease's deadline to wait for the keys to go.
+const EXPIRY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Lease-expiry: puts after the last key is gone.
+const EXPIRY_AFTER: Duration = Duration::from_secs(2);
 
 /// Where the servers come from and the settings both get.
 #[derive(Args, Debug)]
@@ -104,11 +114,24 @@ pub enum Scenario {
     WatchFanout,
     /// watch spread: --spread-watchers watchers over --spread-keys keys, 100 putters.
     WatchSpread,
+    /// lease keep-alive: --keepalive-leases leases renewed over --lease-streams streams.
+    LeaseKeepalive,
+    /// lease expiry: --expiry-leases leases (one key each) expiring at once under 1 putter.
+    LeaseExpiry,
 }
 
 impl Scenario {
     fn is_watch(self) -> bool {
         matches!(self, Scenario::WatchFanout | Scenario::WatchSpread)
+    }
+
+    /// What the rate and latency columns of the scenario's row are.
+    fn unit(self) -> &'static str {
+        match self {
+            Scenario::WatchFanout | Scenario::WatchSpread => "events",
+            Scenario::LeaseKeepalive => "renewals",
+            _ => "req",
+        }
     }
 }
 
@@ -125,7 +148,7 @@ pub struct CompareArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "put1,put-many,range-l,range-s,watch-fanout"
+        default_value = "put1,put-many,range-l,range-s,watch-fanout,lease-keepalive"
     )]
     pub workloads: Vec<Scenario>,
     /// Length of each workload on each system.
@@ -159,6 +182,31 @@ pub struct CompareArgs {
     /// Connections of the watch workloads' streams (round-robin over the members).
     #[arg(long, default_value_t = 10)]
     pub watch_conns: u64,
+    /// Leases of lease-keepalive.
+    #[arg(long, default_value_t = 10_000)]
+    pub keepalive_leases: u64,
+    /// Requested TTL of lease-keepalive's leases, seconds.
+    #[arg(long, default_value_t = 60)]
+    pub keepalive_ttl: i64,
+    /// Renewals per second of lease-keepalive over all streams; 0 for as fast as
+    /// --lease-in-flight allows (capacity).
+    #[arg(long, default_value_t = 0.0)]
+    pub keepalive_rate: f64,
+    /// Keep-alive streams of the lease workloads.
+    #[arg(long, default_value_t = 100)]
+    pub lease_streams: usize,
+    /// Connections of the lease workloads (round-robin over the members).
+    #[arg(long, default_value_t = 10)]
+    pub lease_conns: usize,
+    /// Renewals outstanding per keep-alive stream, at most.
+    #[arg(long, default_value_t = 16)]
+    pub lease_in_flight: usize,
+    /// Leases of lease-expiry (each with one key), expiring at once.
+    #[arg(long, default_value_t = 10_000)]
+    pub expiry_leases: u64,
+    /// Requested TTL of lease-expiry's leases, seconds (1: each system's minimum).
+    #[arg(long, default_value_t = 10)]
+    pub expiry_ttl: i64,
     /// Also print every run as a JSON line on stdout.
     #[arg(long)]
     pub json: bool,
@@ -178,6 +226,45 @@ impl CompareArgs {
                 "watch, {} w / {} keys",
                 self.spread_watchers, self.spread_keys
             ),
+            Scenario::LeaseKeepalive => {
+                format!("lease keep-alive, {} leases", self.keepalive_leases)
+            }
+            Scenario::LeaseExpiry => format!("expiry of {} leases: puts", self.expiry_leases),
+        }
+    }
+
+    /// The keep-alive run: leases granted, renewed for `--duration`, checked and revoked.
+    fn keepalive(&self, endpoints: Vec<String>) -> KeepaliveSpec {
+        KeepaliveSpec {
+            endpoints,
+            leases: self.keepalive_leases,
+            ttl: self.keepalive_ttl,
+            streams: self.lease_streams,
+            conns: self.lease_conns.min(self.lease_streams),
+            rate: (self.keepalive_rate > 0.0).then_some(self.keepalive_rate),
+            in_flight: self.lease_in_flight,
+            duration: self.duration,
+            clients: LEASE_CLIENTS,
+            check_leases: KEEPALIVE_CHECK_LEASES.min(self.keepalive_leases),
+            progress: None,
+        }
+    }
+
+    /// The mass-expiry run: puts and the watch on the leader, leases over all members.
+    fn expiry(&self, endpoints: Vec<String>) -> ExpirySpec {
+        ExpirySpec {
+            endpoints,
+            leases: self.expiry_leases,
+            ttl: self.expiry_ttl,
+            clients: LEASE_CLIENTS,
+            conns: self.lease_conns,
+            streams: self.lease_streams,
+            in_flight: self.lease_in_flight,
+            before: Duration::ZERO,
+            after: EXPIRY_AFTER,
+            timeout: EXPIRY_TIMEOUT,
+            val_size: self.val_size,
+            progress: None,
         }
     }
 
@@ -228,8 +315,11 @@ impl CompareArgs {
             Scenario::PutMany => (self.clients, self.conns, Workload::Put(keys)),
             Scenario::RangeL => (self.clients, self.conns, range(Consistency::Linearizable)),
             Scenario::RangeS => (self.clients, self.conns, range(Consistency::Serializable)),
-            Scenario::WatchFanout | Scenario::WatchSpread => {
-                unreachable!("watch scenarios run through CompareArgs::watch")
+            Scenario::WatchFanout
+            | Scenario::WatchSpread
+            | Scenario::LeaseKeepalive
+            | Scenario::LeaseExpiry => {
+                unreachable!("watch and lease scenarios have specs of their own")
             }
         };
         let spec = LoadSpec {
@@ -244,14 +334,35 @@ impl CompareArgs {
     }
 }
 
+/// A line of the table under a scenario's row: one more number of the run.
+#[derive(Clone, Debug)]
+struct Extra {
+    label: &'static str,
+    /// Shown in the throughput columns.
+    value: f64,
+    /// Shown in the p99 columns, ms.
+    latency_ms: Option<f64>,
+}
+
 /// One run of one scenario on one system.
 struct Run {
-    /// For a watch run: events/s and put-to-event latencies (see `WatchReport::events`).
+    /// For a watch run: events/s and put-to-event latencies (see `WatchReport::events`); for
+    /// lease-keepalive, renewals; for lease-expiry, the puts during the expiry.
     report: Report,
+    /// More lines of numbers (lease scenarios).
+    extras: Vec<Extra>,
     /// The run as a JSON line.
     json: serde_json::Value,
-    /// Why the run failed: it could not be done, or its delivery check failed.
+    /// Why the run failed: it could not be done, or its delivery or lease check failed.
     failure: Option<String>,
+}
+
+fn p99_ms(report: &Report) -> Option<f64> {
+    report.p99().map(|d| d.as_secs_f64() * 1e3)
+}
+
+fn max_ms(h: &Histogram) -> f64 {
+    h.max().map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
 }
 
 impl Run {
@@ -266,17 +377,87 @@ impl Run {
                 first_error: Some(error.clone()),
                 elapsed: Duration::ZERO,
             },
+            extras: Vec::new(),
             json: serde_json::json!({ "error": error }),
             failure: Some(error),
         }
     }
 }
 
+fn keepalive_run(report: lease::KeepaliveReport) -> Run {
+    let grant = report.grant.report();
+    let revoke = report.revoke_report();
+    Run {
+        extras: vec![
+            Extra {
+                label: "  lease grants/s",
+                value: grant.throughput(),
+                latency_ms: p99_ms(&grant),
+            },
+            Extra {
+                label: "  lease revokes/s",
+                value: revoke.throughput(),
+                latency_ms: p99_ms(&revoke),
+            },
+        ],
+        json: report.to_json(),
+        failure: report.failure(),
+        report: report.renewals,
+    }
+}
+
+fn expiry_run(report: expiry::ExpiryReport) -> Run {
+    let before = report.before.report("before");
+    Run {
+        extras: vec![
+            Extra {
+                label: "  puts before the expiry",
+                value: before.throughput(),
+                latency_ms: p99_ms(&before),
+            },
+            Extra {
+                label: "  put max ms: before",
+                value: max_ms(&report.before.latencies),
+                latency_ms: None,
+            },
+            Extra {
+                label: "  put max ms: during",
+                value: max_ms(&report.during.latencies),
+                latency_ms: None,
+            },
+            Extra {
+                label: "  s until all keys gone",
+                value: report.expiry.all_gone_s.unwrap_or(f64::NAN),
+                latency_ms: None,
+            },
+            Extra {
+                label: "  stale keep-alive answers",
+                value: report.probes.stale as f64,
+                latency_ms: None,
+            },
+        ],
+        json: report.to_json(),
+        failure: report.failure(),
+        report: report.during.report("lease-expiry puts"),
+    }
+}
+
 /// Runs `scenario` against `endpoints` (leader first).
 async fn run_scenario(args: &CompareArgs, scenario: Scenario, endpoints: Vec<String>) -> Run {
-    if scenario.is_watch() {
+    if scenario == Scenario::LeaseKeepalive {
+        match lease::run_keepalive(&args.keepalive(endpoints)).await {
+            Ok(report) => keepalive_run(report),
+            Err(error) => Run::failed(error),
+        }
+    } else if scenario == Scenario::LeaseExpiry {
+        match expiry::run(&args.expiry(endpoints)).await {
+            Ok(report) => expiry_run(report),
+            Err(error) => Run::failed(error),
+        }
+    } else if scenario.is_watch() {
         match watch::run(&args.watch(scenario, endpoints)).await {
             Ok(watch) => Run {
+                extras: Vec::new(),
                 json: watch.to_json(),
                 failure: watch
                     .failed()
@@ -289,6 +470,7 @@ async fn run_scenario(args: &CompareArgs, scenario: Scenario, endpoints: Vec<Str
         let (spec, workload) = args.load(scenario, endpoints);
         match load::run(&spec, &workload).await {
             Ok(report) => Run {
+                extras: Vec::new(),
                 json: report.to_json(),
                 report,
                 failure: None,
@@ -352,7 +534,7 @@ async fn compare_topology(args: &CompareArgs, members: usize) -> anyhow::Result<
                 args.label(scenario),
                 system.name(),
                 report.throughput(),
-                if scenario.is_watch() { "events" } else { "req" },
+                scenario.unit(),
                 report.p99().map_or(f64::NAN, |d| d.as_secs_f64() * 1e3),
                 report.errors,
                 run.failure
@@ -399,6 +581,49 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
+/// A number with two decimals when small, none when large.
+fn number(value: f64) -> String {
+    if value.abs() < 100.0 {
+        format!("{value:.2}")
+    } else {
+        format!("{value:.0}")
+    }
+}
+
+/// The extra rows of one scenario, etcd's and Cairn's paired by label.
+fn extra_rows(members: usize, etcd: &[Extra], cairn: &[Extra]) -> String {
+    let mut labels: Vec<&'static str> = etcd.iter().map(|x| x.label).collect();
+    for x in cairn {
+        if !labels.contains(&x.label) {
+            labels.push(x.label);
+        }
+    }
+    let find = |extras: &[Extra], label| extras.iter().find(|x| x.label == label).cloned();
+    let mut out = String::new();
+    for label in labels {
+        let (e, c) = (find(etcd, label), find(cairn, label));
+        let value = |x: &Option<Extra>| x.as_ref().map_or(f64::NAN, |x| x.value);
+        let latency = |x: &Option<Extra>| x.as_ref().and_then(|x| x.latency_ms);
+        out += &format!(
+            "{:<4}{:<30}{:>11}{:>11}{:>7}",
+            members,
+            label,
+            number(value(&e)),
+            number(value(&c)),
+            ratio(value(&c), value(&e)),
+        );
+        if latency(&e).is_some() || latency(&c).is_some() {
+            let (le, lc) = (
+                latency(&e).unwrap_or(f64::NAN),
+                latency(&c).unwrap_or(f64::NAN),
+            );
+            out += &format!("{le:>10.2}{lc:>10.2}{:>7}", ratio(lc, le));
+        }
+        out += "\n";
+    }
+    out
+}
+
 /// The comparison table.
 fn table(args: &CompareArgs, results: &[(usize, [Measured; 2])]) -> String {
     let mut out = format!(
@@ -434,6 +659,7 @@ fn table(args: &CompareArgs, results: &[(usize, [Measured; 2])]) -> String {
                     String::new()
                 }
             );
+            out += &extra_rows(*members, &etcd.runs[i].extras, &cairn.runs[i].extras);
         }
         out += &format!(
             "{:<4}{:<30}{:>11.1}{:>11.1}{:>7}\n",
@@ -455,6 +681,17 @@ fn table(args: &CompareArgs, results: &[(usize, [Measured; 2])]) -> String {
     out += "latencies in ms; ratio = cairn / etcd (throughput: higher is better; p99, RSS, disk: lower is better)\n";
     if args.workloads.iter().any(|s| s.is_watch()) {
         out += "watch rows: events/s delivered to the watchers, and put-to-event p99\n";
+    }
+    if args.workloads.contains(&Scenario::LeaseKeepalive) {
+        out +=
+            "lease keep-alive: renewals/s and keep-alive round-trip p99; then grants and revokes \
+                of its leases\n";
+    }
+    if args.workloads.contains(&Scenario::LeaseExpiry) {
+        out += "lease expiry: 1 putter's puts/s and p99 while the keys are deleted (first to last \
+                delete event), then before it; the keys' last delete event after the first \
+                deadline; expired leases (of 10 probed) answered gone while their key was still \
+                there\n";
     }
     for (members, measured) in results {
         for (m, system) in measured.iter().zip([System::Etcd, System::Cairn]) {

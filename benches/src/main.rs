@@ -8,7 +8,9 @@
 mod catchup;
 mod cluster;
 mod compare;
+mod expiry;
 mod histogram;
+mod lease;
 mod load;
 mod report;
 mod watch;
@@ -40,6 +42,12 @@ enum Command {
     /// Watchers over streams and keys, and puts to those keys: put-to-event latency, events/s,
     /// and a delivery check (every event to every watcher of its key, once, in order).
     Watch(watch::WatchArgs),
+    /// Grants leases and keeps them alive over keep-alive streams: renewals/s, keep-alive
+    /// latency, and whether any lease expired while kept alive.
+    LeaseKeepalive(lease::KeepaliveArgs),
+    /// Lets many leases (each with a key) expire at once under a steady put load: put latency
+    /// before and during the expiry, time until every key is gone, leader kept or not.
+    LeaseExpiry(expiry::ExpiryArgs),
 }
 
 /// The subcommands that put load on given endpoints.
@@ -254,6 +262,30 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::LeaseKeepalive(args) => {
+            let report = lease::run_keepalive(&args.spec()?).await?;
+            if args.json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.table());
+            }
+            match report.failure() {
+                Some(failure) => anyhow::bail!("lease check failed: {failure}"),
+                None => Ok(()),
+            }
+        }
+        Command::LeaseExpiry(args) => {
+            let report = expiry::run(&args.spec()?).await?;
+            if args.json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.table());
+            }
+            match report.failure() {
+                Some(failure) => anyhow::bail!("lease expiry failed: {failure}"),
+                None => Ok(()),
+            }
+        }
         Command::Load(command) => {
             let (load_args, workload) = command.load()?;
             let report = load::run(&load_args.spec()?, &workload).await?;
@@ -416,8 +448,14 @@ mod tests {
             panic!("not compare")
         };
         assert_eq!(args.members, [1, 3]);
-        assert_eq!(args.workloads.len(), 5);
+        assert_eq!(args.workloads.len(), 6);
         assert!(args.workloads.contains(&compare::Scenario::WatchFanout));
+        assert!(args.workloads.contains(&compare::Scenario::LeaseKeepalive));
+        assert!(!args.workloads.contains(&compare::Scenario::LeaseExpiry));
+        assert_eq!(
+            (args.keepalive_leases, args.expiry_leases),
+            (10_000, 10_000)
+        );
         assert_eq!((args.clients, args.conns), (1000, 100));
         assert_eq!(
             (
@@ -426,8 +464,9 @@ mod tests {
             ),
             (100, 1000)
         );
+        // Timed runs only: creating watchers and granting/revoking leases come on top.
         let runs = args.members.len() * args.workloads.len() * 2;
-        assert!(args.duration * runs as u32 <= Duration::from_secs(180));
+        assert!(args.duration * runs as u32 <= Duration::from_secs(200));
         assert!(parse(&[
             "compare",
             "--workloads=put1,range-s",
@@ -437,6 +476,14 @@ mod tests {
         .is_ok());
         assert!(parse(&["compare", "--workloads=nope"]).is_err());
         assert!(parse(&["compare", "--workloads=watch-fanout,watch-spread"]).is_ok());
+        assert!(parse(&[
+            "compare",
+            "--workloads=lease-keepalive,lease-expiry",
+            "--keepalive-leases=100000",
+            "--keepalive-rate=5000",
+            "--expiry-ttl=1"
+        ])
+        .is_ok());
     }
 
     #[test]
@@ -496,6 +543,64 @@ mod tests {
         assert!(parse(&["watch", "--total=5", "--duration=5s"]).is_err());
         let Command::Watch(args) = parse(&["watch", "--val-size=8"]).unwrap().command else {
             panic!("not watch")
+        };
+        assert!(args.spec().is_err());
+    }
+
+    #[test]
+    fn lease_keepalive_renews_at_the_go_client_pace_unless_told() {
+        let Command::LeaseKeepalive(args) = parse(&["lease-keepalive", "--leases=100000"])
+            .unwrap()
+            .command
+        else {
+            panic!("not lease-keepalive")
+        };
+        let spec = args.spec().unwrap();
+        assert_eq!(
+            (spec.leases, spec.ttl, spec.streams, spec.conns),
+            (100_000, 60, 100, 10)
+        );
+        assert_eq!(spec.rate, Some(5000.0), "every lease once per TTL/3");
+        assert_eq!(spec.check_leases, 1000);
+        let Command::LeaseKeepalive(args) = parse(&["lease-keepalive", "--rate=0", "--leases=10"])
+            .unwrap()
+            .command
+        else {
+            panic!("not lease-keepalive")
+        };
+        let spec = args.spec().unwrap();
+        assert_eq!((spec.rate, spec.check_leases), (None, 10));
+        let Command::LeaseKeepalive(args) =
+            parse(&["lease-keepalive", "--conns=200"]).unwrap().command
+        else {
+            panic!("not lease-keepalive")
+        };
+        assert!(args.spec().is_err(), "more connections than streams");
+    }
+
+    #[test]
+    fn lease_expiry_takes_its_flags() {
+        let Command::LeaseExpiry(args) = parse(&["lease-expiry"]).unwrap().command else {
+            panic!("not lease-expiry")
+        };
+        let spec = args.spec().unwrap();
+        assert_eq!((spec.leases, spec.ttl), (10_000, 10));
+        assert_eq!(spec.before, Duration::ZERO);
+        let Command::LeaseExpiry(args) =
+            parse(&["lease-expiry", "--ttl=1", "--leases=5", "--before=3s"])
+                .unwrap()
+                .command
+        else {
+            panic!("not lease-expiry")
+        };
+        let spec = args.spec().unwrap();
+        assert_eq!(
+            (spec.leases, spec.ttl, spec.before),
+            (5, 1, Duration::from_secs(3))
+        );
+        let Command::LeaseExpiry(args) = parse(&["lease-expiry", "--leases=0"]).unwrap().command
+        else {
+            panic!("not lease-expiry")
         };
         assert!(args.spec().is_err());
     }
