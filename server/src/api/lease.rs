@@ -65,7 +65,20 @@ impl LeaseLeader {
 impl LeaseQueries for LeaseLeader {
     async fn renew(&self, id: i64) -> Result<i64, Status> {
         self.ready().await?;
-        Ok(self.lessor.renew(id).unwrap_or(0))
+        if let Some(ttl) = self.lessor.renew(id) {
+            return Ok(ttl);
+        }
+        // Expired: answer once the revoke has deleted its keys, as etcd does.
+        let _ = tokio::time::timeout(self.request_timeout, self.lessor.wait_gone(id)).await;
+        if self.lessor.exists(id) {
+            let e = if self.lessor.is_primary() {
+                RaftError::Timeout
+            } else {
+                RaftError::NotLeader
+            };
+            return Err(ApiError::from(e).into());
+        }
+        Ok(0)
     }
 
     async fn time_to_live(

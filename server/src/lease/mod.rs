@@ -41,6 +41,8 @@ struct State {
 #[derive(Debug, Default)]
 pub struct Lessor {
     state: Mutex<State>,
+    /// Woken when a lease is revoked or this member stops leading.
+    changes: tokio::sync::Notify,
 }
 
 /// What [`Lessor::time_to_live`] reports.
@@ -123,6 +125,25 @@ impl Lessor {
         let mut st = self.lock();
         st.set_deadline(id, None);
         st.leases.remove(&id);
+        drop(st);
+        self.changes.notify_waiters();
+    }
+
+    /// Returns once lease `id` is gone or this member no longer leads (etcd: a renewal of an
+    /// expired lease waits for its revoke, so the client never hears "gone" while its keys remain).
+    pub async fn wait_gone(&self, id: i64) {
+        loop {
+            let changed = self.changes.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            {
+                let st = self.lock();
+                if !st.leases.contains_key(&id) || !st.primary {
+                    return;
+                }
+            }
+            changed.await;
+        }
     }
 
     pub fn exists(&self, id: i64) -> bool {
@@ -160,10 +181,12 @@ impl Lessor {
             lease.expiry = None;
             lease.revoking = None;
         }
+        drop(st);
+        self.changes.notify_waiters();
     }
 
     /// Renews lease `id` to its full TTL (primary only). `None` if there is no such lease, or it has
-    /// expired and its revoke is under way (etcd answers TTL 0 for both).
+    /// expired and its revoke is under way (see [`Lessor::wait_gone`]).
     pub fn renew(&self, id: i64) -> Option<i64> {
         let mut st = self.lock();
         let lease = st.leases.get(&id)?;
@@ -251,6 +274,24 @@ mod tests {
         l.demote();
         assert!(l.expired(10).is_empty());
         assert_eq!(l.ids(), vec![2]);
+    }
+
+    #[tokio::test]
+    async fn a_renewal_of_an_expired_lease_waits_for_its_revoke() {
+        let l = std::sync::Arc::new(Lessor::new(vec![(1, 0)]));
+        l.promote(Duration::ZERO);
+        assert_eq!(l.renew(1), None);
+        let waiter = tokio::spawn({
+            let l = l.clone();
+            async move { l.wait_gone(1).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished(), "still there: the waiter waits");
+        l.revoked(1);
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken by the revoke")
+            .unwrap();
     }
 
     #[test]
