@@ -37,7 +37,7 @@ use prost::Message;
 use tokio::sync::oneshot;
 
 use crate::apply::wait::Wait;
-use crate::apply::{Applied, ApplyResult};
+use crate::apply::{Applied, ApplyResult, MembershipRefusal};
 use crate::cluster::Membership;
 use crate::engine::Engine;
 use crate::mvcc::{Compactor, Store};
@@ -149,6 +149,10 @@ impl Core {
         }
         match self.wait_applied(id, applied, self.request_timeout).await? {
             Applied::Membership(m) => Ok(m),
+            Applied::MembershipRefused(r) => Err(ApiError::Member(match r {
+                MembershipRefusal::IdExists => error::MemberError::IdExists,
+                MembershipRefusal::NotFound => error::MemberError::NotFound,
+            })),
             other => Err(ApiError::Internal(format!("apply answered with {other:?}"))),
         }
     }

@@ -43,6 +43,18 @@ pub enum Applied {
     LeaseRevoke(LeaseRevokeResponse),
     /// A membership change or member update: the membership after it.
     Membership(Membership),
+    /// A membership change that the membership as applied refuses (decided at apply, as etcd's
+    /// `ValidateConfigurationChange`, so that members proposing concurrently agree).
+    MembershipRefused(MembershipRefusal),
+}
+
+/// Why an applied membership change did nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MembershipRefusal {
+    /// Add: the id is (or was) a member.
+    IdExists,
+    /// Remove or promote: no such member.
+    NotFound,
 }
 
 pub type ApplyResult = Result<Applied, mvcc::Error>;
@@ -231,7 +243,23 @@ impl Apply {
         }
         let change = MemberChange::decode(context)
             .unwrap_or_else(|e| panic!("membership change at {index} is malformed: {e}"));
+        let refusal = {
+            let current = self.membership.borrow();
+            let known = current.get(change.member_id).is_some();
+            match change.kind() {
+                member_change::Kind::Add
+                    if known || current.removed.contains(&change.member_id) =>
+                {
+                    Some(MembershipRefusal::IdExists)
+                }
+                member_change::Kind::Remove | member_change::Kind::Promote if !known => {
+                    Some(MembershipRefusal::NotFound)
+                }
+                _ => None,
+            }
+        };
         let membership = self.change_membership(index, raft_state, |m| match change.kind() {
+            _ if refusal.is_some() => {}
             member_change::Kind::Add => {
                 if m.get(change.member_id).is_none() {
                     m.members.push(Member {
@@ -261,8 +289,11 @@ impl Apply {
             kind = ?change.kind(),
             "membership changed"
         );
-        self.wait
-            .trigger(change.id, Ok(Applied::Membership(membership)));
+        let answer = match refusal {
+            Some(r) => Applied::MembershipRefused(r),
+            None => Applied::Membership(membership),
+        };
+        self.wait.trigger(change.id, Ok(answer));
     }
 
     fn install_snapshot(&mut self, index: u64, path: &std::path::Path, raft_state: Batch) {
