@@ -361,6 +361,51 @@ where
     }
 }
 
+/// MoveLeader right after a membership change: the target may still have the change to apply when
+/// the transfer reaches it (raft then refuses to campaign); the transfer is asked again and lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leadership_moves_right_after_membership_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(Kind::Cairn, 3, dir.path(), &[]);
+    let endpoints = cluster.endpoints();
+    for round in 0..3 {
+        let leader = agreed_leader(&endpoints, Duration::from_secs(10)).await;
+        let li = index_of(&cluster, leader).await;
+        let members = ClusterClient::new(channel(&endpoints[li]).await);
+        let add = MemberAddRequest {
+            peer_ur_ls: vec![format!("http://127.0.0.1:{}", common::free_port())],
+            is_learner: true,
+        };
+        let added = while_unhealthy(|| {
+            let (mut members, add) = (members.clone(), add.clone());
+            async move { members.member_add(add).await }
+        })
+        .await;
+        let id = added.member.unwrap().id;
+        while_unhealthy(|| {
+            let mut members = members.clone();
+            async move { members.member_remove(MemberRemoveRequest { id }).await }
+        })
+        .await;
+        let ti = (li + 1) % 3;
+        let target = status(&endpoints[ti])
+            .await
+            .unwrap()
+            .header
+            .unwrap()
+            .member_id;
+        let mut maint = MaintenanceClient::new(channel(&endpoints[li]).await);
+        let moved = maint
+            .move_leader(MoveLeaderRequest { target_id: target })
+            .await;
+        assert!(moved.is_ok(), "round {round}: {moved:?}");
+        assert_eq!(
+            agreed_leader(&endpoints, Duration::from_secs(10)).await,
+            target
+        );
+    }
+}
+
 /// Retries a membership change while the cluster answers etcd's "unhealthy cluster" (voters
 /// connected for less than 5 s, or a member just lost), as an operator would.
 async fn while_unhealthy<T, F, Fut>(mut change: F) -> T

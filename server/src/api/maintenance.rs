@@ -109,13 +109,18 @@ impl Maintenance for MaintenanceService {
             return Err(ApiError::from(MemberError::BadLeaderTransferee).into());
         }
         let mut status = core.raft.watch_status();
+        // Raft abandons a transfer after an election timeout (e.g. when the target could not yet
+        // campaign because it had a configuration change left to apply); ask again until it moves.
+        let attempt = core.election_timeout + core.election_timeout / 2;
         let moved = async {
-            core.raft.transfer_leader(target).map_err(ApiError::from)?;
-            status
-                .wait_for(|s| s.leader_id == target)
-                .await
-                .map_err(|_| ApiError::from(RaftError::Stopped))?;
-            Ok::<_, ApiError>(())
+            loop {
+                core.raft.transfer_leader(target).map_err(ApiError::from)?;
+                let arrived = status.wait_for(|s| s.leader_id == target);
+                if let Ok(arrived) = tokio::time::timeout(attempt, arrived).await {
+                    arrived.map_err(|_| ApiError::from(RaftError::Stopped))?;
+                    return Ok::<_, ApiError>(());
+                }
+            }
         };
         match tokio::time::timeout(core.request_timeout, moved).await {
             Ok(r) => r?,

@@ -287,6 +287,9 @@ impl RaftNode {
     fn on_peer(&mut self, p: PeerInput) {
         match p {
             PeerInput::Step(m) => {
+                // Raft refuses to campaign (e.g. on a leader transfer's MsgTimeoutNow) while it
+                // believes a configuration change is unapplied: tell it what is applied first.
+                self.on_applied();
                 if let Err(e) = self.node.step(m) {
                     tracing::debug!("peer message ignored: {e}");
                 }
