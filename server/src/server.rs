@@ -167,7 +167,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
     let lease_leader = Arc::new(api::LeaseLeader {
         lessor,
         store: store.clone(),
-        raft: raft.clone(),
+        raft: raft.observer(),
         request_timeout: cfg.request_timeout(),
     });
     let peer_service = PeerService::new(

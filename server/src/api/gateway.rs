@@ -364,7 +364,7 @@ async fn handle(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
         Err(never) => match never {},
     };
     if rpc.server_streaming {
-        stream_response(response, rpc.output.clone())
+        stream_response(response, rpc.output.clone()).await
     } else {
         unary_response(response, &rpc.output, first_error).await
     }
@@ -430,17 +430,37 @@ fn stream_error(code: tonic::Code, message: &str) -> String {
 
 /// Streams a server-streaming call's messages as chunked `{"result":…}` lines, then its error, if
 /// any, as `{"error":{…}}`.
-fn stream_response(response: Response, output: MessageDescriptor) -> Response {
+async fn stream_response(response: Response, output: MessageDescriptor) -> Response {
     let (parts, mut body) = response.into_parts();
     if let Some((code, message)) =
         grpc_status(&parts.headers).filter(|(c, _)| *c != tonic::Code::Ok)
     {
         return error_response(code, &message);
     }
+    // A call that fails before its first message gets the error's HTTP status (grpc-gateway
+    // writes the status line only with the first message).
+    let mut first = body.frame().await;
+    if let Some(Ok(frame)) = &first {
+        let failed = frame
+            .trailers_ref()
+            .and_then(grpc_status)
+            .filter(|(c, _)| *c != tonic::Code::Ok);
+        if let Some((code, message)) = failed {
+            let body = format!("{}\n", stream_error(code, &message));
+            return json_response(http_status(code), body);
+        }
+    }
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(STREAM_REQUESTS_BUFFERED);
     tokio::spawn(async move {
         let mut data = BytesMut::new();
-        while let Some(frame) = body.frame().await {
+        loop {
+            let frame = match first.take() {
+                Some(frame) => frame,
+                None => match body.frame().await {
+                    Some(frame) => frame,
+                    None => return,
+                },
+            };
             let Ok(frame) = frame else { return };
             if let Some(trailers) = frame.trailers_ref() {
                 if let Some((code, message)) =

@@ -28,12 +28,14 @@ use super::Core;
 use crate::apply::Applied;
 use crate::lease::{Lessor, MAX_LEASE_TTL};
 use crate::mvcc::Store;
-use crate::raft::{LeaseQueries, RaftError, RaftHandle};
+use crate::raft::{LeaseQueries, RaftError, RaftObserver};
 
 /// Expired leases revoked per second at most (etcd: `leaseRevokeRate`).
 const REVOKES_PER_SECOND: usize = 1000;
 /// How often the leader looks for expired leases.
 const EXPIRY_TICK: Duration = Duration::from_millis(100);
+/// Pause between attempts to reach a leader that is being elected or just failed.
+const LEADER_RETRY: Duration = Duration::from_millis(100);
 /// Keep-alive responses buffered per stream.
 const KEEPALIVE_RESPONSES_BUFFERED: usize = 16;
 
@@ -41,7 +43,8 @@ const KEEPALIVE_RESPONSES_BUFFERED: usize = 16;
 pub struct LeaseLeader {
     pub lessor: Arc<Lessor>,
     pub store: Store,
-    pub raft: RaftHandle,
+    /// Not a `RaftHandle`: the peer service holds this, and must not keep the raft loop alive.
+    pub raft: RaftObserver,
     pub request_timeout: Duration,
 }
 
@@ -157,31 +160,61 @@ impl Core {
         Ok(client)
     }
 
-    /// Renews lease `id` on the leader (here, or forwarded); its TTL, 0 if there is no such lease.
-    async fn lease_renew(&self, id: i64) -> Result<i64, Status> {
-        if self.raft.status().is_leader {
-            return self.lease_leader.renew(id).await;
+    /// Asks the leader (this member, or the one it forwards to) until it answers or the request
+    /// times out: through an election it waits for the new leader, as etcd's `LeaseRenew` does.
+    async fn ask_leader<T, F, Fut>(&self, mut ask: F) -> Result<T, Status>
+    where
+        F: FnMut(Option<PeerClient<Channel>>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        loop {
+            let attempt = async {
+                if self.raft.status().is_leader {
+                    ask(None).await
+                } else {
+                    ask(Some(self.leader_link()?)).await
+                }
+            };
+            match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(Ok(answer)) => return Ok(answer),
+                Ok(Err(_)) if tokio::time::Instant::now() + LEADER_RETRY < deadline => {
+                    tokio::time::sleep(LEADER_RETRY).await
+                }
+                _ if self.raft.status().leader_id == 0 => {
+                    return Err(ApiError::from(RaftError::NoLeader).into())
+                }
+                _ => return Err(ApiError::from(RaftError::Timeout).into()),
+            }
         }
-        let mut leader = self.leader_link()?;
-        let req = LeaseKeepAliveRequest { id };
-        let resp = tokio::time::timeout(self.request_timeout, leader.lease_renew(req))
-            .await
-            .map_err(|_| ApiError::from(RaftError::Timeout))??;
-        Ok(resp.into_inner().ttl)
+    }
+
+    /// Renews lease `id` on the leader; its TTL, 0 if there is no such lease.
+    async fn lease_renew(&self, id: i64) -> Result<i64, Status> {
+        self.ask_leader(|leader| async move {
+            match leader {
+                None => self.lease_leader.renew(id).await,
+                Some(mut leader) => Ok(leader
+                    .lease_renew(LeaseKeepAliveRequest { id })
+                    .await?
+                    .into_inner()
+                    .ttl),
+            }
+        })
+        .await
     }
 
     async fn lease_time_to_live(
         &self,
         req: LeaseTimeToLiveRequest,
     ) -> Result<LeaseTimeToLiveResponse, Status> {
-        if self.raft.status().is_leader {
-            return self.lease_leader.time_to_live(req).await;
-        }
-        let mut leader = self.leader_link()?;
-        let resp = tokio::time::timeout(self.request_timeout, leader.lease_time_to_live(req))
-            .await
-            .map_err(|_| ApiError::from(RaftError::Timeout))??;
-        Ok(resp.into_inner())
+        self.ask_leader(|leader| async move {
+            match leader {
+                None => self.lease_leader.time_to_live(req).await,
+                Some(mut leader) => Ok(leader.lease_time_to_live(req).await?.into_inner()),
+            }
+        })
+        .await
     }
 
     fn current_header(&self) -> Option<cairn_proto::etcdserverpb::ResponseHeader> {

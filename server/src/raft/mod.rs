@@ -155,7 +155,38 @@ pub struct RaftHandle {
     applied: watch::Receiver<u64>,
 }
 
+/// Raft's status and applied index, without a way into the raft loop: holding one does not keep
+/// the loop alive (it ends when the last [`RaftHandle`] is dropped).
+#[derive(Clone)]
+pub struct RaftObserver {
+    status: watch::Receiver<RaftStatus>,
+    applied: watch::Receiver<u64>,
+}
+
+impl RaftObserver {
+    pub fn status(&self) -> RaftStatus {
+        *self.status.borrow()
+    }
+
+    /// Waits until the state machine has applied `index`.
+    pub async fn wait_applied(&self, index: u64) -> Result<(), RaftError> {
+        let mut applied = self.applied.clone();
+        applied
+            .wait_for(|&a| a >= index)
+            .await
+            .map(|_| ())
+            .map_err(|_| RaftError::Stopped)
+    }
+}
+
 impl RaftHandle {
+    pub fn observer(&self) -> RaftObserver {
+        RaftObserver {
+            status: self.status.clone(),
+            applied: self.applied.clone(),
+        }
+    }
+
     /// Hands `data` to raft. Success means it is queued, not committed: the caller waits for the
     /// apply worker's answer under its request id.
     pub fn propose(&self, data: Vec<u8>) -> Result<(), RaftError> {
@@ -229,12 +260,7 @@ impl RaftHandle {
 
     /// Waits until the state machine has applied `index`.
     pub async fn wait_applied(&self, index: u64) -> Result<(), RaftError> {
-        let mut applied = self.applied.clone();
-        applied
-            .wait_for(|&a| a >= index)
-            .await
-            .map(|_| ())
-            .map_err(|_| RaftError::Stopped)
+        self.observer().wait_applied(index).await
     }
 
     pub fn status(&self) -> RaftStatus {
