@@ -250,6 +250,9 @@ impl RaftNode {
                 member_id,
                 context,
             } => {
+                // Raft drops a change proposed while it believes the previous one unapplied; the
+                // previous one's proposer may already have its answer: tell raft what is applied.
+                self.on_applied();
                 let change_type = match kind {
                     MemberChangeKind::AddVoter | MemberChangeKind::Promote => {
                         ConfChangeType::AddNode
