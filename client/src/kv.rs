@@ -177,6 +177,32 @@ impl KeyRange {
     }
 }
 
+/// The builders that choose which keys an option set covers (its `range` field).
+macro_rules! key_range_options {
+    () => {
+        /// Every key that starts with the key.
+        pub fn with_prefix(mut self) -> Self {
+            self.range = KeyRange::Prefix;
+            self
+        }
+        /// Every key from the key (inclusive) to `end` (exclusive).
+        pub fn with_range(mut self, end: impl Into<Vec<u8>>) -> Self {
+            self.range = KeyRange::End(end.into());
+            self
+        }
+        /// Every key at or after the key.
+        pub fn with_from_key(mut self) -> Self {
+            self.range = KeyRange::FromKey;
+            self
+        }
+        /// Every key (the key argument is ignored).
+        pub fn with_all_keys(mut self) -> Self {
+            self.range = KeyRange::All;
+            self
+        }
+    };
+}
+
 /// Options of [`Kv::get`] (etcd's `RangeRequest`), built with `with_*` calls.
 ///
 /// ```
@@ -198,26 +224,7 @@ impl GetOptions {
     pub fn new() -> Self {
         Self::default()
     }
-    /// Every key that starts with the key.
-    pub fn with_prefix(mut self) -> Self {
-        self.range = KeyRange::Prefix;
-        self
-    }
-    /// Every key from the key (inclusive) to `end` (exclusive).
-    pub fn with_range(mut self, end: impl Into<Vec<u8>>) -> Self {
-        self.range = KeyRange::End(end.into());
-        self
-    }
-    /// Every key at or after the key.
-    pub fn with_from_key(mut self) -> Self {
-        self.range = KeyRange::FromKey;
-        self
-    }
-    /// Every key (the key argument is ignored).
-    pub fn with_all_keys(mut self) -> Self {
-        self.range = KeyRange::All;
-        self
-    }
+    key_range_options!();
     /// At most `limit` keys (0: no limit).
     pub fn with_limit(mut self, limit: i64) -> Self {
         self.req.limit = limit;
@@ -347,26 +354,7 @@ impl DeleteOptions {
     pub fn new() -> Self {
         Self::default()
     }
-    /// Every key that starts with the key.
-    pub fn with_prefix(mut self) -> Self {
-        self.range = KeyRange::Prefix;
-        self
-    }
-    /// Every key from the key (inclusive) to `end` (exclusive).
-    pub fn with_range(mut self, end: impl Into<Vec<u8>>) -> Self {
-        self.range = KeyRange::End(end.into());
-        self
-    }
-    /// Every key at or after the key.
-    pub fn with_from_key(mut self) -> Self {
-        self.range = KeyRange::FromKey;
-        self
-    }
-    /// Every key.
-    pub fn with_all_keys(mut self) -> Self {
-        self.range = KeyRange::All;
-        self
-    }
+    key_range_options!();
     /// Return the deleted key-values.
     pub fn with_prev_key(mut self) -> Self {
         self.prev_kv = true;
