@@ -336,7 +336,11 @@ pub(crate) fn delivery_of(status: &tonic::Status) -> Delivery {
         | "etcdserver: invalid auth token" => return Delivery::Refused,
         _ => {}
     }
+    let local = std::error::Error::source(status).is_some();
     match status.code() {
+        // etcd sends plain Go errors (`election: no leader`, `session expired`) as `Unknown`:
+        // definite answers. Only a transport failure behind an `Unknown` leaves the outcome open.
+        Code::Unknown if !local => Delivery::Answered,
         Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Internal => Delivery::Unknown,
         _ => Delivery::Answered,
     }
@@ -385,5 +389,11 @@ mod tests {
         assert_eq!(delivery_of(&s), Delivery::Unknown);
         let s = tonic::Status::invalid_argument("etcdserver: key is not provided");
         assert_eq!(delivery_of(&s), Delivery::Answered);
+        let s = tonic::Status::unknown("election: no leader");
+        assert_eq!(delivery_of(&s), Delivery::Answered);
+        let broken = std::io::Error::other("connection reset");
+        let s = tonic::Status::from_error(Box::new(broken));
+        assert_eq!(s.code(), Code::Unknown);
+        assert_eq!(delivery_of(&s), Delivery::Unknown);
     }
 }
