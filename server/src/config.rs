@@ -17,7 +17,6 @@ const UNSUPPORTED_FLAGS: &[&str] = &[
     "snapshot-catchup-entries",
     "initial-election-tick-advance",
     "max-wals",
-    "quota-backend-bytes",
     "backend-bbolt-freelist-type",
     "backend-batch-interval",
     "backend-batch-limit",
@@ -42,8 +41,6 @@ const UNSUPPORTED_FLAGS: &[&str] = &[
     "discovery-proxy",
     "strict-reconfig-check",
     "pre-vote",
-    "auto-compaction-mode",
-    "auto-compaction-retention",
     "max-learners",
     "cert-file",
     "key-file",
@@ -90,8 +87,6 @@ const UNSUPPORTED_FLAGS: &[&str] = &[
     "distributed-tracing-service-name",
     "distributed-tracing-instance-id",
     "distributed-tracing-sampling-rate",
-    "corrupt-check-time",
-    "experimental-corrupt-check-time",
     "compact-hash-check-time",
     "compaction-batch-limit",
     "experimental-compaction-batch-limit",
@@ -149,6 +144,34 @@ pub struct Config {
     /// Maximum number of operations permitted in a transaction.
     #[arg(long, default_value_t = 128)]
     pub max_txn_ops: u32,
+    /// Raise the NOSPACE alarm when the backend exceeds this many bytes (0: 2 GiB; negative: no quota).
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub quota_backend_bytes: i64,
+    /// Interpret --auto-compaction-retention as 'periodic' (a duration) or 'revision' (a count).
+    #[arg(long, default_value = "periodic")]
+    pub auto_compaction_mode: String,
+    /// Auto compaction retention: a duration (1h, 30m; a bare number means hours) for 'periodic', a
+    /// number of revisions for 'revision'. 0 disables auto compaction.
+    #[arg(long, default_value = "0")]
+    pub auto_compaction_retention: String,
+    /// Check the data against the other members' before serving clients.
+    #[arg(
+        long,
+        alias = "experimental-initial-corrupt-check",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        default_value = "false",
+        action = clap::ArgAction::Set
+    )]
+    pub initial_corrupt_check: bool,
+    /// How often the leader compares the members' hashes (0: never).
+    #[arg(
+        long,
+        alias = "experimental-corrupt-check-time",
+        default_value = "0s",
+        value_parser = parse_go_duration
+    )]
+    pub corrupt_check_time: Duration,
     /// Number of committed transactions after which the raft log is truncated.
     #[arg(long, default_value_t = 100_000)]
     pub snapshot_count: u64,
@@ -247,7 +270,48 @@ impl Config {
             parse_http_url(url)?;
         }
         self.initial_cluster()?;
+        self.auto_compaction()?;
         Ok(())
+    }
+
+    /// `--quota-backend-bytes` as etcd reads it: 0 means the 2 GiB default, a negative value no quota.
+    pub fn quota_backend_bytes(&self) -> Option<u64> {
+        match self.quota_backend_bytes {
+            q if q < 0 => None,
+            0 => Some(DEFAULT_QUOTA_BYTES),
+            q => Some(q as u64),
+        }
+    }
+
+    /// `--auto-compaction-mode` and `--auto-compaction-retention`, or `None` when disabled.
+    pub fn auto_compaction(&self) -> Result<Option<AutoCompaction>, ConfigError> {
+        let retention = self.auto_compaction_retention.trim();
+        let bad = || {
+            ConfigError(format!(
+                "invalid auto-compaction-retention {retention:?} for mode {:?}",
+                self.auto_compaction_mode
+            ))
+        };
+        let policy = match self.auto_compaction_mode.as_str() {
+            "periodic" => {
+                // etcd: a bare integer is a number of hours.
+                let period = match retention.parse::<u64>() {
+                    Ok(hours) => Duration::from_secs(hours * 3600),
+                    Err(_) => parse_go_duration(retention).map_err(|_| bad())?,
+                };
+                (!period.is_zero()).then_some(AutoCompaction::Periodic(period))
+            }
+            "revision" => {
+                let keep = retention.parse::<i64>().map_err(|_| bad())?;
+                (keep > 0).then_some(AutoCompaction::Revision(keep))
+            }
+            other => {
+                return Err(ConfigError(format!(
+                    "unknown auto-compaction-mode {other:?} (periodic or revision)"
+                )))
+            }
+        };
+        Ok(policy)
     }
 
     /// `--data-dir`, or `${name}.etcd`.
@@ -306,6 +370,18 @@ impl Config {
             _ => "error",
         }
     }
+}
+
+/// etcd's `DefaultQuotaBytes`.
+pub const DEFAULT_QUOTA_BYTES: u64 = 2 << 30;
+
+/// How the leader compacts history by itself (etcd: `server/etcdserver/api/v3compactor`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AutoCompaction {
+    /// Keep the history of the last period.
+    Periodic(Duration),
+    /// Keep the last this many revisions.
+    Revision(i64),
 }
 
 fn env_name(flag: &str) -> String {
@@ -443,12 +519,55 @@ mod tests {
 
     #[test]
     fn unsupported_and_unknown_flags_are_refused_by_name() {
-        let e = parse(&["--quota-backend-bytes=5"], &[]).unwrap_err();
-        assert!(e.0.contains("--quota-backend-bytes"), "{e}");
+        let e = parse(&["--max-wals=5"], &[]).unwrap_err();
+        assert!(e.0.contains("--max-wals"), "{e}");
         let e = parse(&["--no-such-flag"], &[]).unwrap_err();
         assert!(e.0.contains("--no-such-flag"), "{e}");
         let e = parse(&[], &[("ETCD_AUTO_TLS", "true")]).unwrap_err();
         assert!(e.0.contains("ETCD_AUTO_TLS"), "{e}");
+    }
+
+    #[test]
+    fn quota_and_auto_compaction_follow_etcd() {
+        let c = parse(&[], &[]).unwrap();
+        assert_eq!(c.quota_backend_bytes(), Some(DEFAULT_QUOTA_BYTES));
+        assert_eq!(c.auto_compaction().unwrap(), None);
+        let c = parse(&["--quota-backend-bytes=-1"], &[]).unwrap();
+        assert_eq!(c.quota_backend_bytes(), None);
+        let c = parse(&[], &[("ETCD_QUOTA_BACKEND_BYTES", "8388608")]).unwrap();
+        assert_eq!(c.quota_backend_bytes(), Some(8 << 20));
+        let c = parse(&["--auto-compaction-retention=1"], &[]).unwrap();
+        let hour = Duration::from_secs(3600);
+        assert_eq!(
+            c.auto_compaction().unwrap(),
+            Some(AutoCompaction::Periodic(hour))
+        );
+        let c = parse(&["--auto-compaction-retention=90m"], &[]).unwrap();
+        assert_eq!(
+            c.auto_compaction().unwrap(),
+            Some(AutoCompaction::Periodic(Duration::from_secs(5400)))
+        );
+        let args = [
+            "--auto-compaction-mode=revision",
+            "--auto-compaction-retention=1000",
+        ];
+        let c = parse(&args, &[]).unwrap();
+        assert_eq!(
+            c.auto_compaction().unwrap(),
+            Some(AutoCompaction::Revision(1000))
+        );
+        let args = [
+            "--auto-compaction-mode=revision",
+            "--auto-compaction-retention=1h",
+        ];
+        assert!(parse(&args, &[]).is_err());
+        assert!(parse(&["--auto-compaction-mode=sometimes"], &[]).is_err());
+        let c = parse(&["--experimental-initial-corrupt-check"], &[]).unwrap();
+        assert!(c.initial_corrupt_check);
+        let c = parse(&["--experimental-corrupt-check-time=5s"], &[]).unwrap();
+        assert_eq!(c.corrupt_check_time, Duration::from_secs(5));
+        let c = parse(&[], &[("ETCD_EXPERIMENTAL_INITIAL_CORRUPT_CHECK", "true")]).unwrap();
+        assert!(c.initial_corrupt_check);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Cairn's server: an etcd-compatible, Raft-replicated key-value store.
 //! The map of modules and their invariants is in ARCHITECTURE.md at the repository root.
 
+pub mod alarm;
 pub mod api;
 pub mod apply;
 pub mod cluster;

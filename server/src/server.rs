@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::alarm::Alarms;
 use crate::api::{self, ClientListener, Core, IdGenerator};
 use crate::apply::{self, wait::Wait, Apply};
 use crate::cluster::{Member, Membership};
@@ -40,8 +41,9 @@ pub struct Server {
     threads: Vec<std::thread::JoinHandle<()>>,
     /// Watch streams never end by themselves: closed on shutdown.
     watch_hub: Arc<crate::watch::Hub>,
-    /// The leader's lease expiry task (it holds the core): aborted on shutdown.
-    lease_expiry: tokio::task::JoinHandle<()>,
+    /// Tasks that hold the core and never end by themselves (the leader's lease expiry, auto
+    /// compaction, corruption checks): aborted on shutdown.
+    background: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// How long a clean stop waits for the raft loop and the apply worker to finish.
@@ -69,12 +71,14 @@ impl Server {
             threads,
             raft,
             watch_hub,
-            lease_expiry,
+            background,
             ..
         } = self;
         shutdown.send_replace(true);
         watch_hub.close();
-        lease_expiry.abort();
+        for task in background {
+            task.abort();
+        }
         for task in peer_serving {
             task.abort();
         }
@@ -132,6 +136,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
     let store = Store::new(engine.clone());
     let lessor = Arc::new(crate::lease::Lessor::new(store.leases()?));
     let (membership_tx, membership_rx) = watch::channel(membership);
+    let (alarms_tx, alarms_rx) = watch::channel(Alarms::load(&engine)?);
     let (committed_tx, committed_rx) = crossbeam_channel::bounded(raft::APPLY_QUEUE_LEN_MAX);
     let (applied_tx, applied_rx) = watch::channel(applied_index);
     let apply_thread = apply::start(
@@ -140,6 +145,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
             compactor: compactor.clone(),
             wait: wait.clone(),
             membership: membership_tx,
+            alarms: alarms_tx,
             watch_hub: watch_hub.clone(),
             lessor: lessor.clone(),
             min_lease_ttl: crate::lease::min_ttl(cfg.tick(), cfg.election_ticks()),
@@ -187,6 +193,9 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
         member_id,
         cluster_id,
         membership: membership_rx.clone(),
+        alarms: alarms_rx,
+        quota_bytes: cfg.quota_backend_bytes(),
+        db_size: api::DbSize::new(engine.clone()),
         client_urls: cfg.advertise_client_urls.clone(),
         compactor,
         engine,
@@ -199,7 +208,20 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
         lease_leader,
         leader_links: api::LeaderLinks::default(),
     });
-    let lease_expiry = tokio::spawn(api::run_expiry(core.clone()));
+    if cfg.initial_corrupt_check {
+        core.initial_corruption_check().await?;
+    }
+    let mut background = vec![tokio::spawn(api::run_expiry(core.clone()))];
+    if let Some(policy) = cfg.auto_compaction()? {
+        background.push(tokio::spawn(api::run_auto_compaction(core.clone(), policy)));
+    }
+    if !cfg.corrupt_check_time.is_zero() {
+        let every = cfg.corrupt_check_time;
+        background.push(tokio::spawn(api::run_corruption_checks(
+            core.clone(),
+            every,
+        )));
+    }
     let (shutdown, _) = watch::channel(false);
     let mut serving = vec![];
     let mut peer_serving = vec![];
@@ -216,7 +238,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
         peer_serving,
         threads: vec![raft_thread, apply_thread],
         watch_hub,
-        lease_expiry,
+        background,
     })
 }
 

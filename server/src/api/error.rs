@@ -3,6 +3,8 @@
 
 use tonic::{Code, Status};
 
+use crate::alarm::Refusal;
+use crate::apply::ApplyError;
 use crate::mvcc;
 use crate::raft::RaftError;
 
@@ -33,6 +35,20 @@ pub enum ApiError {
     NotSupportedForLearner,
     #[error("too large lease TTL")]
     LeaseTtlTooLarge,
+    #[error("mvcc: database space exceeded")]
+    NoSpace,
+    #[error("corrupt cluster")]
+    Corrupt,
+}
+
+impl From<ApplyError> for ApiError {
+    fn from(e: ApplyError) -> ApiError {
+        match e {
+            ApplyError::Mvcc(m) => ApiError::Mvcc(m),
+            ApplyError::Alarm(Refusal::NoSpace) => ApiError::NoSpace,
+            ApplyError::Alarm(Refusal::Corrupt) => ApiError::Corrupt,
+        }
+    }
 }
 
 /// Why a membership request was refused (etcd: `membership` errors as `rpctypes` maps them).
@@ -78,6 +94,11 @@ impl From<ApiError> for Status {
             ApiError::ValueProvided => (Code::InvalidArgument, "etcdserver: value is provided"),
             ApiError::LeaseProvided => (Code::InvalidArgument, "etcdserver: lease is provided"),
             ApiError::LeaseTtlTooLarge => (Code::OutOfRange, "etcdserver: too large lease TTL"),
+            ApiError::NoSpace => (
+                Code::ResourceExhausted,
+                "etcdserver: mvcc: database space exceeded",
+            ),
+            ApiError::Corrupt => (Code::DataLoss, "etcdserver: corrupt cluster"),
             ApiError::TooManyOps => (
                 Code::InvalidArgument,
                 "etcdserver: too many operations in txn request",

@@ -11,6 +11,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use cairn_proto::etcdserverpb::AlarmType;
 use serde_json::json;
 
 use super::error::unimplemented;
@@ -38,18 +39,55 @@ async fn version() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-/// Healthy when there is a leader and a linearizable round completes in time.
-async fn health(State(core): State<Arc<Core>>) -> Response {
-    let healthy = core.raft.status().leader_id != 0
-        && tokio::time::timeout(HEALTH_TIMEOUT, core.raft.wait_linearizable(HEALTH_TIMEOUT))
-            .await
-            .is_ok_and(|r| r.is_ok());
-    let (status, body) = if healthy {
-        (StatusCode::OK, json!({"health": "true"}))
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, json!({"health": "false"}))
-    };
-    (status, Json(body)).into_response()
+/// etcd's `/health`: healthy with no alarm (but those named by `?exclude=`), a leader and a read
+/// that completes in time (local with `?serializable=true`, which also skips the leader check).
+/// An unhealthy answer says why (`reason`, as etcd 3.5 does).
+async fn health(State(core): State<Arc<Core>>, uri: Uri) -> Response {
+    let query = query_pairs(&uri);
+    let excluded: Vec<&str> = query
+        .iter()
+        .filter(|(k, _)| k == "exclude")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    let serializable = query
+        .iter()
+        .any(|(k, v)| k == "serializable" && v == "true");
+    match health_failure(&core, &excluded, serializable).await {
+        None => (StatusCode::OK, Json(json!({"health": "true"}))).into_response(),
+        Some(reason) => {
+            let body = json!({"health": "false", "reason": reason});
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+        }
+    }
+}
+
+async fn health_failure(core: &Core, excluded: &[&str], serializable: bool) -> Option<String> {
+    let alarms = core.alarms.borrow().get(AlarmType::None);
+    if let Some(a) = alarms
+        .iter()
+        .find(|a| !excluded.contains(&a.alarm().as_str_name()))
+    {
+        return Some(match a.alarm() {
+            AlarmType::Nospace => "ALARM NOSPACE".into(),
+            AlarmType::Corrupt => "ALARM CORRUPT".into(),
+            AlarmType::None => "ALARM UNKNOWN".into(),
+        });
+    }
+    if serializable {
+        return core
+            .store
+            .current_revision()
+            .err()
+            .map(|e| format!("RANGE ERROR:etcdserver: {e}"));
+    }
+    if core.raft.status().leader_id == 0 {
+        return Some("RAFT NO LEADER".into());
+    }
+    Check::LinearizableRead
+        .run(core)
+        .await
+        .err()
+        .map(|e| format!("RANGE ERROR:{e}"))
 }
 
 /// The checks behind `/livez` and `/readyz` (etcd 3.5.12+).
@@ -59,7 +97,7 @@ enum Check {
     SerializableRead,
     /// A read through the leader (ReadIndex) works in time.
     LinearizableRead,
-    /// No CORRUPT alarm (Cairn raises none yet).
+    /// No CORRUPT alarm.
     DataCorruption,
     /// The member votes.
     NonLearner,
@@ -103,7 +141,13 @@ impl Check {
                     Err(_) => Err("etcdserver: request timed out".into()),
                 }
             }
-            Check::DataCorruption => Ok(()),
+            Check::DataCorruption => {
+                if core.alarms.borrow().is_raised(AlarmType::Corrupt) {
+                    Err("alarm activated: CORRUPT".into())
+                } else {
+                    Ok(())
+                }
+            }
             Check::NonLearner => {
                 if core.is_learner() {
                     Err("etcdserver: rpc not supported for learner".into())

@@ -1,4 +1,4 @@
-//! `etcdserverpb.Maintenance`: what `etcdctl endpoint status`, `endpoint health`, `defrag` and
+//! `etcdserverpb.Maintenance`: what `etcdctl endpoint status|health|hashkv`, `alarm`, `defrag` and
 //! `move-leader` need. The other methods answer `Unimplemented` by name.
 
 use std::sync::Arc;
@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::error::{unimplemented, MemberError};
 use super::{ApiError, Core, ETCD_VERSION};
+use crate::apply::Applied;
 use crate::raft::RaftError;
 
 pub struct MaintenanceService {
@@ -27,7 +28,19 @@ impl Maintenance for MaintenanceService {
         let core = &self.core;
         let raft = core.raft.status();
         let revision = core.store.current_revision().map_err(ApiError::from)?;
-        let db_size = core.engine.state_size_bytes() as i64;
+        let db_size = core.db_size.bytes() as i64;
+        // etcd lists a missing leader and each alarm, in the alarm's protobuf text form.
+        let mut errors = vec![];
+        if raft.leader_id == 0 {
+            errors.push("etcdserver: no leader".to_string());
+        }
+        for a in core.alarms.borrow().get(AlarmType::None) {
+            errors.push(format!(
+                "memberID:{} alarm:{} ",
+                a.member_id,
+                a.alarm().as_str_name()
+            ));
+        }
         let is_learner = core
             .membership
             .borrow()
@@ -43,20 +56,31 @@ impl Maintenance for MaintenanceService {
             raft_applied_index: core.raft.applied_index(),
             db_size_in_use: db_size,
             is_learner,
+            errors,
             ..Default::default()
         }))
     }
 
-    /// Cairn raises no alarms yet (the space quota arrives with the operations issue), so GET
-    /// lists none and DEACTIVATE has nothing to clear. Like etcd 3.4, the answer has no header.
+    /// GET lists the alarms of a type (NONE: all) as applied after a linearizable barrier;
+    /// ACTIVATE and DEACTIVATE go through raft (see [`crate::alarm`]). Like etcd 3.4, the answer
+    /// has no header.
     async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
-        match req.into_inner().action() {
-            alarm_request::AlarmAction::Get | alarm_request::AlarmAction::Deactivate => {
-                Ok(Response::new(AlarmResponse::default()))
-            }
-            alarm_request::AlarmAction::Activate => Err(Status::unimplemented(
-                "cairn does not implement activating alarms (/etcdserverpb.Maintenance/Alarm ACTIVATE) yet",
-            )),
+        let req = req.into_inner();
+        if req.action() == alarm_request::AlarmAction::Get {
+            self.core.linearizable_barrier().await?;
+            let alarms = self.core.alarms.borrow().get(req.alarm());
+            return Ok(Response::new(AlarmResponse {
+                header: None,
+                alarms,
+            }));
+        }
+        match self
+            .core
+            .propose(cairn_proto::cairnpb::internal_request::Request::Alarm(req))
+            .await?
+        {
+            Applied::Alarm(resp) => Ok(Response::new(resp)),
+            other => Err(ApiError::Internal(format!("apply answered with {other:?}")).into()),
         }
     }
 
@@ -72,12 +96,36 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(DefragmentResponse::default()))
     }
 
+    /// The hash of this member's whole replicated state (see [`crate::mvcc::KvHash`] for HashKV).
     async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        Err(unimplemented("/etcdserverpb.Maintenance/Hash"))
+        let store = self.core.store.clone();
+        let (hash, revision) = tokio::task::spawn_blocking(move || store.hash_all())
+            .await
+            .map_err(|e| Status::internal(format!("hash: {e}")))?
+            .map_err(ApiError::from)?;
+        Ok(Response::new(HashResponse {
+            header: self.core.header(revision),
+            hash,
+        }))
     }
 
-    async fn hash_kv(&self, _: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
-        Err(unimplemented("/etcdserverpb.Maintenance/HashKV"))
+    /// The hash of the key-value history up to a revision: equal on every member at that revision.
+    async fn hash_kv(
+        &self,
+        req: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
+        let revision = req.into_inner().revision;
+        let store = self.core.store.clone();
+        let h = tokio::task::spawn_blocking(move || store.hash_kv(revision))
+            .await
+            .map_err(|e| Status::internal(format!("hashkv: {e}")))?
+            .map_err(ApiError::from)?;
+        Ok(Response::new(HashKvResponse {
+            header: self.core.header(h.current_revision),
+            hash: h.hash,
+            compact_revision: h.compact_revision,
+            hash_revision: h.revision,
+        }))
     }
 
     type SnapshotStream = futures::stream::Empty<Result<SnapshotResponse, Status>>;

@@ -6,8 +6,10 @@
 //!
 //! **Boundary:** the only module that implements tonic service traits or speaks HTTP.
 
+mod auto_compact;
 mod cluster;
 mod concurrency;
+mod corrupt;
 mod error;
 mod gateway;
 mod health;
@@ -21,7 +23,7 @@ mod watch;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cairn_proto::cairnpb::{internal_request, InternalRequest, MemberChange};
 use cairn_proto::etcdserverpb::cluster_server::ClusterServer;
@@ -29,19 +31,22 @@ use cairn_proto::etcdserverpb::kv_server::KvServer;
 use cairn_proto::etcdserverpb::lease_server::LeaseServer;
 use cairn_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use cairn_proto::etcdserverpb::watch_server::WatchServer;
-use cairn_proto::etcdserverpb::ResponseHeader;
+use cairn_proto::etcdserverpb::{alarm_request, AlarmRequest, AlarmType, ResponseHeader};
 use cairn_proto::grpc_health_v1::health_server::HealthServer;
 use cairn_proto::v3electionpb::election_server::ElectionServer;
 use cairn_proto::v3lockpb::lock_server::LockServer;
 use prost::Message;
 use tokio::sync::oneshot;
 
+use crate::alarm::{quota_cost, Alarms};
 use crate::apply::wait::Wait;
 use crate::apply::{Applied, ApplyResult, MembershipRefusal};
 use crate::cluster::Membership;
 use crate::engine::Engine;
 use crate::mvcc::{Compactor, Store};
 use crate::raft::{MemberChangeKind, RaftError, RaftHandle};
+pub use auto_compact::run_auto_compaction;
+pub use corrupt::run_corruption_checks;
 pub use error::ApiError;
 pub use lease::{run_expiry, LeaderLinks, LeaseLeader};
 pub use listener::ClientListener;
@@ -88,6 +93,11 @@ pub struct Core {
     pub cluster_id: u64,
     /// The membership as of the applied index.
     pub membership: tokio::sync::watch::Receiver<Membership>,
+    /// The alarms as of the applied index.
+    pub alarms: tokio::sync::watch::Receiver<Alarms>,
+    /// `--quota-backend-bytes` (`None`: no quota).
+    pub quota_bytes: Option<u64>,
+    pub db_size: DbSize,
     pub client_urls: Vec<String>,
     pub compactor: Arc<Compactor>,
     pub engine: Engine,
@@ -101,7 +111,54 @@ pub struct Core {
     pub leader_links: LeaderLinks,
 }
 
+/// The backend's size, as the quota and Status read it: refreshed at most every
+/// [`DbSize::REFRESH`] (asking RocksDB costs microseconds; every write asks).
+pub struct DbSize {
+    engine: Engine,
+    epoch: Instant,
+    bytes: AtomicU64,
+    refreshed_ms: AtomicU64,
+}
+
+impl DbSize {
+    const REFRESH: Duration = Duration::from_millis(100);
+
+    pub fn new(engine: Engine) -> DbSize {
+        let bytes = AtomicU64::new(engine.state_size_bytes());
+        DbSize {
+            engine,
+            epoch: Instant::now(),
+            bytes,
+            refreshed_ms: AtomicU64::new(0),
+        }
+    }
+
+    pub fn bytes(&self) -> u64 {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let last = self.refreshed_ms.load(Ordering::Relaxed);
+        if now >= last + Self::REFRESH.as_millis() as u64
+            && self
+                .refreshed_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.bytes
+                .store(self.engine.state_size_bytes(), Ordering::Relaxed);
+        }
+        self.bytes.load(Ordering::Relaxed)
+    }
+}
+
 impl Core {
+    /// Whether `request` would take the backend over `--quota-backend-bytes`.
+    fn over_quota(&self, request: &internal_request::Request) -> bool {
+        let Some(limit) = self.quota_bytes else {
+            return false;
+        };
+        let cost = quota_cost(request);
+        cost > 0 && self.db_size.bytes() + cost >= limit
+    }
+
     /// Replicates `request` and waits until it is applied; returns the state machine's answer.
     pub async fn propose(&self, request: internal_request::Request) -> Result<Applied, ApiError> {
         self.propose_within(request, self.request_timeout).await
@@ -109,6 +166,28 @@ impl Core {
 
     /// [`Core::propose`] with its own deadline.
     pub async fn propose_within(
+        &self,
+        request: internal_request::Request,
+        timeout: Duration,
+    ) -> Result<Applied, ApiError> {
+        // etcd's quota check (`api/v3rpc/quota.go`): over quota, the member raises NOSPACE for
+        // itself, through raft, and refuses the request.
+        if self.over_quota(&request) {
+            let raise = AlarmRequest {
+                action: alarm_request::AlarmAction::Activate as i32,
+                member_id: self.member_id,
+                alarm: AlarmType::Nospace as i32,
+            };
+            let raised = self.replicate(internal_request::Request::Alarm(raise), timeout);
+            if let Err(e) = raised.await {
+                tracing::warn!("raising the NOSPACE alarm failed: {e}");
+            }
+            return Err(ApiError::NoSpace);
+        }
+        self.replicate(request, timeout).await
+    }
+
+    async fn replicate(
         &self,
         request: internal_request::Request,
         timeout: Duration,

@@ -16,13 +16,14 @@ use std::thread;
 
 use cairn_proto::cairnpb::{internal_request, member_change, InternalRequest, MemberChange};
 use cairn_proto::etcdserverpb::{
-    CompactionResponse, DeleteRangeResponse, LeaseGrantResponse, LeaseRevokeResponse, PutResponse,
-    ResponseHeader, TxnResponse,
+    alarm_request, AlarmRequest, AlarmResponse, CompactionResponse, DeleteRangeResponse,
+    LeaseGrantResponse, LeaseRevokeResponse, PutResponse, ResponseHeader, TxnResponse,
 };
 use crossbeam_channel::Receiver;
 use prost::Message;
 use tokio::sync::watch;
 
+use crate::alarm::{Alarms, Refusal};
 use crate::cluster::{Member, Membership};
 use crate::engine::Batch;
 use crate::lease::Lessor;
@@ -41,6 +42,7 @@ pub enum Applied {
     Compaction(CompactionResponse),
     LeaseGrant(LeaseGrantResponse),
     LeaseRevoke(LeaseRevokeResponse),
+    Alarm(AlarmResponse),
     /// A membership change or member update: the membership after it.
     Membership(Membership),
     /// A membership change that the membership as applied refuses (decided at apply, as etcd's
@@ -57,7 +59,17 @@ pub enum MembershipRefusal {
     NotFound,
 }
 
-pub type ApplyResult = Result<Applied, mvcc::Error>;
+/// Why an applied request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Mvcc(#[from] mvcc::Error),
+    /// Refused by a raised alarm (see [`crate::alarm`]).
+    #[error("refused by an alarm: {0:?}")]
+    Alarm(Refusal),
+}
+
+pub type ApplyResult = Result<Applied, ApplyError>;
 
 /// What the apply worker works on.
 pub struct Apply {
@@ -66,6 +78,8 @@ pub struct Apply {
     pub wait: Wait<ApplyResult>,
     /// The membership as of the applied index; the worker publishes every change.
     pub membership: watch::Sender<Membership>,
+    /// The alarms as of the applied index; the worker publishes every change.
+    pub alarms: watch::Sender<Alarms>,
     /// Where each revision's events go, once written.
     pub watch_hub: std::sync::Arc<Hub>,
     pub lessor: std::sync::Arc<Lessor>,
@@ -131,6 +145,15 @@ impl Apply {
         };
         let req = InternalRequest::decode(data)
             .unwrap_or_else(|e| panic!("committed entry {index} is not an InternalRequest: {e}"));
+        let refusal = req
+            .request
+            .as_ref()
+            .and_then(|r| self.alarms.borrow().refuses(r));
+        if let Some(refusal) = refusal {
+            let r = self.writer.set_applied(index);
+            r.unwrap_or_else(|e| fatal(index, e));
+            return self.wait.trigger(req.id, Err(ApplyError::Alarm(refusal)));
+        }
         let writer = &mut self.writer;
         let result = match req.request {
             Some(internal_request::Request::Put(r)) => writer.put(&r, index).map(Applied::Put),
@@ -177,6 +200,7 @@ impl Apply {
                     })
                 })
             }
+            Some(internal_request::Request::Alarm(a)) => Ok(self.apply_alarm(index, &a)),
             Some(internal_request::Request::MemberAttributes(a)) => {
                 self.update_membership(index, |m| {
                     if let Some(member) = m.get_mut(a.member_id) {
@@ -205,7 +229,42 @@ impl Apply {
         if !events.is_empty() {
             self.watch_hub.publish(self.writer.revision(), &events);
         }
-        self.wait.trigger(req.id, result);
+        self.wait.trigger(req.id, result.map_err(ApplyError::from));
+    }
+
+    /// etcd's `applierV3backend.Alarm` for ACTIVATE and DEACTIVATE: the answer lists the alarm
+    /// acted on (an activation also when it was raised before; a deactivation only if it was).
+    fn apply_alarm(&mut self, index: u64, req: &AlarmRequest) -> Applied {
+        let mut batch = self.writer.engine().batch();
+        let mut alarms = self.alarms.borrow().clone();
+        let changed = match req.action() {
+            alarm_request::AlarmAction::Activate => {
+                Some(alarms.activate(req.member_id, req.alarm, &mut batch))
+            }
+            alarm_request::AlarmAction::Deactivate => {
+                alarms.deactivate(req.member_id, req.alarm, &mut batch)
+            }
+            alarm_request::AlarmAction::Get => None,
+        };
+        let r = self.writer.commit_with_applied(batch, index);
+        r.unwrap_or_else(|e| fatal(index, e));
+        if let Some(m) = &changed {
+            tracing::warn!(
+                member = format_args!("{:x}", m.member_id),
+                alarm = ?m.alarm(),
+                action = ?req.action(),
+                "alarm changed"
+            );
+        }
+        self.alarms.send_if_modified(|current| {
+            let modified = *current != alarms;
+            *current = alarms;
+            modified
+        });
+        Applied::Alarm(AlarmResponse {
+            header: None,
+            alarms: changed.into_iter().collect(),
+        })
     }
 
     /// Changes the membership, stores it with `index` (and `extra`), publishes it.
@@ -228,7 +287,7 @@ impl Apply {
         &mut self,
         index: u64,
         change: impl FnOnce(&mut Membership),
-    ) -> ApplyResult {
+    ) -> mvcc::Result<Applied> {
         let batch = self.writer.engine().batch();
         Ok(Applied::Membership(
             self.change_membership(index, batch, change),
@@ -309,6 +368,9 @@ impl Apply {
             .leases()
             .unwrap_or_else(|e| panic!("reading leases after a snapshot: {e}"));
         self.lessor.reload(leases);
+        let alarms = Alarms::load(&engine)
+            .unwrap_or_else(|e| panic!("reading alarms after a snapshot: {e}"));
+        self.alarms.send_replace(alarms);
         let membership = Membership::load(&engine)
             .unwrap_or_else(|e| panic!("reading membership after a snapshot: {e}"))
             .map(|(m, _)| m)

@@ -70,16 +70,18 @@ pub fn history_key_prefix(key: &[u8]) -> Vec<u8> {
 /// Splits a `kv_history` key into (user key, revision).
 pub fn decode_history_key(bytes: &[u8]) -> (Vec<u8>, i64) {
     let (key, rest) = unescape_key(bytes);
-    let inv = u64::from_be_bytes(
-        rest.try_into()
-            .expect("history key ends in 8 revision bytes"),
-    );
-    (key, (u64::MAX - inv) as i64)
+    (key, uninvert(rest))
 }
 
 fn invert(rev: i64) -> [u8; 8] {
     debug_assert!(rev >= 0);
     (u64::MAX - rev as u64).to_be_bytes()
+}
+
+/// The revision of a `kv_history` key's last 8 bytes.
+pub fn uninvert(inverted: &[u8]) -> i64 {
+    let inv = u64::from_be_bytes(inverted.try_into().expect("8 revision bytes"));
+    (u64::MAX - inv) as i64
 }
 
 /// The `kv_revision` key of revision (main, sub).

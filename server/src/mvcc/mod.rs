@@ -11,6 +11,7 @@
 
 pub mod codec;
 mod compact;
+mod hash;
 mod range;
 mod write;
 
@@ -30,6 +31,7 @@ use codec::KeyBounds;
 
 pub use codec::EventKind;
 pub use compact::Compactor;
+pub use hash::KvHash;
 pub use range::RangeResult;
 pub use write::{is_read_only, Writer};
 
