@@ -93,6 +93,7 @@ impl Maintenance for MaintenanceService {
         tokio::task::spawn_blocking(move || engine.compact_all())
             .await
             .map_err(|e| Status::internal(format!("defragment: {e}")))?;
+        self.core.db_size.refresh();
         Ok(Response::new(DefragmentResponse::default()))
     }
 

@@ -133,6 +133,12 @@ impl DbSize {
         }
     }
 
+    /// Asks RocksDB now (after a change of size that the next request must see, e.g. defragment).
+    pub fn refresh(&self) {
+        self.bytes
+            .store(self.engine.state_size_bytes(), Ordering::Relaxed);
+    }
+
     pub fn bytes(&self) -> u64 {
         let now = self.epoch.elapsed().as_millis() as u64;
         let last = self.refreshed_ms.load(Ordering::Relaxed);
