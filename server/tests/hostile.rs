@@ -76,7 +76,7 @@ fn random_message(rng: &mut StdRng, desc: &MessageDescriptor, depth: u32) -> Dyn
         if !rng.random_bool(0.6) {
             continue;
         }
-        let mut one = |rng: &mut StdRng| -> Option<Value> {
+        let one = |rng: &mut StdRng| -> Option<Value> {
             Some(match field.kind() {
                 FieldKind::Int32 | FieldKind::Sint32 | FieldKind::Sfixed32 => {
                     Value::I32(rng.random_range(-3..1000))
