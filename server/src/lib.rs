@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod apply;
+pub mod backup;
 pub mod cluster;
 pub mod config;
 pub mod engine;
