@@ -25,6 +25,8 @@
 //! **Invariant:** a backup holds only replicated state: no raft log or raft state, no member-local
 //! keys (restore writes a new member's own).
 
+pub mod cli;
+pub mod restore;
 
 use std::fs::File;
 use std::io::{BufReader, Read};
