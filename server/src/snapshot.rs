@@ -352,16 +352,6 @@ mod tests {
         engine.write(b, Durability::Sync).unwrap();
     }
 
-    fn dump(engine: &Engine, cf: Cf) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let mut out = vec![];
-        let mut it = engine.iter(cf, &[], None);
-        while let Some((k, v)) = it.current() {
-            out.push((k.to_vec(), v.to_vec()));
-            it.advance();
-        }
-        out
-    }
-
     #[test]
     fn a_snapshot_replaces_state_keeps_local_keys_and_finishes_after_a_crash() {
         let dir = tempfile::tempdir().unwrap();
@@ -406,13 +396,13 @@ mod tests {
         assert!(!resume_install(&follower).unwrap());
 
         assert_eq!(
-            dump(&follower, Cf::KvLatest),
+            follower.dump(Cf::KvLatest),
             vec![
                 (b"a".to_vec(), b"1".to_vec()),
                 (vec![0xff; 300], b"big key".to_vec())
             ]
         );
-        assert!(dump(&follower, Cf::KvHistory).is_empty());
+        assert!(follower.dump(Cf::KvHistory).is_empty());
         assert_eq!(
             follower.get(Cf::Meta, b"local/member_id").unwrap().unwrap(),
             b"follower"

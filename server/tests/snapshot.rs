@@ -173,26 +173,10 @@ async fn write_history(endpoint: &str) -> (i64, i64, i64) {
     (lease, compacted, historical)
 }
 
-/// Members named `<prefix>1..n` under `dir` (created), not started, sharing `--initial-cluster`
-/// and `token`.
-fn new_members(dir: &Path, prefix: &str, n: usize, token: &str) -> Vec<Member> {
+/// Members m1..mn under `dir` (created), not started, of a new cluster with `token`.
+fn new_members(dir: &Path, n: usize, token: &str) -> Vec<Member> {
     std::fs::create_dir_all(dir).unwrap();
-    let mut members: Vec<Member> = (1..=n)
-        .map(|i| {
-            let name = format!("{prefix}{i}");
-            let args = ["--initial-cluster-token", token];
-            Member::new(Kind::Cairn, &name, &dir.join(&name), &args)
-        })
-        .collect();
-    let initial = members
-        .iter()
-        .map(|m| format!("{}={}", m.name, m.peer_url()))
-        .collect::<Vec<_>>()
-        .join(",");
-    for m in &mut members {
-        m.initial_cluster = initial.clone();
-    }
-    members
+    Cluster::unstarted(Kind::Cairn, n, dir, &["--initial-cluster-token", token])
 }
 
 /// `cairn snapshot restore` of `file` for member `m` (its name, data dir and cluster flags).
@@ -231,10 +215,10 @@ fn restore_and_start(file: &Path, members: &mut [Member], token: &str, extra: &[
 }
 
 /// A single member (its own cluster) with the history of [`write_history`].
-async fn source_member(dir: &Path) -> (Member, i64) {
+async fn source_member(dir: &Path) -> Member {
     let m = Member::start(Kind::Cairn, &dir.join("source"), &[]);
-    let (lease, _, _) = write_history(&m.endpoint()).await;
-    (m, lease)
+    write_history(&m.endpoint()).await;
+    m
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -296,7 +280,7 @@ async fn a_snapshot_saved_under_writes_restores_a_new_three_member_cluster() {
     assert!(at_snapshot.iter().any(|kv| kv.key.starts_with(b"load/")));
 
     let token = "restored-cluster";
-    let mut restored = new_members(&dir.path().join("restored"), "r", 3, token);
+    let mut restored = new_members(&dir.path().join("restored"), 3, token);
     let file_path = file.clone();
     let restored = tokio::task::spawn_blocking(move || {
         restore_and_start(&file_path, &mut restored, token, &[]);
@@ -367,13 +351,13 @@ async fn a_snapshot_saved_under_writes_restores_a_new_three_member_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bump_revision_and_mark_compacted_behave_as_etcdutl_documents() {
     let dir = tempfile::tempdir().unwrap();
-    let (source, _) = source_member(dir.path()).await;
+    let source = source_member(dir.path()).await;
     let file = dir.path().join("backup.db");
     save(&source.endpoint(), &file);
     let revision = snapshot_revision(&file);
     let (_, kvs) = range_all(&source.endpoint(), revision).await.unwrap();
 
-    let mut members = new_members(&dir.path().join("restored"), "b", 1, "bumped");
+    let mut members = new_members(&dir.path().join("restored"), 1, "bumped");
     let (code, out) = restore(&file, &members[0], "bumped", &["--bump-revision", "1000"]);
     assert_eq!(code, 2, "etcdutl requires both flags together: {out}");
     assert!(out.contains("--mark-compacted required"), "{out}");
@@ -429,13 +413,13 @@ async fn bump_revision_and_mark_compacted_behave_as_etcdutl_documents() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_truncated_and_misdirected_restores_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let (source, _) = source_member(dir.path()).await;
+    let source = source_member(dir.path()).await;
     let value = "v".repeat(4000);
     put(&source.endpoint(), "big", &value, 0).await;
     let file = dir.path().join("backup.db");
     save(&source.endpoint(), &file);
     let bytes = std::fs::read(&file).unwrap();
-    let members = new_members(&dir.path().join("restored"), "x", 1, "t");
+    let members = new_members(&dir.path().join("restored"), 1, "t");
     let m = &members[0];
     let no_member_dir = |m: &Member| {
         !m.data_dir.join("member").exists() && !m.data_dir.join("member.restoring").exists()
@@ -468,7 +452,8 @@ async fn corrupt_truncated_and_misdirected_restores_are_refused() {
     assert!(no_member_dir(m));
 
     // The local member must be in --initial-cluster with its advertised URLs.
-    let mut stranger = new_members(&dir.path().join("stranger"), "s", 1, "t").remove(0);
+    let mut stranger = new_members(&dir.path().join("stranger"), 1, "t").remove(0);
+    stranger.name = "s1".into();
     stranger.initial_cluster = m.initial_cluster.clone();
     let (code, out) = restore(&file, &stranger, "t", &[]);
     assert_eq!(code, 1, "{out}");
@@ -490,7 +475,7 @@ async fn corrupt_truncated_and_misdirected_restores_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_streams_the_same_bytes_as_grpc() {
     let dir = tempfile::tempdir().unwrap();
-    let (source, _) = source_member(dir.path()).await;
+    let source = source_member(dir.path()).await;
     let file = dir.path().join("backup.db");
     save(&source.endpoint(), &file);
     let addr = source.addr();

@@ -192,6 +192,23 @@ impl Backup {
     }
 }
 
+#[cfg(test)]
+impl Backup {
+    /// The whole file.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut bytes = vec![];
+        let sha = self
+            .write_body(|piece| {
+                bytes.extend_from_slice(piece);
+                true
+            })
+            .unwrap()
+            .unwrap();
+        bytes.extend_from_slice(&sha);
+        bytes
+    }
+}
+
 /// Whether reading a backup compares its content with its SHA-256 trailer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HashCheck {
@@ -351,16 +368,7 @@ mod tests {
         engine.write(local, Durability::Sync).unwrap();
 
         let backup = Backup::take(&engine, dir.join("ckpt")).unwrap();
-        let mut bytes = vec![];
-        let sha = backup
-            .write_body(|piece| {
-                bytes.extend_from_slice(piece);
-                true
-            })
-            .unwrap()
-            .unwrap();
-        bytes.extend_from_slice(&sha);
-        (backup.header, bytes)
+        (backup.header, backup.to_bytes())
     }
 
     fn read_all(path: &Path, check: HashCheck) -> Result<Vec<snapshot::OwnedRecord>> {

@@ -145,16 +145,6 @@ mod tests {
     use crate::engine::Cf;
     use cairn_proto::etcdserverpb::PutRequest;
 
-    fn dump(engine: &Engine, cf: Cf) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let mut out = vec![];
-        let mut it = engine.iter(cf, &[], None);
-        while let Some((k, v)) = it.current() {
-            out.push((k.to_vec(), v.to_vec()));
-            it.advance();
-        }
-        out
-    }
-
     /// A backup file of a store at revision 11, compacted at 5.
     fn backup_file(dir: &Path) -> PathBuf {
         let engine = Engine::open(&dir.join("source")).unwrap();
@@ -169,17 +159,8 @@ mod tests {
         }
         w.compact(5, 200).unwrap();
         let backup = Backup::take(&engine, dir.join("ckpt")).unwrap();
-        let mut bytes = vec![];
-        let sha = backup
-            .write_body(|p| {
-                bytes.extend_from_slice(p);
-                true
-            })
-            .unwrap()
-            .unwrap();
-        bytes.extend_from_slice(&sha);
         let path = dir.join("backup.db");
-        std::fs::write(&path, bytes).unwrap();
+        std::fs::write(&path, backup.to_bytes()).unwrap();
         path
     }
 
@@ -223,18 +204,18 @@ mod tests {
             Cf::Lease,
         ] {
             assert_eq!(
-                dump(&ea, cf),
-                dump(&eb, cf),
+                ea.dump(cf),
+                eb.dump(cf),
                 "{cf:?} is the same on every member"
             );
         }
         let meta = |e: &Engine| {
-            let mut m = dump(e, Cf::Meta);
+            let mut m = e.dump(Cf::Meta);
             m.retain(|(k, _)| !k.starts_with(b"local/"));
             m
         };
         assert_eq!(meta(&ea), meta(&eb));
-        assert!(dump(&ea, Cf::RaftLog).is_empty());
+        assert!(ea.dump(Cf::RaftLog).is_empty());
         let writer = Writer::open(ea.clone()).unwrap();
         assert_eq!(
             writer.applied_index().unwrap(),
