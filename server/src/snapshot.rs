@@ -31,10 +31,17 @@ const META_INSTALLING: &[u8] = b"local/installing_snapshot";
 pub enum SnapshotError {
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// Not a `source`: the message says it already, and `{:#}` would say it twice.
     #[error("snapshot file: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     #[error("malformed snapshot records: {0}")]
     Malformed(&'static str),
+}
+
+impl From<std::io::Error> for SnapshotError {
+    fn from(e: std::io::Error) -> SnapshotError {
+        SnapshotError::Io(e)
+    }
 }
 
 type Result<T> = std::result::Result<T, SnapshotError>;

@@ -48,8 +48,9 @@ pub const HASH_BYTES: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
+    /// Not a `source`: the message says it already, and `{:#}` would say it twice.
     #[error("snapshot file: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
     #[error(transparent)]
@@ -67,11 +68,17 @@ pub enum BackupError {
     Size { expected: u64, actual: u64 },
     #[error(
         "snapshot file is corrupt: its SHA-256 is {actual} but its trailer says {expected} \
-         (--skip-hash-check restores it anyway)"
+         (`restore --skip-hash-check` ignores it)"
     )]
     Hash { expected: String, actual: String },
     #[error("malformed snapshot file: {0}")]
     Malformed(&'static str),
+}
+
+impl From<std::io::Error> for BackupError {
+    fn from(e: std::io::Error) -> BackupError {
+        BackupError::Io(e)
+    }
 }
 
 pub type Result<T> = std::result::Result<T, BackupError>;
