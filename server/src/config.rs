@@ -332,20 +332,7 @@ impl Config {
                 .collect::<Vec<_>>()
                 .join(","),
         };
-        let mut members: Vec<(String, Vec<String>)> = vec![];
-        for part in text.split(',').filter(|p| !p.is_empty()) {
-            let (name, url) = part.split_once('=').ok_or_else(|| {
-                ConfigError(format!(
-                    "--initial-cluster: {part:?} is not of the form name=url"
-                ))
-            })?;
-            parse_http_url(url)?;
-            match members.iter_mut().find(|(n, _)| n == name) {
-                Some((_, urls)) => urls.push(url.to_string()),
-                None => members.push((name.to_string(), vec![url.to_string()])),
-            }
-        }
-        Ok(members)
+        parse_initial_cluster(&text)
     }
 
     pub fn tick(&self) -> Duration {
@@ -382,6 +369,25 @@ pub enum AutoCompaction {
     Periodic(Duration),
     /// Keep the last this many revisions.
     Revision(i64),
+}
+
+/// Parses an `--initial-cluster` value (`name=url,...`) into (name, peer URLs) pairs, in order of
+/// first appearance; a name listed twice has several peer URLs.
+pub fn parse_initial_cluster(text: &str) -> Result<Vec<(String, Vec<String>)>, ConfigError> {
+    let mut members: Vec<(String, Vec<String>)> = vec![];
+    for part in text.split(',').filter(|p| !p.is_empty()) {
+        let (name, url) = part.split_once('=').ok_or_else(|| {
+            ConfigError(format!(
+                "--initial-cluster: {part:?} is not of the form name=url"
+            ))
+        })?;
+        parse_http_url(url)?;
+        match members.iter_mut().find(|(n, _)| n == name) {
+            Some((_, urls)) => urls.push(url.to_string()),
+            None => members.push((name.to_string(), vec![url.to_string()])),
+        }
+    }
+    Ok(members)
 }
 
 fn env_name(flag: &str) -> String {

@@ -1,4 +1,5 @@
-//! `cairn`: runs one member with etcd's flags and environment variables.
+//! `cairn`: runs one member with etcd's flags and environment variables; `cairn snapshot
+//! restore|status` are etcdutl's offline snapshot commands.
 
 use std::process::ExitCode;
 
@@ -7,6 +8,9 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("snapshot") {
+        return cairn_server::backup::cli::run(&args);
+    }
     let cfg = match Config::parse_from_env_and_args(args, &|k| std::env::var(k).ok()) {
         Ok(cfg) => cfg,
         Err(e) => {

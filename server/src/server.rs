@@ -2,7 +2,7 @@
 //! loop, log writer, apply worker, compactor) and serves the client URLs until shutdown.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -44,6 +44,8 @@ pub struct Server {
     /// Tasks that hold the core and never end by themselves (the leader's lease expiry, auto
     /// compaction, corruption checks): aborted on shutdown.
     background: Vec<tokio::task::JoinHandle<()>>,
+    /// Snapshots being streamed to clients (their threads read checkpoints): waited for on shutdown.
+    snapshot_saves: Arc<api::SnapshotSaves>,
 }
 
 /// How long a clean stop waits for the raft loop and the apply worker to finish.
@@ -72,6 +74,7 @@ impl Server {
             raft,
             watch_hub,
             background,
+            snapshot_saves,
             ..
         } = self;
         shutdown.send_replace(true);
@@ -93,6 +96,10 @@ impl Server {
                 task.abort();
             }
         }
+        // Their clients are gone: each sender stops at its next message and removes its checkpoint.
+        if !snapshot_saves.wait_idle(STOP_TIMEOUT).await {
+            tracing::warn!("snapshot senders did not stop within {STOP_TIMEOUT:?}");
+        }
         // The listeners held the other `RaftHandle`s: with them and this one gone the raft loop
         // ends, closing the apply queue, and the last owner of the compactor joins its thread.
         drop(raft);
@@ -112,7 +119,7 @@ impl Server {
 pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
     let data_dir = cfg.data_dir();
     let engine = open_engine(&data_dir)?;
-    let snapshot_dir = data_dir.join("member").join("snap");
+    let snapshot_dir = member_dir(&data_dir).join("snap");
     snapshot::resume_install(&engine)?;
     snapshot::remove_stale_files(&engine, &snapshot_dir)?;
     let (membership, member_id) = recover_or_bootstrap(cfg, &engine).await?;
@@ -181,9 +188,10 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
         member_id,
         cluster_id,
         membership_rx.clone(),
-        snapshot_dir,
+        snapshot_dir.clone(),
         lease_leader.clone(),
     );
+    let snapshot_saves = Arc::new(api::SnapshotSaves::new(snapshot_dir));
 
     let core = Arc::new(Core {
         store,
@@ -207,6 +215,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
         watch_progress_notify_interval: cfg.watch_progress_notify_interval,
         lease_leader,
         leader_links: api::LeaderLinks::default(),
+        snapshot_saves: snapshot_saves.clone(),
     });
     if cfg.initial_corrupt_check {
         core.initial_corruption_check().await?;
@@ -239,18 +248,37 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
         threads: vec![raft_thread, apply_thread],
         watch_hub,
         background,
+        snapshot_saves,
     })
 }
 
-fn open_engine(data_dir: &Path) -> anyhow::Result<Engine> {
-    let db_dir = data_dir.join("member").join("rocksdb");
-    std::fs::create_dir_all(&db_dir)
+/// The directory of a member's own files inside its data dir (etcd's layout: `<data-dir>/member`).
+pub(crate) fn member_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("member")
+}
+
+/// Where a member's database lives inside `member_dir`.
+pub(crate) fn db_dir(member_dir: &Path) -> PathBuf {
+    member_dir.join("rocksdb")
+}
+
+/// Creates `data_dir` if needed, readable by its owner only (etcd: `fileutil.TouchDirAll`, 0700).
+pub(crate) fn create_data_dir(data_dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))?;
     }
+    Ok(())
+}
+
+fn open_engine(data_dir: &Path) -> anyhow::Result<Engine> {
+    create_data_dir(data_dir)?;
+    let db_dir = db_dir(&member_dir(data_dir));
+    std::fs::create_dir_all(&db_dir)
+        .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
     Engine::open(&db_dir).with_context(|| format!("cannot open {}", db_dir.display()))
 }
 
@@ -263,23 +291,14 @@ async fn recover_or_bootstrap(cfg: &Config, engine: &Engine) -> anyhow::Result<(
             return Ok(found);
         }
     }
-    let initial = cfg.initial_cluster()?;
-    let (flags, local) =
-        Membership::from_initial_cluster(&initial, &cfg.name, &cfg.initial_cluster_token)
-            .map_err(anyhow::Error::msg)?;
+    let (flags, local) = initial_membership(
+        &cfg.initial_cluster()?,
+        &cfg.name,
+        &cfg.initial_cluster_token,
+        &cfg.initial_advertise_peer_urls,
+    )?;
     let mut advertised = cfg.initial_advertise_peer_urls.clone();
     advertised.sort();
-    let me = flags.get(local).expect("local member is in the membership");
-    let mut listed = me.peer_urls.clone();
-    listed.sort();
-    if listed != advertised {
-        bail!(
-            "--initial-cluster has {}={} but missing from --initial-advertise-peer-urls={}",
-            cfg.name,
-            me.peer_urls.join(","),
-            cfg.initial_advertise_peer_urls.join(",")
-        );
-    }
     if cfg.initial_cluster_state == "existing" {
         let others: Vec<&Member> = flags.members.iter().filter(|m| m.id != local).collect();
         let (membership, local) = fetch_membership(&others, &advertised).await?;
@@ -287,11 +306,51 @@ async fn recover_or_bootstrap(cfg: &Config, engine: &Engine) -> anyhow::Result<(
         LogStore::bootstrap_joining(engine)?;
         return Ok((membership, local));
     }
-    flags.save_bootstrap(engine, local)?;
-    LogStore::bootstrap(engine, &flags.voter_ids())?;
-    // The bootstrap entry carries no request: it counts as applied.
-    Writer::open(engine.clone())?.set_applied(storage::BOOTSTRAP_INDEX)?;
+    bootstrap_new(engine, &flags, local)?;
     Ok((flags, local))
+}
+
+/// The membership that `--initial-cluster` describes and the id of member `name` in it; the
+/// member's entry must list exactly its `--initial-advertise-peer-urls` (etcd: `VerifyBootstrap`).
+pub(crate) fn initial_membership(
+    initial: &[(String, Vec<String>)],
+    name: &str,
+    token: &str,
+    advertise_peer_urls: &[String],
+) -> anyhow::Result<(Membership, u64)> {
+    let (membership, local) =
+        Membership::from_initial_cluster(initial, name, token).map_err(anyhow::Error::msg)?;
+    let mut advertised = advertise_peer_urls.to_vec();
+    advertised.sort();
+    let me = membership
+        .get(local)
+        .expect("local member is in the membership");
+    let mut listed = me.peer_urls.clone();
+    listed.sort();
+    if listed != advertised {
+        bail!(
+            "--initial-cluster has {name}={} but missing from --initial-advertise-peer-urls={}",
+            me.peer_urls.join(","),
+            advertise_peer_urls.join(",")
+        );
+    }
+    Ok((membership, local))
+}
+
+/// Makes `engine` a member of a new cluster, whatever state machine it holds: the membership and
+/// this member's id, the bootstrap entry counted as applied (it carries no request), and a raft log
+/// that starts after it with the membership as configuration. The log's state is written last and
+/// synced: until it exists the member is not bootstrapped (see [`LogStore::exists`]), and its sync
+/// makes every earlier write durable.
+pub(crate) fn bootstrap_new(
+    engine: &Engine,
+    membership: &Membership,
+    local: u64,
+) -> anyhow::Result<()> {
+    membership.save_bootstrap(engine, local)?;
+    Writer::open(engine.clone())?.set_applied(storage::BOOTSTRAP_INDEX)?;
+    LogStore::bootstrap(engine, &membership.voter_ids())?;
+    Ok(())
 }
 
 /// Asks the running members for the cluster, and finds this member in it by its peer URLs.

@@ -31,10 +31,17 @@ const META_INSTALLING: &[u8] = b"local/installing_snapshot";
 pub enum SnapshotError {
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// Not a `source`: the message says it already, and `{:#}` would say it twice.
     #[error("snapshot file: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     #[error("malformed snapshot records: {0}")]
     Malformed(&'static str),
+}
+
+impl From<std::io::Error> for SnapshotError {
+    fn from(e: std::io::Error) -> SnapshotError {
+        SnapshotError::Io(e)
+    }
 }
 
 type Result<T> = std::result::Result<T, SnapshotError>;
@@ -73,20 +80,43 @@ impl Checkpoint {
     /// when `emit` returns false.
     pub fn for_each_chunk(&self, mut emit: impl FnMut(Vec<u8>) -> bool) -> Result<()> {
         let mut chunk = Vec::with_capacity(CHUNK_BYTES + 4096);
+        let mut stopped = false;
+        self.for_each_record(|cf, k, v| {
+            encode_record(cf, k, v, &mut chunk);
+            stopped = chunk.len() >= CHUNK_BYTES && !emit(std::mem::take(&mut chunk));
+            !stopped
+        })?;
+        if !stopped {
+            emit(chunk);
+        }
+        Ok(())
+    }
+
+    /// The number of records [`Checkpoint::for_each_chunk`] emits and their size in bytes.
+    pub fn measure(&self) -> Result<(u64, u64)> {
+        let (mut records, mut bytes) = (0, 0);
+        self.for_each_record(|_, k, v| {
+            records += 1;
+            bytes += record_bytes(k, v);
+            true
+        })?;
+        Ok((records, bytes))
+    }
+
+    /// Calls `visit` with every record of the state column families (without the member-local
+    /// keys), in order; stops early when `visit` returns false.
+    fn for_each_record(&self, mut visit: impl FnMut(Cf, &[u8], &[u8]) -> bool) -> Result<()> {
         for cf in Cf::STATE {
             let mut it = self.engine.iter(cf, &[], None);
             while let Some((k, v)) = it.current() {
-                if !(cf == Cf::Meta && k.starts_with(LOCAL_PREFIX)) {
-                    encode_record(cf, k, v, &mut chunk);
-                    if chunk.len() >= CHUNK_BYTES && !emit(std::mem::take(&mut chunk)) {
-                        return Ok(());
-                    }
+                let local = cf == Cf::Meta && k.starts_with(LOCAL_PREFIX);
+                if !local && !visit(cf, k, v) {
+                    return Ok(());
                 }
                 it.advance();
             }
             it.check()?;
         }
-        emit(chunk);
         Ok(())
     }
 }
@@ -99,16 +129,26 @@ impl Drop for Checkpoint {
     }
 }
 
+/// A record: column family tag (1 byte), key length (u32 BE), key, value length (u32 BE), value.
 fn encode_record(cf: Cf, key: &[u8], value: &[u8], out: &mut Vec<u8>) {
+    let start = out.len();
     out.push(cf.tag());
     out.extend_from_slice(&(key.len() as u32).to_be_bytes());
     out.extend_from_slice(key);
     out.extend_from_slice(&(value.len() as u32).to_be_bytes());
     out.extend_from_slice(value);
+    debug_assert_eq!((out.len() - start) as u64, record_bytes(key, value));
+}
+
+/// The encoded size of a record (see [`encode_record`]).
+fn record_bytes(key: &[u8], value: &[u8]) -> u64 {
+    1 + 4 + key.len() as u64 + 4 + value.len() as u64
 }
 
 /// One record of a snapshot: column family, key, value.
 pub type Record<'a> = (Cf, &'a [u8], &'a [u8]);
+/// A record read from a file.
+pub type OwnedRecord = (Cf, Vec<u8>, Vec<u8>);
 
 /// Splits `buf` into whole records; an error if a record is cut or names an unknown column family.
 pub fn parse_records(mut buf: &[u8]) -> Result<Vec<Record<'_>>> {
@@ -234,18 +274,7 @@ fn load(engine: &Engine, path: &Path, mut last: Batch) -> Result<()> {
 
     let mut reader = BufReader::new(File::open(path)?);
     let mut batch = engine.batch();
-    let mut head = [0u8; 5];
-    loop {
-        match reader.read_exact(&mut head[..1]) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-            Err(e) => return Err(e.into()),
-        }
-        let cf = Cf::from_tag(head[0])
-            .filter(|cf| Cf::STATE.contains(cf))
-            .ok_or(SnapshotError::Malformed("unknown column family"))?;
-        let key = read_field(&mut reader)?;
-        let value = read_field(&mut reader)?;
+    while let Some((cf, key, value)) = read_record(&mut reader)? {
         batch.put(cf, &key, &value);
         if batch.size_bytes() >= INSTALL_BATCH_BYTES {
             engine.write(
@@ -261,11 +290,38 @@ fn load(engine: &Engine, path: &Path, mut last: Batch) -> Result<()> {
     Ok(())
 }
 
+/// Reads the next record (see [`encode_record`]) from `reader`: `None` at the end of the input,
+/// an error if a record is cut short, names a column family outside the state or a member-local key.
+pub fn read_record(reader: &mut impl Read) -> Result<Option<OwnedRecord>> {
+    let mut tag = [0u8; 1];
+    match reader.read_exact(&mut tag) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let cf = Cf::from_tag(tag[0])
+        .filter(|cf| Cf::STATE.contains(cf))
+        .ok_or(SnapshotError::Malformed("unknown column family"))?;
+    let key = read_field(reader)?;
+    let value = read_field(reader)?;
+    if cf == Cf::Meta && key.starts_with(LOCAL_PREFIX) {
+        return Err(SnapshotError::Malformed("member-local key"));
+    }
+    Ok(Some((cf, key, value)))
+}
+
+/// Reads a length-prefixed field. Memory grows with the bytes actually read, so a corrupt length
+/// cannot make it allocate gigabytes up front.
 fn read_field(reader: &mut impl Read) -> Result<Vec<u8>> {
+    const PREALLOCATE_BYTES_MAX: u64 = 64 << 10;
     let mut len = [0u8; 4];
     reader.read_exact(&mut len)?;
-    let mut v = vec![0u8; u32::from_be_bytes(len) as usize];
-    reader.read_exact(&mut v)?;
+    let len = u64::from(u32::from_be_bytes(len));
+    let mut v = Vec::with_capacity(len.min(PREALLOCATE_BYTES_MAX) as usize);
+    reader.take(len).read_to_end(&mut v)?;
+    if v.len() as u64 != len {
+        return Err(SnapshotError::Malformed("record cut short"));
+    }
     Ok(v)
 }
 
@@ -301,16 +357,6 @@ mod tests {
             b.put(*cf, k, v);
         }
         engine.write(b, Durability::Sync).unwrap();
-    }
-
-    fn dump(engine: &Engine, cf: Cf) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let mut out = vec![];
-        let mut it = engine.iter(cf, &[], None);
-        while let Some((k, v)) = it.current() {
-            out.push((k.to_vec(), v.to_vec()));
-            it.advance();
-        }
-        out
     }
 
     #[test]
@@ -357,13 +403,13 @@ mod tests {
         assert!(!resume_install(&follower).unwrap());
 
         assert_eq!(
-            dump(&follower, Cf::KvLatest),
+            follower.dump(Cf::KvLatest),
             vec![
                 (b"a".to_vec(), b"1".to_vec()),
                 (vec![0xff; 300], b"big key".to_vec())
             ]
         );
-        assert!(dump(&follower, Cf::KvHistory).is_empty());
+        assert!(follower.dump(Cf::KvHistory).is_empty());
         assert_eq!(
             follower.get(Cf::Meta, b"local/member_id").unwrap().unwrap(),
             b"follower"

@@ -129,13 +129,14 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
-    type SnapshotStream = futures::stream::Empty<Result<SnapshotResponse, Status>>;
+    type SnapshotStream = super::snapshot::SnapshotStream;
 
+    /// A consistent copy of this member's state, streamed as etcd streams its database.
     async fn snapshot(
         &self,
         _: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        Err(unimplemented("/etcdserverpb.Maintenance/Snapshot"))
+        super::snapshot::serve(&self.core).map(Response::new)
     }
 
     /// etcd `MoveLeader`: only the leader hands over, only to a voting member, and answers once the

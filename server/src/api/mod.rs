@@ -18,6 +18,7 @@ mod kv;
 mod lease;
 mod listener;
 mod maintenance;
+mod snapshot;
 mod validate;
 mod watch;
 
@@ -50,6 +51,7 @@ pub use corrupt::run_corruption_checks;
 pub use error::ApiError;
 pub use lease::{run_expiry, LeaderLinks, LeaseLeader};
 pub use listener::ClientListener;
+pub use snapshot::SnapshotSaves;
 
 /// The etcd API version whose semantics Cairn implements (reported by Status and `/version`).
 pub const ETCD_VERSION: &str = "3.4.23";
@@ -109,6 +111,8 @@ pub struct Core {
     pub watch_progress_notify_interval: Duration,
     pub lease_leader: Arc<LeaseLeader>,
     pub leader_links: LeaderLinks,
+    /// `Maintenance.Snapshot` streams in progress.
+    pub snapshot_saves: Arc<SnapshotSaves>,
 }
 
 /// The backend's size, as the quota and Status read it: refreshed at most every

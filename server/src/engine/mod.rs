@@ -228,6 +228,18 @@ impl Engine {
         RangeIter { raw }
     }
 
+    /// Every entry of `cf`, in order (for tests).
+    #[cfg(test)]
+    pub fn dump(&self, cf: Cf) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut out = vec![];
+        let mut it = self.iter(cf, &[], None);
+        while let Some((k, v)) = it.current() {
+            out.push((k.to_vec(), v.to_vec()));
+            it.advance();
+        }
+        out
+    }
+
     /// Compacts every column family fully, dropping deleted and overwritten data from disk
     /// (what etcd's defragment achieves for bbolt). Blocks until done.
     pub fn compact_all(&self) {

@@ -205,6 +205,22 @@ impl Writer {
             header: header(self.revision),
         })
     }
+
+    /// Offline, on a store restored from a backup: raises the revision by `by` and marks the new
+    /// revision compacted (etcdutl `snapshot restore --bump-revision N --mark-compacted`, which it
+    /// only accepts together), so that no revision a client saw before is reused and watchers from
+    /// older revisions are told `compacted`. The compactor removes the old history at start.
+    pub fn bump_revision(&mut self, by: i64) -> Result<i64> {
+        assert!(by > 0, "a bump raises the revision");
+        let revision = self.revision + by;
+        let mut batch = self.engine.batch();
+        batch.put(Cf::Meta, META_REVISION, &revision.to_be_bytes());
+        batch.put(Cf::Meta, META_COMPACT_REVISION, &revision.to_be_bytes());
+        self.engine.write(batch, Durability::Buffered)?;
+        self.revision = revision;
+        self.compact_revision = revision;
+        Ok(revision)
+    }
 }
 
 /// What the ops of a txn run against: every target reads; only a write txn writes.

@@ -288,6 +288,18 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `n` members named m1..mn under `dir` and waits until each is healthy.
     pub fn start(kind: Kind, n: usize, dir: &Path, extra_args: &[&str]) -> Cluster {
+        let mut members = Cluster::unstarted(kind, n, dir, extra_args);
+        for m in &mut members {
+            m.spawn_process();
+        }
+        for m in &mut members {
+            m.wait_healthy();
+        }
+        Cluster { members }
+    }
+
+    /// `n` members named m1..mn under `dir` that share one `--initial-cluster`, not started.
+    pub fn unstarted(kind: Kind, n: usize, dir: &Path, extra_args: &[&str]) -> Vec<Member> {
         let mut members: Vec<Member> = (1..=n)
             .map(|i| {
                 let name = format!("m{i}");
@@ -301,12 +313,8 @@ impl Cluster {
             .join(",");
         for m in &mut members {
             m.initial_cluster = initial.clone();
-            m.spawn_process();
         }
-        for m in &mut members {
-            m.wait_healthy();
-        }
-        Cluster { members }
+        members
     }
 
     pub fn endpoints(&self) -> Vec<String> {
