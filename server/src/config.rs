@@ -68,9 +68,6 @@ const UNSUPPORTED_FLAGS: &[&str] = &[
     "tls-max-version",
     "cors",
     "host-whitelist",
-    "auth-token",
-    "auth-token-ttl",
-    "bcrypt-cost",
     "listen-metrics-urls",
     "metrics",
     "enable-pprof",
@@ -144,6 +141,15 @@ pub struct Config {
     /// Maximum number of operations permitted in a transaction.
     #[arg(long, default_value_t = 128)]
     pub max_txn_ops: u32,
+    /// Auth token type: 'simple' (JWT tokens are not supported yet).
+    #[arg(long, default_value = "simple")]
+    pub auth_token: String,
+    /// Seconds an idle simple token stays valid.
+    #[arg(long, default_value_t = 300)]
+    pub auth_token_ttl: u64,
+    /// bcrypt cost for hashing passwords (4 to 31).
+    #[arg(long, default_value_t = 10)]
+    pub bcrypt_cost: u32,
     /// Raise the NOSPACE alarm when the backend exceeds this many bytes (0: 2 GiB; negative: no quota).
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub quota_backend_bytes: i64,
@@ -271,6 +277,18 @@ impl Config {
         }
         self.initial_cluster()?;
         self.auto_compaction()?;
+        if self.auth_token != "simple" {
+            return Err(ConfigError(format!(
+                "--auth-token {:?}: cairn supports simple tokens only (JWT is not supported yet)",
+                self.auth_token
+            )));
+        }
+        if !(4..=31).contains(&self.bcrypt_cost) {
+            return Err(ConfigError(format!(
+                "--bcrypt-cost {} is out of range [4, 31]",
+                self.bcrypt_cost
+            )));
+        }
         Ok(())
     }
 

@@ -17,6 +17,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::alarm::Alarms;
 use crate::api::{self, ClientListener, Core, IdGenerator};
 use crate::apply::{self, wait::Wait, Apply};
+use crate::auth::{AuthState, Tokens};
 use crate::cluster::{Member, Membership};
 use crate::config::{parse_http_url, Config};
 use crate::engine::Engine;
@@ -144,6 +145,8 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
     let lessor = Arc::new(crate::lease::Lessor::new(store.leases()?));
     let (membership_tx, membership_rx) = watch::channel(membership);
     let (alarms_tx, alarms_rx) = watch::channel(Alarms::load(&engine)?);
+    let (auth_tx, auth_rx) = watch::channel(Arc::new(AuthState::load(&engine)?));
+    let tokens = Arc::new(Tokens::new(Duration::from_secs(cfg.auth_token_ttl)));
     let (committed_tx, committed_rx) = crossbeam_channel::bounded(raft::APPLY_QUEUE_LEN_MAX);
     let (applied_tx, applied_rx) = watch::channel(applied_index);
     let apply_thread = apply::start(
@@ -153,6 +156,8 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
             wait: wait.clone(),
             membership: membership_tx,
             alarms: alarms_tx,
+            auth: auth_tx,
+            tokens: tokens.clone(),
             watch_hub: watch_hub.clone(),
             lessor: lessor.clone(),
             min_lease_ttl: crate::lease::min_ttl(cfg.tick(), cfg.election_ticks()),
@@ -202,6 +207,9 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
         cluster_id,
         membership: membership_rx.clone(),
         alarms: alarms_rx,
+        auth: auth_rx,
+        tokens,
+        bcrypt_cost: cfg.bcrypt_cost,
         quota_bytes: cfg.quota_backend_bytes(),
         db_size: api::DbSize::new(engine.clone()),
         client_urls: cfg.advertise_client_urls.clone(),

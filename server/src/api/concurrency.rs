@@ -7,6 +7,7 @@
 //! deleted; it waits on those deletions with watches from the hub. A call abandoned while waiting
 //! (client gone) deletes its key, as the Go recipe does on cancellation.
 
+use crate::auth::{Access, AuthError};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -267,9 +268,17 @@ impl LockService {
     }
 }
 
+/// With auth on, a lock or election `name` needs READ and WRITE on every key under `name/` (what
+/// the recipe's txns, ranges and watches touch as the caller in etcd).
+fn permit_name<T>(core: &Core, req: &GrpcRequest<T>, name: &[u8]) -> Result<(), Status> {
+    let caller = core.caller(req.metadata())?;
+    Ok(core.permit_prefix(&caller, &with_slash(name))?)
+}
+
 #[tonic::async_trait]
 impl Lock for LockService {
     async fn lock(&self, req: GrpcRequest<LockRequest>) -> Result<Response<LockResponse>, Status> {
+        permit_name(&self.core, &req, &req.get_ref().name)?;
         let req = req.into_inner();
         let core = &self.core;
         let prefix = with_slash(&req.name);
@@ -310,7 +319,14 @@ impl Lock for LockService {
         &self,
         req: GrpcRequest<UnlockRequest>,
     ) -> Result<Response<UnlockResponse>, Status> {
-        let header = self.core.delete_key(req.into_inner().key).await?;
+        let caller = self.core.caller(req.metadata())?;
+        let key = req.into_inner().key;
+        self.core.permit(&caller, |s, u| {
+            s.permits(u, Access::Write, &key, &[])
+                .then_some(())
+                .ok_or(AuthError::PermissionDenied)
+        })?;
+        let header = self.core.delete_key(key).await?;
         Ok(Response::new(UnlockResponse { header }))
     }
 }
@@ -376,6 +392,7 @@ impl Election for ElectionService {
         &self,
         req: GrpcRequest<CampaignRequest>,
     ) -> Result<Response<CampaignResponse>, Status> {
+        permit_name(&self.core, &req, &req.get_ref().name)?;
         let req = req.into_inner();
         let core = &self.core;
         let prefix = with_slash(&req.name);
@@ -415,6 +432,8 @@ impl Election for ElectionService {
         &self,
         req: GrpcRequest<ProclaimRequest>,
     ) -> Result<Response<ProclaimResponse>, Status> {
+        let name = req.get_ref().leader.as_ref().map(|l| l.name.clone());
+        permit_name(&self.core, &req, &name.unwrap_or_default())?;
         let req = req.into_inner();
         let leader = leader_key(req.leader)?;
         let resp = proclaim(&self.core, &leader, req.value).await?;
@@ -427,6 +446,7 @@ impl Election for ElectionService {
         &self,
         req: GrpcRequest<LeaderRequest>,
     ) -> Result<Response<LeaderResponse>, Status> {
+        permit_name(&self.core, &req, &req.get_ref().name)?;
         let (header, kv) = self.leader_kv(&req.into_inner().name).await?;
         Ok(Response::new(LeaderResponse {
             header,
@@ -440,6 +460,7 @@ impl Election for ElectionService {
         &self,
         req: GrpcRequest<LeaderRequest>,
     ) -> Result<Response<Self::ObserveStream>, Status> {
+        permit_name(&self.core, &req, &req.get_ref().name)?;
         let name = req.into_inner().name;
         let (tx, rx) = mpsc::channel(OBSERVE_RESPONSES_BUFFERED);
         let service = ElectionService::new(self.core.clone());
@@ -460,6 +481,8 @@ impl Election for ElectionService {
         &self,
         req: GrpcRequest<ResignRequest>,
     ) -> Result<Response<ResignResponse>, Status> {
+        let name = req.get_ref().leader.as_ref().map(|l| l.name.clone());
+        permit_name(&self.core, &req, &name.unwrap_or_default())?;
         let leader = leader_key(req.into_inner().leader)?;
         let resp = resign(&self.core, &leader).await?;
         Ok(Response::new(ResignResponse {

@@ -5,6 +5,7 @@ use tonic::{Code, Status};
 
 use crate::alarm::Refusal;
 use crate::apply::ApplyError;
+use crate::auth::AuthError;
 use crate::mvcc;
 use crate::raft::RaftError;
 
@@ -39,6 +40,8 @@ pub enum ApiError {
     NoSpace,
     #[error("corrupt cluster")]
     Corrupt,
+    #[error(transparent)]
+    Auth(#[from] AuthError),
 }
 
 impl From<ApplyError> for ApiError {
@@ -47,6 +50,7 @@ impl From<ApplyError> for ApiError {
             ApplyError::Mvcc(m) => ApiError::Mvcc(m),
             ApplyError::Alarm(Refusal::NoSpace) => ApiError::NoSpace,
             ApplyError::Alarm(Refusal::Corrupt) => ApiError::Corrupt,
+            ApplyError::Auth(a) => ApiError::Auth(a),
         }
     }
 }
@@ -88,6 +92,20 @@ impl From<ApiError> for Status {
                 _ => Code::FailedPrecondition,
             };
             return Status::new(code, format!("etcdserver: {m}"));
+        }
+        if let ApiError::Auth(a) = &e {
+            let code = match a {
+                AuthError::UserEmpty
+                | AuthError::RoleEmpty
+                | AuthError::AuthFailed
+                | AuthError::InvalidAuthManagement
+                | AuthError::OldRevision => Code::InvalidArgument,
+                AuthError::PermissionDenied => Code::PermissionDenied,
+                AuthError::InvalidAuthToken => Code::Unauthenticated,
+                AuthError::AdminOnly => return Status::unknown(a.to_string()),
+                _ => Code::FailedPrecondition,
+            };
+            return Status::new(code, format!("etcdserver: {a}"));
         }
         let (code, msg) = match &e {
             ApiError::EmptyKey => (Code::InvalidArgument, "etcdserver: key is not provided"),
@@ -153,7 +171,7 @@ impl From<ApiError> for Status {
                 Code::Unavailable,
                 "etcdserver: rpc not supported for learner",
             ),
-            ApiError::Member(_) => unreachable!("mapped above"),
+            ApiError::Member(_) | ApiError::Auth(_) => unreachable!("mapped above"),
         };
         Status::new(code, msg)
     }

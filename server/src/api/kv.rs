@@ -16,6 +16,7 @@ use tonic::{Request as GrpcRequest, Response, Status};
 use super::error::{unimplemented, ApiError};
 use super::{validate, Core};
 use crate::apply::Applied;
+use crate::auth::AuthInfo;
 use crate::mvcc;
 
 pub struct KvService {
@@ -43,8 +44,13 @@ impl KvService {
         Ok(resp)
     }
 
-    async fn range_inner(&self, req: RangeRequest) -> Result<RangeResponse, ApiError> {
+    async fn range_inner(
+        &self,
+        req: RangeRequest,
+        caller: Option<AuthInfo>,
+    ) -> Result<RangeResponse, ApiError> {
         validate::check_range(&req)?;
+        self.core.permit(&caller, |s, u| s.check_range(u, &req))?;
         if !req.serializable && self.core.is_learner() {
             return Err(ApiError::NotSupportedForLearner);
         }
@@ -83,13 +89,22 @@ impl Kv for KvService {
         &self,
         req: GrpcRequest<RangeRequest>,
     ) -> Result<Response<RangeResponse>, Status> {
-        Ok(Response::new(self.range_inner(req.into_inner()).await?))
+        let caller = self.core.caller(req.metadata())?;
+        Ok(Response::new(
+            self.range_inner(req.into_inner(), caller).await?,
+        ))
     }
 
     async fn put(&self, req: GrpcRequest<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let caller = self.core.caller(req.metadata())?;
         let req = req.into_inner();
         validate::check_put(&req)?;
-        match self.core.propose(Request::Put(req)).await? {
+        self.core.permit(&caller, |s, u| s.check_put(u, &req))?;
+        match self
+            .core
+            .propose_as(Request::Put(req), caller.as_ref())
+            .await?
+        {
             Applied::Put(mut resp) => {
                 resp.header = self.header(resp.header);
                 Ok(Response::new(resp))
@@ -102,9 +117,12 @@ impl Kv for KvService {
         &self,
         req: GrpcRequest<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let caller = self.core.caller(req.metadata())?;
         let req = req.into_inner();
         validate::check_delete(&req)?;
-        match self.core.propose(Request::DeleteRange(req)).await? {
+        self.core.permit(&caller, |s, u| s.check_delete(u, &req))?;
+        let delete = Request::DeleteRange(req);
+        match self.core.propose_as(delete, caller.as_ref()).await? {
             Applied::DeleteRange(mut resp) => {
                 resp.header = self.header(resp.header);
                 Ok(Response::new(resp))
@@ -114,12 +132,18 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, req: GrpcRequest<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let caller = self.core.caller(req.metadata())?;
         let req = req.into_inner();
         validate::check_txn(&req, self.core.max_txn_ops)?;
+        self.core.permit(&caller, |s, u| s.check_txn(u, &req))?;
         if mvcc::is_read_only(&req) {
             return Ok(Response::new(self.txn_read_only(req).await?));
         }
-        match self.core.propose(Request::Txn(req)).await? {
+        match self
+            .core
+            .propose_as(Request::Txn(req), caller.as_ref())
+            .await?
+        {
             Applied::Txn(mut resp) => {
                 resp.header = self.header(resp.header);
                 Ok(Response::new(resp))
@@ -132,9 +156,12 @@ impl Kv for KvService {
         &self,
         req: GrpcRequest<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
+        // Any authenticated user may compact (as in etcd).
+        let caller = self.core.caller(req.metadata())?;
         let req = req.into_inner();
         let (revision, physical) = (req.revision, req.physical);
-        match self.core.propose(Request::Compaction(req)).await? {
+        let compact = Request::Compaction(req);
+        match self.core.propose_as(compact, caller.as_ref()).await? {
             Applied::Compaction(mut resp) => {
                 if physical {
                     self.core.compactor.wait_finished(revision).await;

@@ -6,6 +6,7 @@
 //! leader's clock, so a follower forwards them to the leader (`cairnpb.Peer/LeaseRenew`,
 //! `LeaseTimeToLive`); lease lists are answered locally, as etcd does.
 
+use crate::auth::{Access, AuthError};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -228,6 +229,7 @@ impl Lease for LeaseService {
         &self,
         req: GrpcRequest<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
+        let caller = self.core.caller(req.metadata())?;
         let mut req = req.into_inner();
         if req.ttl > MAX_LEASE_TTL {
             return Err(ApiError::LeaseTtlTooLarge.into());
@@ -236,7 +238,8 @@ impl Lease for LeaseService {
         while req.id == 0 {
             req.id = (self.core.ids.next() & i64::MAX as u64) as i64;
         }
-        match self.core.propose(Request::LeaseGrant(req)).await? {
+        let grant = Request::LeaseGrant(req);
+        match self.core.propose_as(grant, caller.as_ref()).await? {
             Applied::LeaseGrant(mut resp) => {
                 resp.header = self.core.header(resp.header.map_or(0, |h| h.revision));
                 Ok(Response::new(resp))
@@ -249,11 +252,20 @@ impl Lease for LeaseService {
         &self,
         req: GrpcRequest<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
-        match self
-            .core
-            .propose(Request::LeaseRevoke(req.into_inner()))
-            .await?
-        {
+        // Revoking deletes the lease's keys: the caller must be allowed to write each.
+        let caller = self.core.caller(req.metadata())?;
+        let req = req.into_inner();
+        if caller.is_some() {
+            let keys = self.core.store.lease_keys(req.id).map_err(ApiError::from)?;
+            self.core.permit(&caller, |s, u| {
+                keys.iter()
+                    .all(|k| s.permits(u, Access::Write, k, &[]))
+                    .then_some(())
+                    .ok_or(AuthError::PermissionDenied)
+            })?;
+        }
+        let revoke = Request::LeaseRevoke(req);
+        match self.core.propose_as(revoke, caller.as_ref()).await? {
             Applied::LeaseRevoke(mut resp) => {
                 resp.header = self.core.header(resp.header.map_or(0, |h| h.revision));
                 Ok(Response::new(resp))
@@ -302,6 +314,7 @@ impl Lease for LeaseService {
         &self,
         req: GrpcRequest<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        self.core.caller(req.metadata())?;
         let mut resp = self.core.lease_time_to_live(req.into_inner()).await?;
         resp.header = self.core.current_header();
         Ok(Response::new(resp))
@@ -309,8 +322,9 @@ impl Lease for LeaseService {
 
     async fn lease_leases(
         &self,
-        _: GrpcRequest<LeaseLeasesRequest>,
+        req: GrpcRequest<LeaseLeasesRequest>,
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
+        self.core.caller(req.metadata())?;
         let leases = self
             .core
             .lease_leader

@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 use super::error::{unimplemented, MemberError};
 use super::{ApiError, Core, ETCD_VERSION};
 use crate::apply::Applied;
+use crate::auth::AuthError;
 use crate::raft::RaftError;
 
 pub struct MaintenanceService {
@@ -19,6 +20,13 @@ pub struct MaintenanceService {
 impl MaintenanceService {
     pub fn new(core: Arc<Core>) -> MaintenanceService {
         MaintenanceService { core }
+    }
+
+    /// etcd's `authMaintenanceServer`: with auth on, only root may defragment, hash, snapshot or
+    /// move the leader (others get `auth: permission denied`).
+    fn admin<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let caller = self.core.caller(req.metadata())?;
+        Ok(self.core.permit_admin(&caller, AuthError::AdminOnly)?)
     }
 }
 
@@ -65,6 +73,7 @@ impl Maintenance for MaintenanceService {
     /// ACTIVATE and DEACTIVATE go through raft (see [`crate::alarm`]). Like etcd 3.4, the answer
     /// has no header.
     async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        let caller = self.core.caller(req.metadata())?;
         let req = req.into_inner();
         if req.action() == alarm_request::AlarmAction::Get {
             self.core.linearizable_barrier().await?;
@@ -76,7 +85,10 @@ impl Maintenance for MaintenanceService {
         }
         match self
             .core
-            .propose(cairn_proto::cairnpb::internal_request::Request::Alarm(req))
+            .propose_as(
+                cairn_proto::cairnpb::internal_request::Request::Alarm(req),
+                caller.as_ref(),
+            )
             .await?
         {
             Applied::Alarm(resp) => Ok(Response::new(resp)),
@@ -87,8 +99,9 @@ impl Maintenance for MaintenanceService {
     /// A full RocksDB compaction of this member's database. Like etcd 3.4, the answer has no header.
     async fn defragment(
         &self,
-        _: Request<DefragmentRequest>,
+        req: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
+        self.admin(&req)?;
         let engine = self.core.engine.clone();
         tokio::task::spawn_blocking(move || engine.compact_all())
             .await
@@ -98,7 +111,8 @@ impl Maintenance for MaintenanceService {
     }
 
     /// The hash of this member's whole replicated state (see [`crate::mvcc::KvHash`] for HashKV).
-    async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash(&self, req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        self.admin(&req)?;
         let store = self.core.store.clone();
         let (hash, revision) = tokio::task::spawn_blocking(move || store.hash_all())
             .await
@@ -115,6 +129,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
+        self.admin(&req)?;
         let revision = req.into_inner().revision;
         let store = self.core.store.clone();
         let h = tokio::task::spawn_blocking(move || store.hash_kv(revision))
@@ -134,8 +149,9 @@ impl Maintenance for MaintenanceService {
     /// A consistent copy of this member's state, streamed as etcd streams its database.
     async fn snapshot(
         &self,
-        _: Request<SnapshotRequest>,
+        req: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
+        self.admin(&req)?;
         super::snapshot::serve(&self.core).map(Response::new)
     }
 
@@ -145,6 +161,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
+        self.admin(&req)?;
         let core = &self.core;
         let target = req.into_inner().target_id;
         if !core.raft.status().is_leader {

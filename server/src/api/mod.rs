@@ -6,6 +6,7 @@
 //!
 //! **Boundary:** the only module that implements tonic service traits or speaks HTTP.
 
+mod auth;
 mod auto_compact;
 mod cluster;
 mod concurrency;
@@ -27,6 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cairn_proto::cairnpb::{internal_request, InternalRequest, MemberChange};
+use cairn_proto::etcdserverpb::auth_server::AuthServer;
 use cairn_proto::etcdserverpb::cluster_server::ClusterServer;
 use cairn_proto::etcdserverpb::kv_server::KvServer;
 use cairn_proto::etcdserverpb::lease_server::LeaseServer;
@@ -42,6 +44,7 @@ use tokio::sync::oneshot;
 use crate::alarm::{quota_cost, Alarms};
 use crate::apply::wait::Wait;
 use crate::apply::{Applied, ApplyResult, MembershipRefusal};
+use crate::auth::{AuthInfo, AuthState, Tokens};
 use crate::cluster::Membership;
 use crate::engine::Engine;
 use crate::mvcc::{Compactor, Store};
@@ -97,6 +100,10 @@ pub struct Core {
     pub membership: tokio::sync::watch::Receiver<Membership>,
     /// The alarms as of the applied index.
     pub alarms: tokio::sync::watch::Receiver<Alarms>,
+    /// The auth state as of the applied index.
+    pub auth: tokio::sync::watch::Receiver<Arc<AuthState>>,
+    pub tokens: Arc<Tokens>,
+    pub bcrypt_cost: u32,
     /// `--quota-backend-bytes` (`None`: no quota).
     pub quota_bytes: Option<u64>,
     pub db_size: DbSize,
@@ -174,11 +181,31 @@ impl Core {
         self.propose_within(request, self.request_timeout).await
     }
 
+    /// [`Core::propose`] on behalf of `caller`, whose permission was checked at its auth
+    /// revision (apply refuses the request if the auth state has changed since).
+    pub async fn propose_as(
+        &self,
+        request: internal_request::Request,
+        caller: Option<&AuthInfo>,
+    ) -> Result<Applied, ApiError> {
+        self.propose_full(request, self.request_timeout, caller)
+            .await
+    }
+
     /// [`Core::propose`] with its own deadline.
     pub async fn propose_within(
         &self,
         request: internal_request::Request,
         timeout: Duration,
+    ) -> Result<Applied, ApiError> {
+        self.propose_full(request, timeout, None).await
+    }
+
+    async fn propose_full(
+        &self,
+        request: internal_request::Request,
+        timeout: Duration,
+        caller: Option<&AuthInfo>,
     ) -> Result<Applied, ApiError> {
         // etcd's quota check (`api/v3rpc/quota.go`): over quota, the member raises NOSPACE for
         // itself, through raft, and refuses the request.
@@ -188,24 +215,28 @@ impl Core {
                 member_id: self.member_id,
                 alarm: AlarmType::Nospace as i32,
             };
-            let raised = self.replicate(internal_request::Request::Alarm(raise), timeout);
+            let raise = internal_request::Request::Alarm(raise);
+            let raised = self.replicate(raise, timeout, None);
             if let Err(e) = raised.await {
                 tracing::warn!("raising the NOSPACE alarm failed: {e}");
             }
             return Err(ApiError::NoSpace);
         }
-        self.replicate(request, timeout).await
+        self.replicate(request, timeout, caller).await
     }
 
     async fn replicate(
         &self,
         request: internal_request::Request,
         timeout: Duration,
+        caller: Option<&AuthInfo>,
     ) -> Result<Applied, ApiError> {
         let id = self.ids.next();
         let data = InternalRequest {
             id,
             request: Some(request),
+            username: caller.map(|c| c.user.clone()).unwrap_or_default(),
+            auth_revision: caller.map_or(0, |c| c.revision),
         }
         .encode_to_vec();
         if data.len() > self.max_request_bytes {
@@ -315,6 +346,11 @@ pub fn router(core: Arc<Core>) -> axum::Router {
     )
     .add_service(
         ElectionServer::new(concurrency::ElectionService::new(core.clone()))
+            .max_decoding_message_size(recv_max)
+            .max_encoding_message_size(usize::MAX),
+    )
+    .add_service(
+        AuthServer::new(auth::AuthService::new(core.clone()))
             .max_decoding_message_size(recv_max)
             .max_encoding_message_size(usize::MAX),
     )

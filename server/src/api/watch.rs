@@ -8,6 +8,7 @@
 //! slows its own task, whose queue in the hub then fills and is replaced by catch-up from storage;
 //! apply never waits.
 
+use crate::auth::{Access, AuthError};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -59,6 +60,12 @@ impl Watch for WatchService {
             .metadata()
             .get("hasleader")
             .is_some_and(|v| v.as_bytes() == b"true");
+        // Checked at each create, as etcd does (the token may expire while the stream lives).
+        let token = request
+            .metadata()
+            .get("token")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let mut inbound = request.into_inner();
         let (requests, requests_rx) = mpsc::channel(REQUESTS_BUFFERED);
         let reader = tokio::spawn(async move {
@@ -76,7 +83,7 @@ impl Watch for WatchService {
             }
         });
         let (responses, responses_rx) = mpsc::channel(RESPONSES_BUFFERED);
-        let task = StreamTask::new(self.core.clone(), responses, requires_leader, reader);
+        let task = StreamTask::new(self.core.clone(), responses, requires_leader, token, reader);
         tokio::spawn(task.run(requests_rx));
         Ok(Response::new(ReceiverStream::new(responses_rx)))
     }
@@ -101,6 +108,8 @@ struct StreamTask {
     wake: Arc<Notify>,
     responses: mpsc::Sender<Result<WatchResponse, Status>>,
     requires_leader: bool,
+    /// The stream's auth token, if any.
+    token: Option<String>,
     watchers: HashMap<i64, Local>,
     next_id: i64,
     /// A `WatchProgressRequest` waits for every watcher to be synced.
@@ -124,6 +133,7 @@ impl StreamTask {
         core: Arc<Core>,
         responses: mpsc::Sender<Result<WatchResponse, Status>>,
         requires_leader: bool,
+        token: Option<String>,
         reader: tokio::task::JoinHandle<()>,
     ) -> StreamTask {
         let (stream, wake) = core.watch_hub.open_stream();
@@ -133,6 +143,7 @@ impl StreamTask {
             wake,
             responses,
             requires_leader,
+            token,
             watchers: HashMap::new(),
             next_id: 0,
             progress_requested: false,
@@ -263,6 +274,26 @@ impl StreamTask {
         let Some(bounds) = bounds else {
             return self.refuse(EMPTY_RANGE).await;
         };
+        // Needs READ on the range; a refusal is a canceled watcher naming the gRPC error.
+        let permitted = self
+            .core
+            .caller_with(self.token.as_deref())
+            .and_then(|caller| {
+                self.core.permit(&caller, |s, u| {
+                    s.permits(u, Access::Read, &c.key, &c.range_end)
+                        .then_some(())
+                        .ok_or(AuthError::PermissionDenied)
+                })
+            });
+        if let Err(e) = permitted {
+            let status = Status::from(e);
+            let reason = format!(
+                "rpc error: code = {:?} desc = {}",
+                status.code(),
+                status.message()
+            );
+            return self.refuse(&reason).await;
+        }
         if self.watchers.contains_key(&id) {
             return self.refuse(DUPLICATE_ID).await;
         }

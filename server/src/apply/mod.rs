@@ -24,6 +24,7 @@ use prost::Message;
 use tokio::sync::watch;
 
 use crate::alarm::{Alarms, Refusal};
+use crate::auth::{AuthError, AuthState, Tokens};
 use crate::cluster::{Member, Membership};
 use crate::engine::Batch;
 use crate::lease::Lessor;
@@ -43,6 +44,10 @@ pub enum Applied {
     LeaseGrant(LeaseGrantResponse),
     LeaseRevoke(LeaseRevokeResponse),
     Alarm(AlarmResponse),
+    /// An auth change; a login's simple token.
+    Auth {
+        token: Option<String>,
+    },
     /// A membership change or member update: the membership after it.
     Membership(Membership),
     /// A membership change that the membership as applied refuses (decided at apply, as etcd's
@@ -67,6 +72,8 @@ pub enum ApplyError {
     /// Refused by a raised alarm (see [`crate::alarm`]).
     #[error("refused by an alarm: {0:?}")]
     Alarm(Refusal),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
 }
 
 pub type ApplyResult = Result<Applied, ApplyError>;
@@ -80,6 +87,10 @@ pub struct Apply {
     pub membership: watch::Sender<Membership>,
     /// The alarms as of the applied index; the worker publishes every change.
     pub alarms: watch::Sender<Alarms>,
+    /// The auth state as of the applied index; the worker publishes every change.
+    pub auth: watch::Sender<std::sync::Arc<AuthState>>,
+    /// Simple tokens, which every member assigns when it applies a login.
+    pub tokens: std::sync::Arc<Tokens>,
     /// Where each revision's events go, once written.
     pub watch_hub: std::sync::Arc<Hub>,
     pub lessor: std::sync::Arc<Lessor>,
@@ -149,10 +160,17 @@ impl Apply {
             .request
             .as_ref()
             .and_then(|r| self.alarms.borrow().refuses(r));
+        let refusal = refusal.map(ApplyError::Alarm).or_else(|| {
+            // Checked under an older auth state: refused, as etcd does (the client retries).
+            let auth = self.auth.borrow();
+            let stale =
+                auth.enabled && !req.username.is_empty() && req.auth_revision < auth.revision;
+            stale.then_some(ApplyError::Auth(AuthError::OldRevision))
+        });
         if let Some(refusal) = refusal {
             let r = self.writer.set_applied(index);
             r.unwrap_or_else(|e| fatal(index, e));
-            return self.wait.trigger(req.id, Err(ApplyError::Alarm(refusal)));
+            return self.wait.trigger(req.id, Err(refusal));
         }
         let writer = &mut self.writer;
         let result = match req.request {
@@ -201,6 +219,10 @@ impl Apply {
                 })
             }
             Some(internal_request::Request::Alarm(a)) => Ok(self.apply_alarm(index, &a)),
+            Some(internal_request::Request::Auth(a)) => {
+                let applied = self.apply_auth(index, a.request);
+                return self.wait.trigger(req.id, applied);
+            }
             Some(internal_request::Request::MemberAttributes(a)) => {
                 self.update_membership(index, |m| {
                     if let Some(member) = m.get_mut(a.member_id) {
@@ -230,6 +252,44 @@ impl Apply {
             self.watch_hub.publish(self.writer.revision(), &events);
         }
         self.wait.trigger(req.id, result.map_err(ApplyError::from));
+    }
+
+    /// A user, role or switch change, or a login (which assigns its token on every member).
+    fn apply_auth(
+        &mut self,
+        index: u64,
+        req: Option<cairn_proto::cairnpb::auth_request::Request>,
+    ) -> ApplyResult {
+        use cairn_proto::cairnpb::auth_request::Request as Auth;
+        let mut batch = self.writer.engine().batch();
+        let mut state = AuthState::clone(&self.auth.borrow());
+        let outcome = match &req {
+            Some(r) => state.apply(r, &mut batch),
+            None => Ok(()),
+        };
+        let r = self.writer.commit_with_applied(batch, index);
+        r.unwrap_or_else(|e| fatal(index, e));
+        outcome?;
+        let mut token = None;
+        match &req {
+            Some(Auth::Authenticate(a)) => {
+                let t = format!("{}.{index}", a.token_prefix);
+                self.tokens.assign(t.clone(), &a.name);
+                token = Some(t);
+            }
+            Some(Auth::UserDelete(u)) => self.tokens.invalidate_user(&u.name),
+            Some(Auth::UserChangePassword(u)) => self.tokens.invalidate_user(&u.name),
+            Some(Auth::Disable(_)) => self.tokens.clear(),
+            _ => {}
+        }
+        self.auth.send_if_modified(|current| {
+            let modified = **current != state;
+            if modified {
+                *current = std::sync::Arc::new(state);
+            }
+            modified
+        });
+        Ok(Applied::Auth { token })
     }
 
     /// etcd's `applierV3backend.Alarm` for ACTIVATE and DEACTIVATE: the answer lists the alarm
@@ -371,6 +431,9 @@ impl Apply {
         let alarms = Alarms::load(&engine)
             .unwrap_or_else(|e| panic!("reading alarms after a snapshot: {e}"));
         self.alarms.send_replace(alarms);
+        let auth = AuthState::load(&engine)
+            .unwrap_or_else(|e| panic!("reading auth state after a snapshot: {e}"));
+        self.auth.send_replace(std::sync::Arc::new(auth));
         let membership = Membership::load(&engine)
             .unwrap_or_else(|e| panic!("reading membership after a snapshot: {e}"))
             .map(|(m, _)| m)

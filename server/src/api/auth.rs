@@ -1,0 +1,397 @@
+//! `etcdserverpb.Auth` and the caller checks every other service makes (see [`crate::auth`]).
+//!
+//! Passwords are hashed (bcrypt, `--bcrypt-cost`) and checked on the member that takes the
+//! request, on a blocking thread; only hashes travel through raft. A login is replicated so that
+//! every member knows its token.
+
+use std::sync::Arc;
+
+use cairn_proto::cairnpb::auth_request::Request as Auth;
+use cairn_proto::cairnpb::internal_request::Request;
+use cairn_proto::cairnpb::{AuthRequest, Authenticate};
+use cairn_proto::etcdserverpb::auth_server;
+use cairn_proto::etcdserverpb::*;
+use tonic::metadata::MetadataMap;
+use tonic::{Request as GrpcRequest, Response, Status};
+
+use super::{ApiError, Core};
+use crate::apply::Applied;
+use crate::auth::{Access, AuthError, AuthInfo, AuthState, Tokens, ROOT};
+
+impl Core {
+    pub fn auth_state(&self) -> Arc<AuthState> {
+        self.auth.borrow().clone()
+    }
+
+    /// Who calls, when auth is enabled: the user of the `token` metadata (none: `user name is
+    /// empty`; unknown or expired: `invalid auth token`). `None` while auth is disabled.
+    pub fn caller(&self, metadata: &MetadataMap) -> Result<Option<AuthInfo>, ApiError> {
+        self.caller_with(metadata.get("token").and_then(|v| v.to_str().ok()))
+    }
+
+    /// [`Core::caller`] for a token kept from the start of a stream.
+    pub fn caller_with(&self, token: Option<&str>) -> Result<Option<AuthInfo>, ApiError> {
+        let state = self.auth_state();
+        if !state.enabled {
+            return Ok(None);
+        }
+        let token = token.ok_or(AuthError::UserEmpty)?;
+        let user = self.tokens.user(token).ok_or(AuthError::InvalidAuthToken)?;
+        Ok(Some(AuthInfo {
+            user,
+            revision: state.revision,
+        }))
+    }
+
+    /// Runs `check` on the current auth state for the caller (nothing to check without one).
+    pub fn permit(
+        &self,
+        caller: &Option<AuthInfo>,
+        check: impl FnOnce(&AuthState, &str) -> Result<(), AuthError>,
+    ) -> Result<(), ApiError> {
+        match caller {
+            Some(c) => Ok(check(&self.auth_state(), &c.user)?),
+            None => Ok(()),
+        }
+    }
+
+    /// `caller` may read and write every key under `prefix` (Lock and Election names).
+    pub fn permit_prefix(&self, caller: &Option<AuthInfo>, prefix: &[u8]) -> Result<(), ApiError> {
+        let end = crate::mvcc::codec::prefix_end(prefix);
+        self.permit(caller, |s, user| {
+            let all = s.permits(user, Access::Read, prefix, &end)
+                && s.permits(user, Access::Write, prefix, &end);
+            all.then_some(()).ok_or(AuthError::PermissionDenied)
+        })
+    }
+
+    /// Only root passes: `error` for anyone else.
+    pub fn permit_admin(
+        &self,
+        caller: &Option<AuthInfo>,
+        error: AuthError,
+    ) -> Result<(), ApiError> {
+        self.permit(caller, |s, user| s.is_root(user).then_some(()).ok_or(error))
+    }
+
+    async fn auth_change(
+        &self,
+        caller: &Option<AuthInfo>,
+        change: Auth,
+    ) -> Result<Option<ResponseHeader>, ApiError> {
+        let request = Request::Auth(AuthRequest {
+            request: Some(change),
+        });
+        match self.propose_as(request, caller.as_ref()).await? {
+            Applied::Auth { .. } => Ok(self.header(self.store.current_revision()?)),
+            other => Err(ApiError::Internal(format!("apply answered with {other:?}"))),
+        }
+    }
+
+    async fn hash_password(&self, password: String) -> Result<String, ApiError> {
+        let cost = self.bcrypt_cost;
+        tokio::task::spawn_blocking(move || bcrypt::hash(password, cost))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .map_err(|e| ApiError::Internal(format!("hashing the password: {e}")))
+    }
+}
+
+pub struct AuthService {
+    core: Arc<Core>,
+}
+
+impl AuthService {
+    pub fn new(core: Arc<Core>) -> AuthService {
+        AuthService { core }
+    }
+
+    /// The caller, who must be root (`permission denied` otherwise).
+    fn admin<T>(&self, req: &GrpcRequest<T>) -> Result<Option<AuthInfo>, ApiError> {
+        let caller = self.core.caller(req.metadata())?;
+        self.core
+            .permit_admin(&caller, AuthError::PermissionDenied)?;
+        Ok(caller)
+    }
+
+    async fn change(
+        &self,
+        caller: Option<AuthInfo>,
+        change: Auth,
+    ) -> Result<Option<ResponseHeader>, Status> {
+        Ok(self.core.auth_change(&caller, change).await?)
+    }
+}
+
+#[tonic::async_trait]
+impl auth_server::Auth for AuthService {
+    async fn auth_enable(
+        &self,
+        req: GrpcRequest<AuthEnableRequest>,
+    ) -> Result<Response<AuthEnableResponse>, Status> {
+        let caller = self.admin(&req)?;
+        let header = self.change(caller, Auth::Enable(req.into_inner())).await?;
+        Ok(Response::new(AuthEnableResponse { header }))
+    }
+
+    async fn auth_disable(
+        &self,
+        req: GrpcRequest<AuthDisableRequest>,
+    ) -> Result<Response<AuthDisableResponse>, Status> {
+        let caller = self.admin(&req)?;
+        let header = self.change(caller, Auth::Disable(req.into_inner())).await?;
+        Ok(Response::new(AuthDisableResponse { header }))
+    }
+
+    async fn auth_status(
+        &self,
+        req: GrpcRequest<AuthStatusRequest>,
+    ) -> Result<Response<AuthStatusResponse>, Status> {
+        self.core.caller(req.metadata())?;
+        self.core.linearizable_barrier().await?;
+        let state = self.core.auth_state();
+        Ok(Response::new(AuthStatusResponse {
+            header: self
+                .core
+                .header(self.core.store.current_revision().map_err(ApiError::from)?),
+            enabled: state.enabled,
+            auth_revision: state.revision,
+        }))
+    }
+
+    async fn authenticate(
+        &self,
+        req: GrpcRequest<AuthenticateRequest>,
+    ) -> Result<Response<AuthenticateResponse>, Status> {
+        let req = req.into_inner();
+        let state = self.core.auth_state();
+        if !state.enabled {
+            return Err(ApiError::from(AuthError::NotEnabled).into());
+        }
+        let hash = state
+            .users
+            .get(&req.name)
+            .map(|u| String::from_utf8_lossy(&u.password).into_owned())
+            .ok_or(ApiError::from(AuthError::AuthFailed))?;
+        let password = req.password;
+        let matches = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .unwrap_or(false);
+        if !matches {
+            return Err(ApiError::from(AuthError::AuthFailed).into());
+        }
+        let login = Auth::Authenticate(Authenticate {
+            name: req.name,
+            token_prefix: Tokens::new_prefix(),
+        });
+        let request = Request::Auth(AuthRequest {
+            request: Some(login),
+        });
+        match self.core.propose(request).await? {
+            Applied::Auth { token: Some(token) } => Ok(Response::new(AuthenticateResponse {
+                header: self
+                    .core
+                    .header(self.core.store.current_revision().map_err(ApiError::from)?),
+                token,
+            })),
+            other => Err(ApiError::Internal(format!("apply answered with {other:?}")).into()),
+        }
+    }
+
+    async fn user_add(
+        &self,
+        req: GrpcRequest<AuthUserAddRequest>,
+    ) -> Result<Response<AuthUserAddResponse>, Status> {
+        let caller = self.admin(&req)?;
+        let mut req = req.into_inner();
+        if req.name.is_empty() {
+            return Err(ApiError::from(AuthError::UserEmpty).into());
+        }
+        let no_password = req.options.is_some_and(|o| o.no_password);
+        if !no_password {
+            req.hashed_password = self
+                .core
+                .hash_password(std::mem::take(&mut req.password))
+                .await?;
+        }
+        let header = self.change(caller, Auth::UserAdd(req)).await?;
+        Ok(Response::new(AuthUserAddResponse { header }))
+    }
+
+    async fn user_get(
+        &self,
+        req: GrpcRequest<AuthUserGetRequest>,
+    ) -> Result<Response<AuthUserGetResponse>, Status> {
+        let caller = self.core.caller(req.metadata())?;
+        let name = req.into_inner().name;
+        // A user may look at themselves.
+        if caller.as_ref().is_none_or(|c| c.user != name) {
+            self.core
+                .permit_admin(&caller, AuthError::PermissionDenied)?;
+        }
+        self.core.linearizable_barrier().await?;
+        let state = self.core.auth_state();
+        let user = state
+            .users
+            .get(&name)
+            .ok_or(ApiError::from(AuthError::UserNotFound))?;
+        Ok(Response::new(AuthUserGetResponse {
+            header: self
+                .core
+                .header(self.core.store.current_revision().map_err(ApiError::from)?),
+            roles: user.roles.clone(),
+        }))
+    }
+
+    async fn user_list(
+        &self,
+        req: GrpcRequest<AuthUserListRequest>,
+    ) -> Result<Response<AuthUserListResponse>, Status> {
+        self.admin(&req)?;
+        self.core.linearizable_barrier().await?;
+        let users = self.core.auth_state().users.keys().cloned().collect();
+        Ok(Response::new(AuthUserListResponse {
+            header: self
+                .core
+                .header(self.core.store.current_revision().map_err(ApiError::from)?),
+            users,
+        }))
+    }
+
+    async fn user_delete(
+        &self,
+        req: GrpcRequest<AuthUserDeleteRequest>,
+    ) -> Result<Response<AuthUserDeleteResponse>, Status> {
+        let caller = self.admin(&req)?;
+        let header = self
+            .change(caller, Auth::UserDelete(req.into_inner()))
+            .await?;
+        Ok(Response::new(AuthUserDeleteResponse { header }))
+    }
+
+    async fn user_change_password(
+        &self,
+        req: GrpcRequest<AuthUserChangePasswordRequest>,
+    ) -> Result<Response<AuthUserChangePasswordResponse>, Status> {
+        let caller = self.admin(&req)?;
+        let mut req = req.into_inner();
+        req.hashed_password = self
+            .core
+            .hash_password(std::mem::take(&mut req.password))
+            .await?;
+        let header = self.change(caller, Auth::UserChangePassword(req)).await?;
+        Ok(Response::new(AuthUserChangePasswordResponse { header }))
+    }
+
+    async fn user_grant_role(
+        &self,
+        req: GrpcRequest<AuthUserGrantRoleRequest>,
+    ) -> Result<Response<AuthUserGrantRoleResponse>, Status> {
+        let caller = self.admin(&req)?;
+        let header = self
+            .change(caller, Auth::UserGrantRole(req.into_inner()))
+            .await?;
+        Ok(Response::new(AuthUserGrantRoleResponse { header }))
+    }
+
+    async fn user_revoke_role(
+        &self,
+        req: GrpcRequest<AuthUserRevokeRoleRequest>,
+    ) -> Result<Response<AuthUserRevokeRoleResponse>, Status> {
+        let caller = self.admin(&req)?;
+        let header = self
+            .change(caller, Auth::UserRevokeRole(req.into_inner()))
+            .await?;
+        Ok(Response::new(AuthUserRevokeRoleResponse { header }))
+    }
+
+    async fn role_add(
+        &self,
+        req: GrpcRequest<AuthRoleAddRequest>,
+    ) -> Result<Response<AuthRoleAddResponse>, Status> {
+        let caller = self.admin(&req)?;
+        let header = self.change(caller, Auth::RoleAdd(req.into_inner())).await?;
+        Ok(Response::new(AuthRoleAddResponse { header }))
+    }
+
+    async fn role_get(
+        &self,
+        req: GrpcRequest<AuthRoleGetRequest>,
+    ) -> Result<Response<AuthRoleGetResponse>, Status> {
+        let caller = self.core.caller(req.metadata())?;
+        let role = req.into_inner().role;
+        // A user may look at their own roles.
+        let state = self.core.auth_state();
+        let own = caller
+            .as_ref()
+            .and_then(|c| state.users.get(&c.user))
+            .is_some_and(|u| u.roles.contains(&role));
+        if !own {
+            self.core
+                .permit_admin(&caller, AuthError::PermissionDenied)?;
+        }
+        self.core.linearizable_barrier().await?;
+        let state = self.core.auth_state();
+        let perm = match state.roles.get(&role) {
+            Some(r) => r.key_permission.clone(),
+            // Root's powers are implicit: etcd lists no permissions for it.
+            None if role == ROOT => vec![],
+            None => return Err(ApiError::from(AuthError::RoleNotFound).into()),
+        };
+        Ok(Response::new(AuthRoleGetResponse {
+            header: self
+                .core
+                .header(self.core.store.current_revision().map_err(ApiError::from)?),
+            perm,
+        }))
+    }
+
+    async fn role_list(
+        &self,
+        req: GrpcRequest<AuthRoleListRequest>,
+    ) -> Result<Response<AuthRoleListResponse>, Status> {
+        self.admin(&req)?;
+        self.core.linearizable_barrier().await?;
+        let roles = self.core.auth_state().roles.keys().cloned().collect();
+        Ok(Response::new(AuthRoleListResponse {
+            header: self
+                .core
+                .header(self.core.store.current_revision().map_err(ApiError::from)?),
+            roles,
+        }))
+    }
+
+    async fn role_delete(
+        &self,
+        req: GrpcRequest<AuthRoleDeleteRequest>,
+    ) -> Result<Response<AuthRoleDeleteResponse>, Status> {
+        let caller = self.admin(&req)?;
+        let header = self
+            .change(caller, Auth::RoleDelete(req.into_inner()))
+            .await?;
+        Ok(Response::new(AuthRoleDeleteResponse { header }))
+    }
+
+    async fn role_grant_permission(
+        &self,
+        req: GrpcRequest<AuthRoleGrantPermissionRequest>,
+    ) -> Result<Response<AuthRoleGrantPermissionResponse>, Status> {
+        let caller = self.admin(&req)?;
+        let header = self
+            .change(caller, Auth::RoleGrantPermission(req.into_inner()))
+            .await?;
+        Ok(Response::new(AuthRoleGrantPermissionResponse { header }))
+    }
+
+    async fn role_revoke_permission(
+        &self,
+        req: GrpcRequest<AuthRoleRevokePermissionRequest>,
+    ) -> Result<Response<AuthRoleRevokePermissionResponse>, Status> {
+        let caller = self.admin(&req)?;
+        let header = self
+            .change(caller, Auth::RoleRevokePermission(req.into_inner()))
+            .await?;
+        Ok(Response::new(AuthRoleRevokePermissionResponse { header }))
+    }
+}
