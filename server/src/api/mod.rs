@@ -16,6 +16,7 @@ mod kv;
 mod lease;
 mod listener;
 mod maintenance;
+mod metrics;
 mod validate;
 mod watch;
 
@@ -232,12 +233,18 @@ pub fn router(core: Arc<Core>) -> axum::Router {
     .add_service(HealthServer::new(health::HealthService));
     let grpc = grpc
         .into_axum_router()
+        .layer(metrics::GrpcMetricsLayer)
         .layer(axum::middleware::from_fn_with_state(
             core.clone(),
             admission,
         ));
     let gateway = Arc::new(gateway::Gateway::new(grpc.clone()));
     http::routes(grpc, core).merge(gateway::routes(gateway))
+}
+
+/// What `--listen-metrics-urls` serve: `/metrics` and the health endpoints, no gRPC.
+pub fn metrics_router(core: Arc<Core>) -> axum::Router {
+    http::metrics_routes(core)
 }
 
 impl Core {
