@@ -41,6 +41,7 @@ use crate::apply::wait::Wait;
 use crate::apply::{Applied, ApplyResult, MembershipRefusal};
 use crate::cluster::Membership;
 use crate::engine::Engine;
+use crate::metrics::{PendingProposal, METRICS};
 use crate::mvcc::{Compactor, Store};
 use crate::raft::{MemberChangeKind, RaftError, RaftHandle};
 pub use error::ApiError;
@@ -114,6 +115,7 @@ impl Core {
         request: internal_request::Request,
         timeout: Duration,
     ) -> Result<Applied, ApiError> {
+        let _pending = PendingProposal::start();
         let id = self.ids.next();
         let data = InternalRequest {
             id,
@@ -126,6 +128,7 @@ impl Core {
         let applied = self.wait.register(id);
         if let Err(e) = self.raft.propose(data) {
             self.wait.cancel(id);
+            METRICS.proposals_failed.inc();
             return Err(e.into());
         }
         self.wait_applied(id, applied, timeout).await
@@ -137,6 +140,7 @@ impl Core {
         kind: MemberChangeKind,
         mut change: MemberChange,
     ) -> Result<Membership, ApiError> {
+        let _pending = PendingProposal::start();
         let id = self.ids.next();
         change.id = id;
         let applied = self.wait.register(id);
@@ -146,6 +150,7 @@ impl Core {
             .propose_member_change(kind, member_id, change.encode_to_vec())
         {
             self.wait.cancel(id);
+            METRICS.proposals_failed.inc();
             return Err(e.into());
         }
         match self.wait_applied(id, applied, self.request_timeout).await? {
@@ -167,8 +172,12 @@ impl Core {
         let start = std::time::Instant::now();
         match tokio::time::timeout(timeout, applied).await {
             Ok(Ok(result)) => Ok(result?),
-            Ok(Err(_)) => Err(RaftError::Stopped.into()),
+            Ok(Err(_)) => {
+                METRICS.proposals_failed.inc();
+                Err(RaftError::Stopped.into())
+            }
             Err(_) => {
+                METRICS.proposals_failed.inc();
                 self.wait.cancel(id);
                 Err(self.raft.timeout_cause(start, self.election_timeout).into())
             }

@@ -423,6 +423,22 @@ impl Metrics {
     }
 }
 
+/// Counts one proposal in `etcd_server_proposals_pending` for as long as it lives.
+pub struct PendingProposal(());
+
+impl PendingProposal {
+    pub fn start() -> PendingProposal {
+        METRICS.proposals_pending.inc();
+        PendingProposal(())
+    }
+}
+
+impl Drop for PendingProposal {
+    fn drop(&mut self) {
+        METRICS.proposals_pending.dec();
+    }
+}
+
 fn gauge_value(n: impl TryInto<i64>) -> i64 {
     n.try_into().unwrap_or(i64::MAX)
 }
