@@ -68,8 +68,6 @@ const UNSUPPORTED_FLAGS: &[&str] = &[
     "tls-max-version",
     "cors",
     "host-whitelist",
-    "listen-metrics-urls",
-    "metrics",
     "enable-pprof",
     "logger",
     "log-format",
@@ -195,9 +193,25 @@ pub struct Config {
         value_parser = parse_go_duration
     )]
     pub watch_progress_notify_interval: Duration,
+    /// URLs to listen on for metrics and health checks (`/metrics`, `/health`, `/livez`, `/readyz`,
+    /// `/version`; no gRPC).
+    #[arg(long, value_delimiter = ',')]
+    pub listen_metrics_urls: Vec<String>,
+    /// Level of detail for exported metrics: 'basic', or 'extensive' to include server side gRPC
+    /// histogram metrics.
+    #[arg(long, value_enum, default_value_t = MetricsLevel::Basic)]
+    pub metrics: MetricsLevel,
     /// Log level: debug, info, warn, error, panic or fatal.
     #[arg(long, default_value = "info")]
     pub log_level: String,
+}
+
+/// `--metrics`: how much detail `/metrics` exports (etcd: `embed.Config.Metrics`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MetricsLevel {
+    Basic,
+    /// Adds `grpc_server_handling_seconds`, which etcd's `etcdGRPCRequestsSlow` alert reads.
+    Extensive,
 }
 
 /// A bad command line: exits with status 2, like etcd's flag errors.
@@ -272,7 +286,12 @@ impl Config {
                 self.log_level
             )));
         }
-        for url in self.listen_client_urls.iter().chain(&self.listen_peer_urls) {
+        let listen = [
+            &self.listen_client_urls,
+            &self.listen_peer_urls,
+            &self.listen_metrics_urls,
+        ];
+        for url in listen.into_iter().flatten() {
             parse_http_url(url)?;
         }
         self.initial_cluster()?;
@@ -623,6 +642,40 @@ mod tests {
         let env = [("ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL", "3s")];
         let cfg = parse(&[], &env).unwrap();
         assert_eq!(cfg.watch_progress_notify_interval, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn metrics_flags_follow_etcd() {
+        let c = parse(&[], &[]).unwrap();
+        assert_eq!(c.metrics, MetricsLevel::Basic);
+        assert!(c.listen_metrics_urls.is_empty());
+        let c = parse(
+            &[
+                "--metrics=extensive",
+                "--listen-metrics-urls",
+                "http://127.0.0.1:1,http://127.0.0.1:2",
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.metrics, MetricsLevel::Extensive);
+        assert_eq!(
+            c.listen_metrics_urls,
+            vec!["http://127.0.0.1:1", "http://127.0.0.1:2"]
+        );
+        let env = [
+            ("ETCD_METRICS", "extensive"),
+            ("ETCD_LISTEN_METRICS_URLS", "http://127.0.0.1:3"),
+        ];
+        let c = parse(&[], &env).unwrap();
+        assert_eq!(c.metrics, MetricsLevel::Extensive);
+        assert_eq!(c.listen_metrics_urls, vec!["http://127.0.0.1:3"]);
+        let e = parse(&["--metrics", "verbose"], &[]).unwrap_err();
+        assert!(e.0.contains("verbose"), "{e}");
+        let e = parse(&["--listen-metrics-urls", "https://127.0.0.1:4"], &[]).unwrap_err();
+        assert!(e.0.contains("https://127.0.0.1:4"), "{e}");
+        let e = parse(&["--metrics=basic"], &[("ETCD_METRICS", "basic")]).unwrap_err();
+        assert!(e.0.contains("ETCD_METRICS"), "{e}");
     }
 
     #[test]

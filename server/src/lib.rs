@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod config;
 pub mod engine;
 pub mod lease;
+pub mod metrics;
 pub mod mvcc;
 pub mod raft;
 pub mod server;

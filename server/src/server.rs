@@ -118,6 +118,7 @@ impl Server {
 /// Opens (or creates) the member's data, starts it, serves its peer URLs at once and its client URLs
 /// once it has joined the cluster (published its name and client URLs through raft, as etcd does).
 pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
+    crate::metrics::init(cfg.metrics);
     let data_dir = cfg.data_dir();
     let engine = open_engine(&data_dir)?;
     let snapshot_dir = member_dir(&data_dir).join("snap");
@@ -243,6 +244,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
     let mut serving = vec![];
     let mut peer_serving = vec![];
     let peer_addrs = serve_peers(cfg, peer_service, &mut peer_serving).await?;
+    serve_metrics(cfg, core.clone(), &shutdown, &mut serving).await?;
     let client_addrs = serve_clients(cfg, core, &shutdown, &mut serving).await?;
     Ok(Server {
         client_addrs,
@@ -501,6 +503,34 @@ async fn serve_clients(
         }
     }));
     Ok(addrs)
+}
+
+/// Serves `/metrics` and the health endpoints on `--listen-metrics-urls` from now on (etcd serves
+/// them before the member has joined, so a scrape can watch it start).
+async fn serve_metrics(
+    cfg: &Config,
+    core: Arc<Core>,
+    shutdown: &watch::Sender<bool>,
+    serving: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> anyhow::Result<()> {
+    for url in &cfg.listen_metrics_urls {
+        let listener = bind(url).await?;
+        let addr = listener.local_addr()?;
+        let router = api::metrics_router(core.clone());
+        let mut stop = shutdown.subscribe();
+        serving.push(tokio::spawn(async move {
+            let result = axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|&s| s).await;
+                })
+                .await;
+            if let Err(e) = result {
+                tracing::error!("metrics listener failed: {e}");
+            }
+        }));
+        tracing::info!(%addr, "serving metrics");
+    }
+    Ok(())
 }
 
 /// How long one attempt to publish waits: a proposal made before this member knows its leader is

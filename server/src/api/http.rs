@@ -1,15 +1,17 @@
 //! The HTTP/1.1 side of the client port: `/version` and `/health` with etcd's JSON, `/livez` and
-//! `/readyz` with etcd's text checks (3.5.12+), and the answer to paths nobody serves (etcd:
-//! `etcdserver/api/etcdhttp/{base,metrics,health}.go`).
+//! `/readyz` with etcd's text checks (3.5.12+), `/metrics` (`api::metrics`), and the answer to
+//! paths nobody serves (etcd: `etcdserver/api/etcdhttp/{base,metrics,health}.go`). The same
+//! endpoints, without gRPC, serve `--listen-metrics-urls`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, Request, State};
+use axum::handler::Handler;
 use axum::http::Uri;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{any, get};
 use axum::{Json, Router};
 use cairn_proto::etcdserverpb::AlarmType;
 use serde_json::json;
@@ -21,15 +23,26 @@ use super::{Core, ETCD_CLUSTER_VERSION, ETCD_VERSION};
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub fn routes(grpc: Router, core: Arc<Core>) -> Router {
-    let http = Router::new()
+    // A call to a service Cairn does not serve (Auth) is counted like etcd's gRPC calls.
+    grpc.merge(http(core))
+        .fallback(fallback.layer(super::metrics::GrpcMetricsLayer))
+}
+
+/// The routes of `--listen-metrics-urls` (etcd: `serveMetrics`): the HTTP endpoints, no gRPC.
+pub fn metrics_routes(core: Arc<Core>) -> Router {
+    http(core).fallback(fallback)
+}
+
+fn http(core: Arc<Core>) -> Router {
+    Router::new()
         .route("/version", get(version))
         .route("/health", get(health))
         .route("/livez", get(livez))
         .route("/livez/{check}", get(livez_one))
         .route("/readyz", get(readyz))
         .route("/readyz/{check}", get(readyz_one))
-        .with_state(core);
-    grpc.merge(http).fallback(fallback)
+        .route("/metrics", any(super::metrics::metrics))
+        .with_state(core)
 }
 
 /// etcd's field order (Go struct order), which `serde_json` maps would sort away.

@@ -28,6 +28,7 @@ use super::error::ApiError;
 use super::Core;
 use crate::apply::Applied;
 use crate::lease::{Lessor, MAX_LEASE_TTL};
+use crate::metrics::METRICS;
 use crate::mvcc::Store;
 use crate::raft::{LeaseQueries, RaftError, RaftObserver};
 
@@ -371,8 +372,9 @@ pub async fn run_expiry(core: Arc<Core>) {
             let core = core.clone();
             tokio::spawn(async move {
                 let revoke = Request::LeaseRevoke(LeaseRevokeRequest { id });
-                if let Err(e) = core.propose(revoke).await {
-                    tracing::debug!(lease = id, "revoking an expired lease failed: {e}");
+                match core.propose(revoke).await {
+                    Ok(_) => METRICS.lease_expired.inc(),
+                    Err(e) => tracing::debug!(lease = id, "revoking an expired lease failed: {e}"),
                 }
             });
         }

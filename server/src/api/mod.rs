@@ -19,6 +19,7 @@ mod kv;
 mod lease;
 mod listener;
 mod maintenance;
+mod metrics;
 mod snapshot;
 mod validate;
 mod watch;
@@ -47,6 +48,7 @@ use crate::apply::{Applied, ApplyResult, MembershipRefusal};
 use crate::auth::{AuthInfo, AuthState, Tokens};
 use crate::cluster::Membership;
 use crate::engine::Engine;
+use crate::metrics::{PendingProposal, METRICS};
 use crate::mvcc::{Compactor, Store};
 use crate::raft::{MemberChangeKind, RaftError, RaftHandle};
 pub use auto_compact::run_auto_compaction;
@@ -231,6 +233,7 @@ impl Core {
         timeout: Duration,
         caller: Option<&AuthInfo>,
     ) -> Result<Applied, ApiError> {
+        let _pending = PendingProposal::start();
         let id = self.ids.next();
         let data = InternalRequest {
             id,
@@ -245,6 +248,7 @@ impl Core {
         let applied = self.wait.register(id);
         if let Err(e) = self.raft.propose(data) {
             self.wait.cancel(id);
+            METRICS.proposals_failed.inc();
             return Err(e.into());
         }
         self.wait_applied(id, applied, timeout).await
@@ -256,6 +260,7 @@ impl Core {
         kind: MemberChangeKind,
         mut change: MemberChange,
     ) -> Result<Membership, ApiError> {
+        let _pending = PendingProposal::start();
         let id = self.ids.next();
         change.id = id;
         let applied = self.wait.register(id);
@@ -265,6 +270,7 @@ impl Core {
             .propose_member_change(kind, member_id, change.encode_to_vec())
         {
             self.wait.cancel(id);
+            METRICS.proposals_failed.inc();
             return Err(e.into());
         }
         match self.wait_applied(id, applied, self.request_timeout).await? {
@@ -286,8 +292,12 @@ impl Core {
         let start = std::time::Instant::now();
         match tokio::time::timeout(timeout, applied).await {
             Ok(Ok(result)) => Ok(result?),
-            Ok(Err(_)) => Err(RaftError::Stopped.into()),
+            Ok(Err(_)) => {
+                METRICS.proposals_failed.inc();
+                Err(RaftError::Stopped.into())
+            }
             Err(_) => {
+                METRICS.proposals_failed.inc();
                 self.wait.cancel(id);
                 Err(self.raft.timeout_cause(start, self.election_timeout).into())
             }
@@ -357,12 +367,18 @@ pub fn router(core: Arc<Core>) -> axum::Router {
     .add_service(HealthServer::new(health::HealthService));
     let grpc = grpc
         .into_axum_router()
+        .layer(metrics::GrpcMetricsLayer)
         .layer(axum::middleware::from_fn_with_state(
             core.clone(),
             admission,
         ));
     let gateway = Arc::new(gateway::Gateway::new(grpc.clone()));
     http::routes(grpc, core).merge(gateway::routes(gateway))
+}
+
+/// What `--listen-metrics-urls` serve: `/metrics` and the health endpoints, no gRPC.
+pub fn metrics_router(core: Arc<Core>) -> axum::Router {
+    http::metrics_routes(core)
 }
 
 impl Core {

@@ -13,6 +13,7 @@
 pub mod wait;
 
 use std::thread;
+use std::time::Instant;
 
 use cairn_proto::cairnpb::{internal_request, member_change, InternalRequest, MemberChange};
 use cairn_proto::etcdserverpb::{
@@ -28,6 +29,7 @@ use crate::auth::{AuthError, AuthState, Tokens};
 use crate::cluster::{Member, Membership};
 use crate::engine::Batch;
 use crate::lease::Lessor;
+use crate::metrics::{METRICS, SLOW_APPLY};
 use crate::mvcc::{self, Compactor, Writer};
 use crate::raft::Committed;
 use crate::snapshot;
@@ -128,7 +130,11 @@ pub fn start(
                             applied_index + 1,
                             "committed entries arrive in order"
                         );
+                        let start = Instant::now();
                         apply.apply_one(entry);
+                        if start.elapsed() > SLOW_APPLY {
+                            METRICS.slow_apply.inc();
+                        }
                     }
                     applied_index = index;
                 }

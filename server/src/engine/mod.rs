@@ -252,19 +252,35 @@ impl Engine {
     /// Estimated size of the state machine's data (SST files plus memtables of every column family
     /// but the raft log's), in bytes: what etcd reports as its backend's `dbSize` (its WAL is apart).
     pub fn state_size_bytes(&self) -> u64 {
+        self.state_property_sum(&[
+            "rocksdb.total-sst-files-size",
+            "rocksdb.cur-size-all-mem-tables",
+        ])
+    }
+
+    /// Estimated bytes of live state-machine data (RocksDB's estimate of the SST data that a full
+    /// compaction would keep, plus memtables): what etcd reports as its backend's `dbSizeInUse`.
+    /// The rest of [`Engine::state_size_bytes`] is obsolete versions and tombstones, which
+    /// Defragment (a full compaction) drops.
+    pub fn state_live_bytes(&self) -> u64 {
+        self.state_property_sum(&[
+            "rocksdb.estimate-live-data-size",
+            "rocksdb.cur-size-all-mem-tables",
+        ])
+    }
+
+    /// The sum of integer properties `names` over every column family but the raft log's.
+    fn state_property_sum(&self, names: &[&str]) -> u64 {
         Cf::ALL
             .iter()
             .filter(|cf| !matches!(cf, Cf::RaftLog | Cf::RaftState))
-            .map(|&cf| {
-                let h = self.handle(cf);
-                let prop = |name: &str| {
-                    self.db
-                        .property_int_value_cf(h, name)
-                        .ok()
-                        .flatten()
-                        .unwrap_or(0)
-                };
-                prop("rocksdb.total-sst-files-size") + prop("rocksdb.cur-size-all-mem-tables")
+            .flat_map(|&cf| names.iter().map(move |&name| (cf, name)))
+            .map(|(cf, name)| {
+                self.db
+                    .property_int_value_cf(self.handle(cf), name)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0)
             })
             .sum()
     }

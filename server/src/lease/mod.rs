@@ -14,6 +14,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::metrics::METRICS;
+
 /// etcd's `MaxLeaseTTL`: larger requested TTLs are refused.
 pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
 /// How long the leader waits for a proposed revoke to apply before proposing it again.
@@ -106,6 +108,7 @@ impl Lessor {
 
     /// Lease `id` was granted with `ttl` (applied).
     pub fn granted(&self, id: i64, ttl: i64) {
+        METRICS.lease_granted.inc();
         let mut st = self.lock();
         st.leases.insert(
             id,
@@ -122,6 +125,7 @@ impl Lessor {
 
     /// Lease `id` was revoked (applied).
     pub fn revoked(&self, id: i64) {
+        METRICS.lease_revoked.inc();
         let mut st = self.lock();
         st.set_deadline(id, None);
         st.leases.remove(&id);
@@ -196,6 +200,7 @@ impl Lessor {
         let ttl = lease.ttl;
         if st.primary {
             st.set_deadline(id, Some(Instant::now() + secs(ttl)));
+            METRICS.lease_renewed.inc();
         }
         Some(ttl)
     }

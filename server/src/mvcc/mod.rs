@@ -27,6 +27,7 @@ use cairn_proto::mvccpb::{event::EventType, Event, KeyValue};
 use prost::Message;
 
 use crate::engine::{Cf, Engine, EngineError, RangeIter, ReadView};
+use crate::metrics::{count_txn, TxnOps, METRICS};
 use codec::KeyBounds;
 
 pub use codec::EventKind;
@@ -184,7 +185,7 @@ impl Store {
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResult> {
         let view = self.engine.read_view();
         let reader = ViewReader::new(&view)?;
-        range::range(&reader, req)
+        range::range(&reader, req).inspect(|_| METRICS.record_ops(TxnOps::RANGE))
     }
 
     /// Executes a read-only txn (see [`is_read_only`]) at a consistent point in time.
@@ -192,6 +193,7 @@ impl Store {
         let view = self.engine.read_view();
         let mut reader = ViewReader::new(&view)?;
         write::txn_read_only(&mut reader, req)
+            .inspect(|resp| METRICS.record_ops(count_txn(req, resp)))
     }
 
     /// The current revision (as of the last applied write).

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
+use std::time::Instant;
 
 use bytes::Bytes;
 use cairn_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
@@ -22,6 +23,7 @@ use super::{
     REVISION_INITIAL,
 };
 use crate::engine::{Batch, Cf, Durability, Engine};
+use crate::metrics::{count_txn, TxnOps, METRICS};
 
 /// The single writer of MVCC state. Owned by the apply worker; every method applies one committed
 /// raft entry and records its index as applied in the same atomic batch.
@@ -32,6 +34,17 @@ pub struct Writer {
     compact_revision: i64,
     /// The events of the last committed request, for the watch hub.
     events: Vec<Event>,
+}
+
+/// Writes one state-machine batch, unsynced (the raft log replays it), timed as etcd times its
+/// backend commits.
+fn commit_batch(engine: &Engine, batch: Batch) -> Result<()> {
+    let start = Instant::now();
+    engine.write(batch, Durability::Buffered)?;
+    METRICS
+        .backend_commit_seconds
+        .observe(start.elapsed().as_secs_f64());
+    Ok(())
 }
 
 fn header(revision: i64) -> Option<ResponseHeader> {
@@ -87,8 +100,7 @@ impl Writer {
             META_APPLIED_INDEX,
             &(applied as i64).to_be_bytes(),
         );
-        self.engine.write(batch, Durability::Buffered)?;
-        Ok(())
+        commit_batch(&self.engine, batch)
     }
 
     fn begin(&self) -> WriteTxn<'_> {
@@ -131,6 +143,7 @@ impl Writer {
             check_put(txn, req)?;
             txn.put_request(req)
         })
+        .inspect(|_| METRICS.record_ops(TxnOps::PUT))
     }
 
     pub fn delete_range(
@@ -139,6 +152,7 @@ impl Writer {
         applied: u64,
     ) -> Result<DeleteRangeResponse> {
         self.execute(applied, |txn| txn.delete_range_request(req))
+            .inspect(|_| METRICS.record_ops(TxnOps::DELETE))
     }
 
     pub fn txn(&mut self, req: &TxnRequest, applied: u64) -> Result<TxnResponse> {
@@ -150,6 +164,7 @@ impl Writer {
             })?;
             run_txn(txn, req, &path)
         })
+        .inspect(|resp| METRICS.record_ops(count_txn(req, resp)))
     }
 
     /// Grants lease `id` with `ttl` seconds (already raised to the minimum by the caller).
@@ -170,13 +185,21 @@ impl Writer {
             if !lease_exists(txn.engine, id)? {
                 return Err(Error::LeaseNotFound);
             }
+            let mut deletes = 0;
             for key in super::lease_keys(txn.engine, id)? {
                 if let Some(kv) = txn.get_latest(&key)? {
                     txn.delete(&kv);
+                    deletes += 1;
                 }
             }
             txn.batch.delete(Cf::Lease, &codec::lease_key(id));
-            Ok(())
+            Ok(deletes)
+        })
+        .map(|deletes| {
+            METRICS.record_ops(TxnOps {
+                deletes,
+                ..TxnOps::default()
+            })
         })?;
         Ok(self.revision)
     }
@@ -199,7 +222,7 @@ impl Writer {
             META_APPLIED_INDEX,
             &(applied as i64).to_be_bytes(),
         );
-        self.engine.write(batch, Durability::Buffered)?;
+        commit_batch(&self.engine, batch)?;
         self.compact_revision = revision;
         Ok(CompactionResponse {
             header: header(self.revision),
@@ -598,7 +621,7 @@ impl WriteTxn<'_> {
             META_APPLIED_INDEX,
             &(applied as i64).to_be_bytes(),
         );
-        self.engine.write(self.batch, Durability::Buffered)?;
+        commit_batch(self.engine, self.batch)?;
         Ok(rev)
     }
 }

@@ -8,11 +8,13 @@
 //! synced. An I/O error here crashes the process: durability is unknown (fail-stop).
 
 use std::thread;
+use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 use raft::eraftpb::Message;
 
 use crate::engine::{Batch, Durability, Engine};
+use crate::metrics::METRICS;
 
 /// Ready work that the log writer takes from the raft loop at once, at most.
 pub const LOG_WRITER_QUEUE_LEN_MAX: usize = 1024;
@@ -69,9 +71,17 @@ pub fn start(
                         Durability::Buffered
                     };
                     if !task.batch.is_empty() {
+                        let bytes = task.batch.size_bytes() as i64;
+                        let start = Instant::now();
                         if let Err(e) = engine.write(task.batch, durability) {
                             panic!("raft log write failed, stopping (fail-stop): {e}");
                         }
+                        if durability == Durability::Sync {
+                            METRICS
+                                .wal_fsync_seconds
+                                .observe(start.elapsed().as_secs_f64());
+                        }
+                        METRICS.wal_write_bytes.add(bytes);
                     }
                     persisted.number = persisted.number.max(task.number);
                     persisted.last_index = persisted.last_index.max(task.last_index);

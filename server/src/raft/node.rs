@@ -41,6 +41,7 @@ use super::{
 };
 use crate::cluster::Membership;
 use crate::engine::Engine;
+use crate::metrics::METRICS;
 
 /// Mailbox messages handled per turn, at most (bounds the latency of one turn).
 const MAILBOX_BATCH_MAX: usize = 4096;
@@ -408,10 +409,12 @@ impl RaftNode {
         batch.ctx = ctx;
         batch.sent = Instant::now();
         self.node.read_index(ctx.to_be_bytes().to_vec());
+        METRICS.slow_read_indexes.inc();
     }
 
     fn fail_reads(&mut self, e: RaftError) {
         if let Some(batch) = self.read_inflight.take() {
+            METRICS.read_indexes_failed.inc();
             for w in batch.waiters {
                 let _ = w.send(Err(e));
             }
@@ -428,6 +431,9 @@ impl RaftNode {
                     role = ?ss.raft_state,
                     "raft leader changed"
                 );
+                if ss.leader_id != 0 {
+                    METRICS.leader_changes_seen.inc();
+                }
                 self.fail_reads(RaftError::LeaderChanged);
             }
         }
@@ -446,6 +452,10 @@ impl RaftNode {
                 for w in batch.waiters {
                     let _ = w.send(Ok(rs.index));
                 }
+            } else {
+                // The answer to a ReadIndex that was sent again since (etcd: "ignored
+                // out-of-date read index response").
+                METRICS.slow_read_indexes.inc();
             }
         }
         let mut batch = self.engine.batch();
@@ -479,6 +489,7 @@ impl RaftNode {
         let meta = snapshot.get_metadata();
         let path = PathBuf::from(String::from_utf8_lossy(&snapshot.data).into_owned());
         tracing::info!(index = meta.index, term = meta.term, "installing snapshot");
+        METRICS.snapshot_apply_in_progress.set(1);
         let raft_state = self.node.mut_store().apply_snapshot(meta, hs);
         let index = meta.index;
         if self
@@ -496,6 +507,7 @@ impl RaftNode {
         if futures::executor::block_on(applied.wait_for(|&a| a >= index)).is_err() {
             panic!("apply worker stopped while installing a snapshot");
         }
+        METRICS.snapshot_apply_in_progress.set(0);
         tracing::info!(index, "snapshot installed");
     }
 

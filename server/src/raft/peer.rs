@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use cairn_proto::cairnpb::peer_server::Peer;
 use cairn_proto::cairnpb::{
-    MembersRequest, MembersResponse, RaftBatch, RaftBatchAck, SnapshotAck, SnapshotChunk,
+    MembersRequest, MembersResponse, ProbeRequest, ProbeResponse, RaftBatch, RaftBatchAck,
+    SnapshotAck, SnapshotChunk,
 };
 use cairn_proto::etcdserverpb::{
     self, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest,
@@ -25,6 +26,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::PeerInput;
 use crate::cluster::Membership;
+use crate::metrics::METRICS;
 use crate::snapshot::SnapshotFile;
 
 /// The leader's answers about leases, for followers.
@@ -89,21 +91,24 @@ impl PeerService {
     }
 }
 
-fn decode(bytes: &[u8]) -> Result<Message, Status> {
-    Message::parse_from_bytes(bytes)
-        .map_err(|e| Status::invalid_argument(format!("malformed raft message: {e}")))
-}
-
-#[tonic::async_trait]
-impl Peer for PeerService {
-    async fn stream(
+impl PeerService {
+    /// Hands every message of a `Stream` call to the raft loop; `from` learns the sender.
+    async fn receive(
         &self,
-        request: Request<Streaming<RaftBatch>>,
+        batches: &mut Streaming<RaftBatch>,
+        from: &mut Option<u64>,
     ) -> Result<Response<RaftBatchAck>, Status> {
-        let mut batches = request.into_inner();
+        let mut received = None;
         while let Some(batch) = batches.message().await? {
             self.check(batch.from, batch.to, batch.cluster_id)?;
+            let received = received.get_or_insert_with(|| {
+                *from = Some(batch.from);
+                METRICS
+                    .peer_received_bytes
+                    .with_label_values(&[&format!("{:x}", batch.from)])
+            });
             for bytes in &batch.messages {
+                received.inc_by(bytes.len() as u64);
                 let m = decode(bytes)?;
                 if m.from != batch.from || m.get_msg_type() == MessageType::MsgSnapshot {
                     return Err(Status::invalid_argument("message does not match its batch"));
@@ -117,6 +122,31 @@ impl Peer for PeerService {
         }
         Ok(Response::new(RaftBatchAck {}))
     }
+}
+
+fn decode(bytes: &[u8]) -> Result<Message, Status> {
+    Message::parse_from_bytes(bytes)
+        .map_err(|e| Status::invalid_argument(format!("malformed raft message: {e}")))
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn stream(
+        &self,
+        request: Request<Streaming<RaftBatch>>,
+    ) -> Result<Response<RaftBatchAck>, Status> {
+        let mut batches = request.into_inner();
+        // The sender, once its first batch names it (metrics are labelled with it).
+        let mut from = None;
+        let result = self.receive(&mut batches, &mut from).await;
+        if let (Err(_), Some(from)) = (&result, from) {
+            METRICS
+                .peer_received_failures
+                .with_label_values(&[&format!("{from:x}")])
+                .inc();
+        }
+        result
+    }
 
     async fn snapshot(
         &self,
@@ -128,6 +158,10 @@ impl Peer for PeerService {
             .await?
             .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
         self.check(first.from, first.to, first.cluster_id)?;
+        let received = METRICS
+            .peer_received_bytes
+            .with_label_values(&[&format!("{:x}", first.from)]);
+        received.inc_by(first.message.len() as u64);
         let mut m = decode(&first.message)?;
         if m.get_msg_type() != MessageType::MsgSnapshot || m.from != first.from {
             return Err(Status::invalid_argument(
@@ -142,6 +176,7 @@ impl Peer for PeerService {
                 .message()
                 .await?
                 .ok_or_else(|| Status::invalid_argument("snapshot stream ended early"))?;
+            received.inc_by(chunk.records.len() as u64);
             tokio::task::block_in_place(|| file.append(&chunk.records))
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
             if chunk.last {
@@ -197,6 +232,10 @@ impl Peer for PeerService {
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
         let resp = self.leases.time_to_live(req.into_inner()).await?;
         Ok(Response::new(resp))
+    }
+
+    async fn probe(&self, _: Request<ProbeRequest>) -> Result<Response<ProbeResponse>, Status> {
+        Ok(Response::new(ProbeResponse {}))
     }
 }
 

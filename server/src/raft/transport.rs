@@ -6,6 +6,10 @@
 //! the task reconnects with exponential backoff. A `MsgSnapshot` travels on its own `Snapshot` call
 //! (a separate connection), so a large snapshot never delays heartbeats.
 //!
+//! Each stream also times a `Probe` call every [`PROBE_INTERVAL`] for
+//! `etcd_network_peer_round_trip_time_seconds` (etcd's rafthttp prober), and every message that
+//! cannot be sent counts in `etcd_network_peer_sent_failures_total`.
+//!
 //! **Invariant:** the raft loop never blocks on the network: [`Transport::send`] only enqueues.
 
 use std::collections::HashMap;
@@ -13,8 +17,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cairn_proto::cairnpb::peer_client::PeerClient;
-use cairn_proto::cairnpb::{RaftBatch, SnapshotChunk};
+use cairn_proto::cairnpb::{ProbeRequest, RaftBatch, SnapshotChunk};
 use crossbeam_channel::Sender;
+use prometheus::{Histogram, IntCounter, IntGauge};
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
 use tokio::sync::{mpsc, watch};
@@ -24,6 +29,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::storage::SnapshotSource;
 use super::PeerInput;
+use crate::metrics::METRICS;
 use crate::snapshot::Checkpoint;
 
 /// Messages queued for one peer, at most.
@@ -37,6 +43,10 @@ pub const PEER_MESSAGE_BYTES_MAX: usize = 64 << 20;
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often a connected peer is probed for its round-trip time.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// A probe unanswered for this long is not measured (the connection's keep-alive judges the peer).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// HTTP/2 flow-control windows of peer connections, per stream and per connection: with the
 /// protocol's 64 KiB default a batch or snapshot chunk waits a round trip per 64 KiB.
 pub const STREAM_WINDOW_BYTES: u32 = 16 << 20;
@@ -68,6 +78,47 @@ struct Link {
     urls: Vec<String>,
     queue: mpsc::Sender<Message>,
     task: JoinHandle<()>,
+    metrics: LinkMetrics,
+}
+
+/// The metrics of one peer, labelled once when its link is made.
+#[derive(Clone)]
+struct LinkMetrics {
+    sent_bytes: IntCounter,
+    sent_failures: IntCounter,
+    round_trip: Histogram,
+    active: IntGauge,
+    disconnected: IntCounter,
+}
+
+impl LinkMetrics {
+    fn new(local: u64, to: u64) -> LinkMetrics {
+        let (local, to) = (format!("{local:x}"), format!("{to:x}"));
+        let m = &*METRICS;
+        LinkMetrics {
+            sent_bytes: m.peer_sent_bytes.with_label_values(&[&to]),
+            sent_failures: m.peer_sent_failures.with_label_values(&[&to]),
+            round_trip: m.peer_round_trip_time_seconds.with_label_values(&[&to]),
+            active: m.active_peers.with_label_values(&[&local, &to]),
+            disconnected: m.disconnected_peers.with_label_values(&[&local, &to]),
+        }
+    }
+
+    /// `m` will not be sent.
+    fn dropped(&self, m: &Message) {
+        self.sent_failures.inc();
+        if m.get_msg_type() == MessageType::MsgHeartbeat {
+            METRICS.heartbeat_send_failures.inc();
+        }
+    }
+
+    /// The stream to the peer failed (or never came up).
+    fn disconnected(&self) {
+        if self.active.get() != 0 {
+            self.active.set(0);
+            self.disconnected.inc();
+        }
+    }
 }
 
 /// The raft loop's way out to the other members. Owned by the raft loop.
@@ -126,15 +177,21 @@ impl Transport {
                 continue;
             }
             let (queue, rx) = mpsc::channel(PEER_QUEUE_LEN_MAX);
-            let task = self
-                .runtime
-                .spawn(run_link(self.shared.clone(), id, urls.clone(), rx));
+            let metrics = LinkMetrics::new(self.shared.local, id);
+            let task = self.runtime.spawn(run_link(
+                self.shared.clone(),
+                id,
+                urls.clone(),
+                rx,
+                metrics.clone(),
+            ));
             self.links.insert(
                 id,
                 Link {
                     urls: urls.clone(),
                     queue,
                     task,
+                    metrics,
                 },
             );
         }
@@ -145,6 +202,10 @@ impl Transport {
         for m in messages {
             let Some(link) = self.links.get(&m.to) else {
                 tracing::debug!(to = format_args!("{:x}", m.to), "no link to peer; dropped");
+                METRICS
+                    .peer_sent_failures
+                    .with_label_values(&[&format!("{:x}", m.to)])
+                    .inc();
                 self.shared.report(PeerInput::Unreachable(m.to));
                 continue;
             };
@@ -155,6 +216,7 @@ impl Transport {
             }
             if let Err(e) = link.queue.try_send(m) {
                 tracing::debug!("peer queue: {e}; message dropped");
+                link.metrics.dropped(&e.into_inner());
             }
         }
     }
@@ -163,6 +225,7 @@ impl Transport {
 impl Drop for Link {
     fn drop(&mut self) {
         self.task.abort();
+        self.metrics.active.set(0);
     }
 }
 
@@ -204,15 +267,17 @@ async fn run_link(
     to: u64,
     urls: Vec<String>,
     mut rx: mpsc::Receiver<Message>,
+    metrics: LinkMetrics,
 ) {
     let mut backoff = BACKOFF_MIN;
     loop {
-        match stream_to(&shared, to, &urls, &mut rx, &mut backoff).await {
+        match stream_to(&shared, to, &urls, &mut rx, &mut backoff, &metrics).await {
             Ok(()) => return,
             Err(e) => {
                 tracing::debug!(peer = format_args!("{to:x}"), "peer stream failed: {e}");
                 shared.active.lock().expect("peers lock").remove(&to);
                 shared.report(PeerInput::Unreachable(to));
+                metrics.disconnected();
             }
         }
         // What queues while the peer is down is dropped: raft resends from its log.
@@ -221,7 +286,10 @@ async fn run_link(
         loop {
             tokio::select! {
                 _ = &mut pause => break,
-                m = rx.recv() => if m.is_none() { return },
+                m = rx.recv() => match m {
+                    Some(m) => metrics.dropped(&m),
+                    None => return,
+                },
             }
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -235,13 +303,16 @@ async fn stream_to(
     urls: &[String],
     rx: &mut mpsc::Receiver<Message>,
     backoff: &mut Duration,
+    metrics: &LinkMetrics,
 ) -> Result<(), String> {
     let channel = connect(urls).await?;
     let (batches, batches_rx) = mpsc::channel(STREAM_BATCHES_MAX);
     let mut client = client(channel);
+    let prober = tokio::spawn(probe(client.clone(), metrics.round_trip.clone()));
     let mut call =
         tokio::spawn(async move { client.stream(ReceiverStream::new(batches_rx)).await });
     *backoff = BACKOFF_MIN;
+    metrics.active.set(1);
     shared
         .active
         .lock()
@@ -273,6 +344,7 @@ async fn stream_to(
                         next = rx.try_recv().ok();
                     }
                 }
+                let count = messages.len() as u64;
                 let batch = RaftBatch {
                     from: shared.local,
                     to,
@@ -280,13 +352,31 @@ async fn stream_to(
                     messages,
                 };
                 if batches.send(batch).await.is_err() {
+                    metrics.sent_failures.inc_by(count);
                     break Err("stream ended".to_string());
                 }
+                metrics.sent_bytes.inc_by(size as u64);
             }
         }
     };
     call.abort();
+    prober.abort();
     result
+}
+
+/// Times a `Probe` call to the peer every [`PROBE_INTERVAL`], on the stream's connection (etcd:
+/// rafthttp's prober of `/raft/probing`).
+async fn probe(mut client: PeerClient<Channel>, round_trip: Histogram) {
+    let mut tick = tokio::time::interval(PROBE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let start = Instant::now();
+        let answer = tokio::time::timeout(PROBE_TIMEOUT, client.probe(ProbeRequest {})).await;
+        if let Ok(Ok(_)) = answer {
+            round_trip.observe(start.elapsed().as_secs_f64());
+        }
+    }
 }
 
 /// Streams the checkpoint that `m` names to its peer, then tells raft how it went.
@@ -325,11 +415,16 @@ async fn stream_snapshot(shared: &Shared, urls: &[String], m: Message) -> Result
         message: m.write_to_bytes().expect("raft messages encode").into(),
         ..header.clone()
     };
+    let sent = METRICS
+        .peer_sent_bytes
+        .with_label_values(&[&format!("{:x}", m.to)]);
     let producer = tokio::task::spawn_blocking(move || {
+        sent.inc_by(first.message.len() as u64);
         if chunks.blocking_send(first).is_err() {
             return Ok(());
         }
         checkpoint.for_each_chunk(|records| {
+            sent.inc_by(records.len() as u64);
             chunks
                 .blocking_send(SnapshotChunk {
                     records: records.into(),

@@ -122,6 +122,15 @@ struct State {
     synced: Matcher<WatcherRef>,
 }
 
+/// The hub's size, as [`Hub::counts`] reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WatchCounts {
+    pub streams: usize,
+    pub watchers: usize,
+    /// Watchers that still have history to read.
+    pub unsynced: usize,
+}
+
 /// Shared by apply (publisher) and every watch stream.
 pub struct Hub {
     state: Mutex<State>,
@@ -158,6 +167,20 @@ impl Hub {
     /// The last published revision.
     pub fn revision(&self) -> i64 {
         self.lock().published
+    }
+
+    /// How many streams and watchers there are (for metrics).
+    pub fn counts(&self) -> WatchCounts {
+        let st = self.lock();
+        let mut counts = WatchCounts {
+            streams: st.streams.len(),
+            ..WatchCounts::default()
+        };
+        for s in st.streams.values() {
+            counts.watchers += s.watchers.len();
+            counts.unsynced += s.unsynced;
+        }
+        counts
     }
 
     /// Registers a stream; returns its id and the notifier that wakes it when work arrives.

@@ -295,3 +295,29 @@ proptest! {
         run(ops, 1);
     }
 }
+
+#[test]
+fn counts_follow_streams_and_watchers() {
+    let hub = Hub::new(5);
+    let spec = || WatchSpec {
+        bounds: Bounds::Key(b"a".to_vec()),
+        no_put: false,
+        no_delete: false,
+        prev_kv: false,
+    };
+    let (a, _) = hub.open_stream();
+    let (b, _) = hub.open_stream();
+    hub.add(a, 0, spec(), 0);
+    hub.add(b, 0, spec(), 2);
+    hub.add(b, 1, spec(), 0);
+    let counts = |streams, watchers, unsynced| WatchCounts {
+        streams,
+        watchers,
+        unsynced,
+    };
+    assert_eq!(hub.counts(), counts(2, 3, 1));
+    assert!(hub.remove(b, 0));
+    assert_eq!(hub.counts(), counts(2, 2, 0));
+    hub.close_stream(b);
+    assert_eq!(hub.counts(), counts(1, 1, 0));
+}
