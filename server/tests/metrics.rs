@@ -587,19 +587,18 @@ fn a_cluster_exports_what_etcd_exports_and_it_follows_the_workload() {
         0.0
     );
 
-    // A call to a service Cairn does not serve yet is counted with its code, as etcd counts
-    // every call of its registered services.
-    let out = run_etcdctl(&cairn.members[0].endpoint(), "user list");
-    assert!(out.contains("Unimplemented"), "{out}");
+    // An Auth call that fails is counted with its code.
+    let out = run_etcdctl(&cairn.members[0].endpoint(), "role get nosuch");
+    assert!(out.contains("role name not found"), "{out}");
     let f = scrape(&cairn_addr);
-    let users = "etcdserverpb.Auth/UserList";
-    assert_eq!(grpc(&f, "grpc_server_started_total", users, None), 1.0);
+    let role_get = "etcdserverpb.Auth/RoleGet";
+    assert_eq!(grpc(&f, "grpc_server_started_total", role_get, None), 1.0);
     assert_eq!(
         grpc(
             &f,
             "grpc_server_handled_total",
-            users,
-            Some("Unimplemented")
+            role_get,
+            Some("FailedPrecondition")
         ),
         1.0
     );
