@@ -59,11 +59,23 @@ pub fn http_post(
     body: &str,
     stream_for: Option<Duration>,
 ) -> std::io::Result<(u16, String)> {
+    http_post_as(addr, path, body, stream_for, None)
+}
+
+/// [`http_post`] with an `Authorization` header (the JSON gateway's auth token).
+pub fn http_post_as(
+    addr: &str,
+    path: &str,
+    body: &str,
+    stream_for: Option<Duration>,
+    authorization: Option<&str>,
+) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(addr)?;
     let deadline = Instant::now() + stream_for.unwrap_or(Duration::from_secs(10));
+    let auth = authorization.map_or(String::new(), |t| format!("Authorization: {t}\r\n"));
     write!(
         s,
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )?;
     let mut raw = Vec::new();
