@@ -35,10 +35,17 @@ impl KvService {
 
     /// etcd serves read-only txns locally: after a ReadIndex barrier unless every range in it is
     /// serializable.
-    async fn txn_read_only(&self, req: TxnRequest) -> Result<TxnResponse, ApiError> {
+    async fn txn_read_only(
+        &self,
+        req: TxnRequest,
+        caller: Option<AuthInfo>,
+    ) -> Result<TxnResponse, ApiError> {
         if !all_ranges_serializable(&req) {
             self.core.linearizable_barrier().await?;
         }
+        // After the barrier: the auth state is then at least as new as any change acknowledged
+        // before the read began (a revoked permission is refused at once on every member).
+        self.core.permit(&caller, |s, u| s.check_txn(u, &req))?;
         let mut resp = self.core.store.txn_read_only(&req)?;
         resp.header = self.header(resp.header);
         Ok(resp)
@@ -50,13 +57,14 @@ impl KvService {
         caller: Option<AuthInfo>,
     ) -> Result<RangeResponse, ApiError> {
         validate::check_range(&req)?;
-        self.core.permit(&caller, |s, u| s.check_range(u, &req))?;
         if !req.serializable && self.core.is_learner() {
             return Err(ApiError::NotSupportedForLearner);
         }
         if !req.serializable {
             self.core.linearizable_barrier().await?;
         }
+        // After the barrier, as for read-only txns.
+        self.core.permit(&caller, |s, u| s.check_range(u, &req))?;
         let r = self.core.store.range(&req)?;
         Ok(RangeResponse {
             header: self.core.header(r.revision),
@@ -135,10 +143,10 @@ impl Kv for KvService {
         let caller = self.core.caller(req.metadata())?;
         let req = req.into_inner();
         validate::check_txn(&req, self.core.max_txn_ops)?;
-        self.core.permit(&caller, |s, u| s.check_txn(u, &req))?;
         if mvcc::is_read_only(&req) {
-            return Ok(Response::new(self.txn_read_only(req).await?));
+            return Ok(Response::new(self.txn_read_only(req, caller).await?));
         }
+        self.core.permit(&caller, |s, u| s.check_txn(u, &req))?;
         match self
             .core
             .propose_as(Request::Txn(req), caller.as_ref())
