@@ -1,5 +1,5 @@
 //! The corruption check (etcd: `etcdserver/corrupt.go`): members compare HashKV at one revision,
-//! asking each other through their client URLs.
+//! asking each other on the peer port (`cairnpb.Peer/HashKV`), as etcd does.
 //! - At start (`--initial-corrupt-check`), before serving clients: this member against every peer;
 //!   a mismatch stops the member.
 //! - Periodically on the leader (`--corrupt-check-time`): a member whose hash differs from the
@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use cairn_proto::cairnpb::internal_request::Request;
-use cairn_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use cairn_proto::cairnpb::peer_client::PeerClient;
 use cairn_proto::etcdserverpb::{
     alarm_request, AlarmRequest, AlarmType, HashKvRequest, HashKvResponse,
 };
@@ -36,11 +36,11 @@ impl Core {
             .borrow()
             .members
             .iter()
-            .filter(|m| m.id != self.member_id && !m.client_urls.is_empty())
-            .map(|m| (m.id, m.client_urls.clone()))
+            .filter(|m| m.id != self.member_id)
+            .map(|m| (m.id, m.peer_urls.clone()))
             .collect();
         let asks = peers.into_iter().map(|(id, urls)| async move {
-            let mut last = String::from("no client URL answered");
+            let mut last = String::from("no peer URL answered");
             for url in urls {
                 match self.ask_hash(&url, revision).await {
                     Ok(resp) => return (id, Ok(resp)),
@@ -60,7 +60,7 @@ impl Core {
             .connect()
             .await
             .map_err(|e| e.to_string())?;
-        MaintenanceClient::new(channel)
+        PeerClient::new(channel)
             .hash_kv(HashKvRequest { revision })
             .await
             .map(|r| r.into_inner())

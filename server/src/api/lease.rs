@@ -7,6 +7,7 @@
 //! `LeaseTimeToLive`); lease lists are answered locally, as etcd does.
 
 use crate::auth::{Access, AuthError};
+use cairn_proto::etcdserverpb::HashKvResponse;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,7 +31,7 @@ use crate::apply::Applied;
 use crate::lease::{Lessor, MAX_LEASE_TTL};
 use crate::metrics::METRICS;
 use crate::mvcc::Store;
-use crate::raft::{LeaseQueries, RaftError, RaftObserver};
+use crate::raft::{PeerQueries, RaftError, RaftObserver};
 
 /// Expired leases revoked per second at most (etcd: `leaseRevokeRate`).
 const REVOKES_PER_SECOND: usize = 1000;
@@ -67,7 +68,7 @@ impl LeaseLeader {
 }
 
 #[tonic::async_trait]
-impl LeaseQueries for LeaseLeader {
+impl PeerQueries for LeaseLeader {
     async fn renew(&self, id: i64) -> Result<i64, Status> {
         self.ready().await?;
         if let Some(ttl) = self.lessor.renew(id) {
@@ -117,6 +118,12 @@ impl LeaseQueries for LeaseLeader {
             granted_ttl: remaining.granted_ttl,
             keys,
         })
+    }
+
+    async fn hash_kv(&self, revision: i64) -> Result<HashKvResponse, Status> {
+        Ok(super::maintenance::hash_kv(self.store.clone(), revision)
+            .await?
+            .1)
     }
 }
 

@@ -13,6 +13,24 @@ use crate::apply::Applied;
 use crate::auth::AuthError;
 use crate::raft::RaftError;
 
+/// HashKV at `revision` on a blocking thread: the hash, and the answer without its header.
+pub(super) async fn hash_kv(
+    store: crate::mvcc::Store,
+    revision: i64,
+) -> Result<(crate::mvcc::KvHash, HashKvResponse), Status> {
+    let h = tokio::task::spawn_blocking(move || store.hash_kv(revision))
+        .await
+        .map_err(|e| Status::internal(format!("hashkv: {e}")))?
+        .map_err(ApiError::from)?;
+    let resp = HashKvResponse {
+        header: None,
+        hash: h.hash,
+        compact_revision: h.compact_revision,
+        hash_revision: h.revision,
+    };
+    Ok((h, resp))
+}
+
 pub struct MaintenanceService {
     core: Arc<Core>,
 }
@@ -131,16 +149,10 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<HashKvResponse>, Status> {
         self.admin(&req)?;
         let revision = req.into_inner().revision;
-        let store = self.core.store.clone();
-        let h = tokio::task::spawn_blocking(move || store.hash_kv(revision))
-            .await
-            .map_err(|e| Status::internal(format!("hashkv: {e}")))?
-            .map_err(ApiError::from)?;
+        let (h, resp) = hash_kv(self.core.store.clone(), revision).await?;
         Ok(Response::new(HashKvResponse {
             header: self.core.header(h.current_revision),
-            hash: h.hash,
-            compact_revision: h.compact_revision,
-            hash_revision: h.revision,
+            ..resp
         }))
     }
 

@@ -24,7 +24,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::engine::Batch;
 pub use node::{start, RaftConfig, APPLY_QUEUE_LEN_MAX};
-pub use peer::{LeaseQueries, PeerService};
+pub use peer::{PeerQueries, PeerService};
 pub use transport::{CONNECTION_WINDOW_BYTES, PEER_MESSAGE_BYTES_MAX, STREAM_WINDOW_BYTES};
 
 /// Proposals and read requests waiting in the raft loop's mailbox, at most.

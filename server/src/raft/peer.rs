@@ -4,7 +4,7 @@
 //! raft retransmits). A snapshot is written to a file as it arrives and handed to raft only once
 //! complete. Messages from another cluster or from a removed member are refused.
 //! Lease renewals and TTL queries that followers forward to the leader are answered through
-//! [`LeaseQueries`], which the API implements (raft knows nothing of leases).
+//! [`PeerQueries`], which the API implements (raft knows nothing of leases).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,8 +15,8 @@ use cairn_proto::cairnpb::{
     SnapshotAck, SnapshotChunk,
 };
 use cairn_proto::etcdserverpb::{
-    self, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest,
-    LeaseTimeToLiveResponse,
+    self, HashKvRequest, HashKvResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
+    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
 use crossbeam_channel::Sender;
 use protobuf::Message as _;
@@ -29,15 +29,17 @@ use crate::cluster::Membership;
 use crate::metrics::METRICS;
 use crate::snapshot::SnapshotFile;
 
-/// The leader's answers about leases, for followers.
+/// What peers ask of this member that the API layer answers: the leader's answers about leases
+/// (for followers), and the HashKV the corruption check compares.
 #[tonic::async_trait]
-pub trait LeaseQueries: Send + Sync {
+pub trait PeerQueries: Send + Sync {
     /// Renews lease `id`; its TTL, or 0 if there is no such lease.
     async fn renew(&self, id: i64) -> Result<i64, Status>;
     async fn time_to_live(
         &self,
         req: LeaseTimeToLiveRequest,
     ) -> Result<LeaseTimeToLiveResponse, Status>;
+    async fn hash_kv(&self, revision: i64) -> Result<HashKvResponse, Status>;
 }
 
 #[derive(Clone)]
@@ -47,7 +49,7 @@ pub struct PeerService {
     mailbox: Sender<PeerInput>,
     membership: watch::Receiver<Membership>,
     snapshot_dir: PathBuf,
-    leases: Arc<dyn LeaseQueries>,
+    leases: Arc<dyn PeerQueries>,
 }
 
 impl PeerService {
@@ -57,7 +59,7 @@ impl PeerService {
         cluster_id: u64,
         membership: watch::Receiver<Membership>,
         snapshot_dir: PathBuf,
-        leases: Arc<dyn LeaseQueries>,
+        leases: Arc<dyn PeerQueries>,
     ) -> PeerService {
         PeerService {
             local,
@@ -237,6 +239,14 @@ impl Peer for PeerService {
     async fn probe(&self, _: Request<ProbeRequest>) -> Result<Response<ProbeResponse>, Status> {
         Ok(Response::new(ProbeResponse {}))
     }
+
+    async fn hash_kv(
+        &self,
+        req: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
+        let resp = self.leases.hash_kv(req.into_inner().revision).await?;
+        Ok(Response::new(resp))
+    }
 }
 
 #[cfg(test)]
@@ -246,7 +256,7 @@ mod tests {
     struct NoLeases;
 
     #[tonic::async_trait]
-    impl LeaseQueries for NoLeases {
+    impl PeerQueries for NoLeases {
         async fn renew(&self, _: i64) -> Result<i64, Status> {
             Err(Status::unavailable("no leases here"))
         }
@@ -255,6 +265,9 @@ mod tests {
             _: LeaseTimeToLiveRequest,
         ) -> Result<LeaseTimeToLiveResponse, Status> {
             Err(Status::unavailable("no leases here"))
+        }
+        async fn hash_kv(&self, _: i64) -> Result<HashKvResponse, Status> {
+            Err(Status::unavailable("no hashes here"))
         }
     }
     use crate::raft::transport::PeersActive;
