@@ -323,17 +323,31 @@ pub(crate) enum Delivery {
     Answered,
 }
 
+/// Whether the server refused the call for want of a (fresh) token, as clientv3's
+/// `shouldRefreshToken` decides: log in again and retry.
+pub(crate) fn wants_new_token(status: &tonic::Status) -> bool {
+    matches!(
+        status.message(),
+        "etcdserver: invalid auth token"
+            | "etcdserver: user name is empty"
+            | "etcdserver: revision of auth store is old"
+    )
+}
+
 /// Classifies a failed call for the retry policy.
 pub(crate) fn delivery_of(status: &tonic::Status) -> Delivery {
     if is_connect_error(status) {
         return Delivery::NotSent;
     }
+    if wants_new_token(status) {
+        // Checked before the request is proposed, or refused by apply before executing it.
+        return Delivery::Refused;
+    }
     match status.message() {
         // Each of these is checked before the request is proposed.
         "etcdserver: rpc not supported for learner"
         | "etcdserver: too many requests"
-        | "etcdserver: unhealthy cluster"
-        | "etcdserver: invalid auth token" => return Delivery::Refused,
+        | "etcdserver: unhealthy cluster" => return Delivery::Refused,
         _ => {}
     }
     let local = std::error::Error::source(status).is_some();

@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::error::{delivery_of, Delivery, Error, Result};
+use crate::error::{delivery_of, wants_new_token, Delivery, Error, Result};
 use crate::options::ConnectOptions;
 
 /// First pause before an endpoint that failed is tried again.
@@ -427,7 +427,7 @@ impl Pool {
             let retryable = match delivery {
                 Delivery::NotSent => true,
                 Delivery::Refused => {
-                    if status.message() == "etcdserver: invalid auth token" {
+                    if wants_new_token(&status) {
                         if reauthenticated || self.options.user.is_none() {
                             return Err(Error::from_status(status));
                         }
@@ -488,10 +488,7 @@ impl Pool {
                 Ok(Err(status)) => status,
             };
             let delivery = delivery_of(&status);
-            if status.message() == "etcdserver: invalid auth token"
-                && !reauthenticated
-                && self.options.user.is_some()
-            {
+            if wants_new_token(&status) && !reauthenticated && self.options.user.is_some() {
                 reauthenticated = true;
                 self.refresh_token(token, deadline).await?;
                 continue;
