@@ -360,8 +360,19 @@ fn cairn_internal_request_wraps_etcd_requests() {
                 physical: false,
             },
         )),
+        ..Default::default()
     };
     assert_eq!(encode(&request), [0x08, 0x01, 0x2a, 0x02, 0x08, 0x02]);
+    // The caller of an authorised request rides along (fields 12 and 13).
+    let request = cairnpb::InternalRequest {
+        username: "u".into(),
+        auth_revision: 3,
+        ..request
+    };
+    assert_eq!(
+        encode(&request),
+        [0x08, 0x01, 0x2a, 0x02, 0x08, 0x02, 0x62, 0x01, b'u', 0x68, 0x03]
+    );
 }
 
 /// Service names as tonic routes them; naming each server type also proves it was generated.
