@@ -512,6 +512,32 @@ mod tests {
         assert!(!gw.rpcs["/v3/kv/range"].server_streaming);
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Hostile bodies: any bytes split into JSON values, and any JSON value decoded as the
+        /// input of every route, fail cleanly or give a message that encodes back to JSON.
+        #[test]
+        fn hostile_bodies_never_panic(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+            text in "[{}\\[\\]\":,a-z0-9 .-]{0,80}",
+        ) {
+            let gw = Gateway::new(Router::new());
+            let mut buf = BytesMut::from(&body[..]);
+            let _ = take_json_values(&mut buf);
+            let _ = percent_decode(&String::from_utf8_lossy(&body));
+            let mut buf = BytesMut::from(text.as_bytes());
+            let values = take_json_values(&mut buf).unwrap_or_default();
+            for value in values {
+                for rpc in gw.rpcs.values() {
+                    if let Ok(proto) = to_proto(&rpc.input, value.clone()) {
+                        proptest::prop_assert!(to_json(&rpc.input, &proto).is_ok());
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn json_follows_etcd_conventions() {
         let gw = Gateway::new(Router::new());

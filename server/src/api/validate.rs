@@ -208,6 +208,72 @@ mod tests {
         ));
     }
 
+    /// A txn that touches every kind of op, compare and option: the seed the fuzzer mutates.
+    fn seed_txn() -> TxnRequest {
+        use cairn_proto::etcdserverpb::{compare, Compare, RangeRequest};
+        let range = RequestOp {
+            request: Some(request_op::Request::RequestRange(RangeRequest {
+                key: b"a".to_vec().into(),
+                range_end: b"z".to_vec().into(),
+                limit: 3,
+                revision: 2,
+                sort_order: 1,
+                sort_target: 2,
+                min_mod_revision: 1,
+                max_create_revision: 9,
+                ..Default::default()
+            })),
+        };
+        TxnRequest {
+            compare: vec![Compare {
+                result: compare::CompareResult::Greater as i32,
+                target: compare::CompareTarget::Mod as i32,
+                key: b"k".to_vec().into(),
+                range_end: b"l".to_vec().into(),
+                target_union: Some(compare::TargetUnion::ModRevision(1)),
+            }],
+            success: vec![put("p"), range, del("d", "e")],
+            failure: vec![txn(vec![put("q")], vec![del("r", "")])],
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Hostile txns (a valid one with bytes overwritten, decoded as the server would): the
+        /// checks never panic, and whatever passes them applies without panicking (an error
+        /// answer is fine) on a store with history.
+        #[test]
+        fn mutated_txns_are_refused_or_applied_without_panic(
+            flips in proptest::collection::vec((0usize..512, proptest::prelude::any::<u8>()), 1..3),
+        ) {
+            use prost::Message;
+            let mut bytes = seed_txn().encode_to_vec();
+            for (i, b) in flips {
+                let n = bytes.len();
+                bytes[i % n] = b;
+            }
+            let Ok(req) = TxnRequest::decode(bytes.as_slice()) else {
+                return Ok(());
+            };
+            if check_txn(&req, 128).is_err() {
+                return Ok(());
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let engine = crate::engine::Engine::open(dir.path()).unwrap();
+            let mut w = crate::mvcc::Writer::open(engine).unwrap();
+            for (i, k) in ["a", "k", "p", "q"].iter().enumerate() {
+                let p = PutRequest {
+                    key: k.as_bytes().to_vec().into(),
+                    value: b"v".to_vec().into(),
+                    ..Default::default()
+                };
+                w.put(&p, i as u64 + 1).unwrap();
+            }
+            let _ = w.txn(&req, 10);
+        }
+    }
+
     #[test]
     fn op_count_limit_is_inclusive() {
         let ok = TxnRequest {
