@@ -6,6 +6,7 @@
 //! removed (for good: its id is never reused), or given new peer URLs. Each answer lists the members
 //! as of the applied change.
 
+use crate::auth::AuthError;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -35,6 +36,14 @@ pub struct ClusterService {
 }
 
 impl ClusterService {
+    /// With auth on, only root changes the membership (etcd: `permission denied`).
+    fn admin<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let caller = self.core.caller(req.metadata())?;
+        Ok(self
+            .core
+            .permit_admin(&caller, AuthError::PermissionDenied)?)
+    }
+
     pub fn new(core: Arc<Core>) -> ClusterService {
         ClusterService { core }
     }
@@ -197,6 +206,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
+        self.admin(&req)?;
         let req = req.into_inner();
         check_urls(&req.peer_ur_ls)?;
         let membership = self.core.membership.borrow().clone();
@@ -247,6 +257,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
+        self.admin(&req)?;
         let id = req.into_inner().id;
         let membership = self.core.membership.borrow().clone();
         let member = known(&membership, id)?;
@@ -270,6 +281,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
+        self.admin(&req)?;
         let req = req.into_inner();
         let membership = self.core.membership.borrow().clone();
         // etcd looks the member up first.
@@ -298,6 +310,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
+        self.admin(&req)?;
         let id = req.into_inner().id;
         let membership = self.core.membership.borrow().clone();
         let member = known(&membership, id)?;
