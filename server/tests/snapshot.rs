@@ -17,9 +17,9 @@ use cairn_client::proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use cairn_client::proto::etcdserverpb::watch_client::WatchClient;
 use cairn_client::proto::etcdserverpb::watch_request::RequestUnion;
 use cairn_client::proto::etcdserverpb::{
-    request_op, CompactionRequest, DeleteRangeRequest, LeaseGrantRequest, LeaseTimeToLiveRequest,
-    PutRequest, RangeRequest, RequestOp, SnapshotRequest, StatusRequest, TxnRequest,
-    WatchCreateRequest, WatchRequest,
+    request_op, CompactionRequest, DeleteRangeRequest, HashKvRequest, LeaseGrantRequest,
+    LeaseTimeToLiveRequest, PutRequest, RangeRequest, RequestOp, SnapshotRequest, StatusRequest,
+    TxnRequest, WatchCreateRequest, WatchRequest,
 };
 use cairn_client::proto::mvccpb::KeyValue;
 use cairn_server::cluster::{cluster_id, member_id};
@@ -312,7 +312,20 @@ async fn a_snapshot_saved_under_writes_restores_a_new_three_member_cluster() {
         assert_ne!(header.cluster_id, source_status.header.unwrap().cluster_id);
     }
 
-    // Every member serves exactly the state at the snapshot's revision, and its history.
+    // Every member serves exactly the state at the snapshot's revision, and its history, and
+    // hashes it as the source does.
+    let hash_at = |endpoint: String| async move {
+        MaintenanceClient::new(channel(&endpoint).await)
+            .hash_kv(HashKvRequest { revision })
+            .await
+            .unwrap()
+            .into_inner()
+            .hash
+    };
+    let source_hash = hash_at(endpoint.clone()).await;
+    for m in &restored {
+        assert_eq!(hash_at(m.endpoint()).await, source_hash, "{}", m.name);
+    }
     for m in &restored {
         let (rev, kvs) = range_all(&m.endpoint(), 0).await.unwrap();
         assert_eq!(rev, revision, "{}", m.name);
