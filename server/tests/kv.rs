@@ -2,11 +2,10 @@
 
 mod common;
 
-use cairn_client::proto::etcdserverpb::auth_client::AuthClient;
 use cairn_client::proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use cairn_client::proto::etcdserverpb::{
-    compare, request_op, response_op, AuthStatusRequest, Compare, DefragmentRequest,
-    DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
+    compare, request_op, response_op, Compare, DefragmentRequest, DeleteRangeRequest,
+    DowngradeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
 };
 use cairn_client::proto::grpc_health_v1::health_check_response::ServingStatus;
 use cairn_client::proto::grpc_health_v1::health_client::HealthClient;
@@ -169,13 +168,13 @@ async fn kv_basics_headers_and_errors() {
         .connect()
         .await
         .unwrap();
-    let e = AuthClient::new(channel.clone())
-        .auth_status(AuthStatusRequest {})
+    let e = MaintenanceClient::new(channel.clone())
+        .downgrade(DowngradeRequest::default())
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Unimplemented);
     assert!(
-        e.message().contains("/etcdserverpb.Auth/AuthStatus"),
+        e.message().contains("/etcdserverpb.Maintenance/Downgrade"),
         "{}",
         e.message()
     );
