@@ -19,6 +19,8 @@ use serde_json::json;
 use super::error::unimplemented;
 use super::{Core, ETCD_CLUSTER_VERSION, ETCD_VERSION};
 
+/// The most of an unserved request's body that is read before answering 404.
+const DRAIN_BYTES_MAX: usize = 1 << 20;
 /// How long `/health` waits for a linearizable round (etcd: one second).
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -262,6 +264,9 @@ async fn fallback(req: Request) -> Response {
     if is_grpc {
         unimplemented(req.uri().path()).into_http()
     } else {
+        // Read the body first: closing a connection with unread bytes resets it, and the
+        // client could lose the answer (etcd's Go server drains it too).
+        let _ = axum::body::to_bytes(req.into_body(), DRAIN_BYTES_MAX).await;
         (StatusCode::NOT_FOUND, "404 page not found\n").into_response()
     }
 }
