@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_client::{
-    CompactOptions, ConnectOptions, DeleteOptions, Error, EventKind, GetOptions, PutOptions,
-    WatchOptions, Watcher,
+    Client, CompactOptions, ConnectOptions, DeleteOptions, Error, EventKind, GetOptions,
+    PutOptions, WatchOptions, Watcher,
 };
-use common::{Backend, Cluster};
+use common::{eventually, Backend, Cluster};
 use futures::StreamExt;
 
 /// One observed change: (revision, delete?, key, value).
@@ -188,6 +188,22 @@ async fn compaction_ends_a_watch_explicitly(backend: Backend) {
     kv.compact(revs[3], CompactOptions::new().with_physical())
         .await
         .unwrap();
+    // Watches are served by any member without a barrier (as in etcd): wait until every member
+    // has applied the compaction.
+    for endpoint in cluster.endpoints() {
+        let member = Client::connect(endpoint).await.unwrap();
+        let old = GetOptions::new().with_serializable().with_revision(revs[0]);
+        let applied = || {
+            let (member, old) = (member.clone(), old.clone());
+            async move { matches!(member.kv().get("c/k", old).await, Err(Error::Compacted)) }
+        };
+        eventually(
+            "every member to apply the compaction",
+            Duration::from_secs(10),
+            applied,
+        )
+        .await;
+    }
 
     // A start below the compacted revision: the first item says so, then the stream ends.
     let mut w = client
