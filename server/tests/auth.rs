@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{http_post_as, run_etcdctl, wait_for, Cluster, Kind};
+use common::{http_post_as, json_number, run_etcdctl, wait_for, Cluster, Kind};
 
 fn ok(endpoint: &str, args: &str) -> String {
     let out = run_etcdctl(endpoint, args);
@@ -34,18 +34,10 @@ fn put_with(addr: &str, token: &str) -> (u16, String) {
     http_post_as(addr, "/v3/kv/put", body, None, Some(token)).unwrap()
 }
 
-fn leader_id(endpoint: &str) -> String {
+/// `field` of `endpoint status`, in hex (`leader`, `member_id`).
+fn status_id(endpoint: &str, field: &str) -> String {
     let out = ok(endpoint, "--user=root:rootpw endpoint status -w json");
-    let leader: u64 = out
-        .split("\"leader\":")
-        .nth(1)
-        .unwrap()
-        .chars()
-        .take_while(|c| c.is_ascii_digit())
-        .collect::<String>()
-        .parse()
-        .unwrap();
-    format!("{leader:x}")
+    format!("{:x}", json_number(&out, field))
 }
 
 #[test]
@@ -72,35 +64,15 @@ fn tokens_work_everywhere_and_revocations_take_effect_at_once() {
     }
 
     // It survives a leader change.
-    let leader = leader_id(&eps[0]);
-    let other = cluster
-        .members
+    let leader = status_id(&eps[0], "leader");
+    let target_id = eps
         .iter()
-        .map(|m| m.endpoint())
-        .find(|ep| {
-            let out = ok(ep, "--user=root:rootpw endpoint status -w json");
-            !out.contains(&format!(
-                "\"member_id\":{}",
-                u64::from_str_radix(&leader, 16).unwrap()
-            ))
-        })
+        .map(|ep| status_id(ep, "member_id"))
+        .find(|id| *id != leader)
         .unwrap();
-    let target_id = {
-        let out = ok(&other, "--user=root:rootpw endpoint status -w json");
-        let id: u64 = out
-            .split("\"member_id\":")
-            .nth(1)
-            .unwrap()
-            .chars()
-            .take_while(|c| c.is_ascii_digit())
-            .collect::<String>()
-            .parse()
-            .unwrap();
-        format!("{id:x}")
-    };
     let all = eps.join(",");
     ok(&all, &format!("--user=root:rootpw move-leader {target_id}"));
-    assert_eq!(leader_id(&eps[0]), target_id);
+    assert_eq!(status_id(&eps[0], "leader"), target_id);
     for m in &cluster.members {
         let (code, body) = put_with(&m.addr(), &token);
         assert_eq!(code, 200, "{body}");

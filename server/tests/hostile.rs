@@ -14,7 +14,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes};
-use common::{run_etcdctl, Cluster, Kind};
+use common::{json_number, run_etcdctl, Cluster, Kind};
 use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage, Kind as FieldKind, MessageDescriptor, Value};
 use rand::rngs::StdRng;
@@ -194,13 +194,7 @@ async fn members_survive_hostile_input_with_their_data_intact() {
         assert!(out.starts_with("exit Some(0)"), "{out}");
     }
     let out = run_etcdctl(&endpoints[0], "get key19 -w json");
-    let rev: String = out
-        .split("\"revision\":")
-        .nth(1)
-        .unwrap()
-        .chars()
-        .take_while(|c| c.is_ascii_digit())
-        .collect();
+    let rev = json_number(&out, "revision").to_string();
     let before = hashkv(&endpoints[0], &rev);
 
     let pool = DescriptorPool::decode(cairn_proto::FILE_DESCRIPTOR_SET).unwrap();

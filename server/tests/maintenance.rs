@@ -10,7 +10,7 @@ use std::time::Duration;
 use cairn_proto::mvccpb::KeyValue;
 use cairn_server::engine::{Cf, Durability, Engine};
 use cairn_server::mvcc::codec;
-use common::{http_get, run_etcdctl, wait_for, Cluster, Kind, Member};
+use common::{http_get, json_number, run_etcdctl, wait_for, Cluster, Kind, Member};
 use prost::Message;
 
 fn ok(endpoint: &str, args: &str) -> String {
@@ -22,19 +22,7 @@ fn ok(endpoint: &str, args: &str) -> String {
 /// (member id, leader id) as `endpoint status` reports them.
 fn status_ids(endpoint: &str) -> (u64, u64) {
     let out = ok(endpoint, "endpoint status -w json");
-    let field = |name: &str| -> u64 {
-        out.split(&format!("\"{name}\":"))
-            .nth(1)
-            .and_then(|s| {
-                s.chars()
-                    .take_while(|c| c.is_ascii_digit())
-                    .collect::<String>()
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or_else(|| panic!("no {name} in {out}"))
-    };
-    (field("member_id"), field("leader"))
+    (json_number(&out, "member_id"), json_number(&out, "leader"))
 }
 
 /// Rewrites the value of `key` in a stopped member's database, as silent disk corruption would.

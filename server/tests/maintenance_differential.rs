@@ -8,7 +8,7 @@ mod common;
 use std::io::Write;
 use std::process::Stdio;
 
-use common::{etcdctl, http_get, run_etcdctl, Kind, Member};
+use common::{etcdctl, http_get, json_number, run_etcdctl, Kind, Member};
 
 /// 4 MiB: a few 512 KiB values exceed it on both servers.
 const QUOTA: &str = "--quota-backend-bytes=4194304";
@@ -120,13 +120,7 @@ fn quota_session(kind: Kind) -> Vec<(String, String)> {
     );
     step("delete", run_etcdctl(&ep, "del big --prefix"));
     let rev = run_etcdctl(&ep, "get big0 -w json");
-    let rev: String = rev
-        .split("\"revision\":")
-        .nth(1)
-        .expect("a header revision")
-        .chars()
-        .take_while(|c| c.is_ascii_digit())
-        .collect();
+    let rev = json_number(&rev, "revision");
     step(
         "compact",
         run_etcdctl(&ep, &format!("compaction {rev} --physical")),

@@ -33,6 +33,20 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// The first number after `"field":` in JSON text (etcdctl's `-w json` output).
+pub fn json_number(text: &str, field: &str) -> u64 {
+    text.split(&format!("\"{field}\":"))
+        .nth(1)
+        .and_then(|s| {
+            s.chars()
+                .take_while(|c| c.is_ascii_digit())
+                .collect::<String>()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no {field} in {text}"))
+}
+
 /// Polls `f` until it returns `Some`, or panics after `timeout` naming `what`.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
