@@ -106,6 +106,11 @@ impl AuthService {
         AuthService { core }
     }
 
+    /// The response header at the current revision.
+    fn header(&self) -> Result<Option<ResponseHeader>, ApiError> {
+        Ok(self.core.header(self.core.store.current_revision()?))
+    }
+
     /// The caller, who must be root (`permission denied` otherwise).
     fn admin<T>(&self, req: &GrpcRequest<T>) -> Result<Option<AuthInfo>, ApiError> {
         let caller = self.core.caller(req.metadata())?;
@@ -151,9 +156,7 @@ impl auth_server::Auth for AuthService {
         self.core.linearizable_barrier().await?;
         let state = self.core.auth_state();
         Ok(Response::new(AuthStatusResponse {
-            header: self
-                .core
-                .header(self.core.store.current_revision().map_err(ApiError::from)?),
+            header: self.header()?,
             enabled: state.enabled,
             auth_revision: state.revision,
         }))
@@ -190,9 +193,7 @@ impl auth_server::Auth for AuthService {
         });
         match self.core.propose(request).await? {
             Applied::Auth { token: Some(token) } => Ok(Response::new(AuthenticateResponse {
-                header: self
-                    .core
-                    .header(self.core.store.current_revision().map_err(ApiError::from)?),
+                header: self.header()?,
                 token,
             })),
             other => Err(ApiError::Internal(format!("apply answered with {other:?}")).into()),
@@ -237,9 +238,7 @@ impl auth_server::Auth for AuthService {
             .get(&name)
             .ok_or(ApiError::from(AuthError::UserNotFound))?;
         Ok(Response::new(AuthUserGetResponse {
-            header: self
-                .core
-                .header(self.core.store.current_revision().map_err(ApiError::from)?),
+            header: self.header()?,
             roles: user.roles.clone(),
         }))
     }
@@ -252,9 +251,7 @@ impl auth_server::Auth for AuthService {
         self.core.linearizable_barrier().await?;
         let users = self.core.auth_state().users.keys().cloned().collect();
         Ok(Response::new(AuthUserListResponse {
-            header: self
-                .core
-                .header(self.core.store.current_revision().map_err(ApiError::from)?),
+            header: self.header()?,
             users,
         }))
     }
@@ -340,9 +337,7 @@ impl auth_server::Auth for AuthService {
             None => return Err(ApiError::from(AuthError::RoleNotFound).into()),
         };
         Ok(Response::new(AuthRoleGetResponse {
-            header: self
-                .core
-                .header(self.core.store.current_revision().map_err(ApiError::from)?),
+            header: self.header()?,
             perm,
         }))
     }
@@ -355,9 +350,7 @@ impl auth_server::Auth for AuthService {
         self.core.linearizable_barrier().await?;
         let roles = self.core.auth_state().roles.keys().cloned().collect();
         Ok(Response::new(AuthRoleListResponse {
-            header: self
-                .core
-                .header(self.core.store.current_revision().map_err(ApiError::from)?),
+            header: self.header()?,
             roles,
         }))
     }
