@@ -56,13 +56,26 @@ impl Backend {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (the kernel's choice; released before use).
+/// A free TCP port on 127.0.0.1 for a server to listen on. Taken below the kernel's ephemeral range
+/// (32768+), where outgoing connections (etcdctl, clients) could grab it between this check and the
+/// server's bind; each process walks the range from its own starting point, skipping ports in use.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let seed = std::process::id().wrapping_mul(7919)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .subsec_nanos();
+    let _ = NEXT.compare_exchange(u32::MAX, seed % COUNT, Ordering::SeqCst, Ordering::SeqCst);
+    loop {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % COUNT) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A plain HTTP/1.1 GET; returns (status, body).
