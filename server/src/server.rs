@@ -162,6 +162,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
             watch_hub: watch_hub.clone(),
             lessor: lessor.clone(),
             min_lease_ttl: crate::lease::min_ttl(cfg.tick(), cfg.election_ticks()),
+            unflushed: Default::default(),
         },
         committed_rx,
         applied_tx,
@@ -358,7 +359,9 @@ pub(crate) fn bootstrap_new(
     local: u64,
 ) -> anyhow::Result<()> {
     membership.save_bootstrap(engine, local)?;
-    Writer::open(engine.clone())?.set_applied(storage::BOOTSTRAP_INDEX)?;
+    let mut writer = Writer::open(engine.clone())?;
+    writer.set_applied(storage::BOOTSTRAP_INDEX);
+    writer.flush()?;
     LogStore::bootstrap(engine, &membership.voter_ids())?;
     Ok(())
 }

@@ -4,6 +4,12 @@
 //! stored with the data (etcd's consistent index) is skipped, so a replay after a crash is harmless.
 //! Each revision's events go to the watch hub after the revision is written and before the proposer
 //! is answered (as in etcd, a client that saw its write acknowledged then watches from later on).
+//!
+//! Puts, deletes and txns of one committed batch are written to the engine together (the
+//! [`Writer`] defers them; [`Apply::flush`] writes them, then publishes their events and answers
+//! their proposers, in log order). Every other entry is applied on its own: the deferred writes
+//! are flushed before it and its own effects right after, so what it changes outside MVCC (leases,
+//! alarms, auth, membership) never runs ahead of, or behind, the keyspace.
 //! It also owns the replicated membership: membership entries and member attributes change it in the
 //! same batch as their applied index, and every change is published on a `watch` channel.
 //!
@@ -80,6 +86,17 @@ pub enum ApplyError {
 
 pub type ApplyResult = Result<Applied, ApplyError>;
 
+/// Deferred writes past this size are flushed before the next entry, so a long committed batch
+/// (a replay after restart) does not grow one engine write without bound.
+const DEFERRED_BYTES_MAX: usize = 4 << 20;
+
+/// What waits for the deferred writes: each revision's events, and the proposers' answers.
+#[derive(Default)]
+pub struct Unflushed {
+    events: Vec<(i64, Vec<cairn_proto::mvccpb::Event>)>,
+    answers: Vec<(u64, ApplyResult)>,
+}
+
 /// What the apply worker works on.
 pub struct Apply {
     pub writer: Writer,
@@ -98,6 +115,7 @@ pub struct Apply {
     pub lessor: std::sync::Arc<Lessor>,
     /// The least TTL a lease is granted (etcd raises smaller requests to it).
     pub min_lease_ttl: i64,
+    pub unflushed: Unflushed,
 }
 
 /// Starts the apply worker. It publishes its applied index on `applied` after each batch.
@@ -123,6 +141,7 @@ pub fn start(
                         path, raft_state, ..
                     } = entry
                     {
+                        apply.flush();
                         apply.install_snapshot(index, &path, raft_state);
                     } else {
                         assert_eq!(
@@ -135,9 +154,13 @@ pub fn start(
                         if start.elapsed() > SLOW_APPLY {
                             METRICS.slow_apply.inc();
                         }
+                        if apply.writer.pending_bytes() > DEFERRED_BYTES_MAX {
+                            apply.flush();
+                        }
                     }
                     applied_index = index;
                 }
+                apply.flush();
                 applied.send_replace(applied_index);
             }
         })
@@ -145,23 +168,53 @@ pub fn start(
 }
 
 impl Apply {
+    /// Writes the deferred requests, then publishes their events and answers their proposers.
+    fn flush(&mut self) {
+        if let Err(e) = self.writer.flush() {
+            panic!("writing applied entries failed in storage (fail-stop): {e}");
+        }
+        for (revision, events) in self.unflushed.events.drain(..) {
+            self.watch_hub.publish(revision, &events);
+        }
+        for (id, result) in self.unflushed.answers.drain(..) {
+            self.wait.trigger(id, result);
+        }
+    }
+
+    /// Answers proposal `id` once the entry's writes are flushed.
+    fn answer(&mut self, id: u64, result: ApplyResult) {
+        self.unflushed.answers.push((id, result));
+    }
+
     fn apply_one(&mut self, entry: Committed) {
         let (index, data) = match entry {
-            Committed::Noop { index } => {
-                let r = self.writer.set_applied(index);
-                r.unwrap_or_else(|e| fatal(index, e));
-                return;
-            }
+            Committed::Noop { index } => return self.writer.set_applied(index),
             Committed::MemberChange {
                 index,
                 context,
                 raft_state,
-            } => return self.apply_member_change(index, &context, raft_state),
+            } => {
+                self.flush();
+                self.apply_member_change(index, &context, raft_state);
+                return self.flush();
+            }
             Committed::Snapshot { .. } => unreachable!("handled by the caller"),
             Committed::Request { index, data } => (index, data),
         };
         let req = InternalRequest::decode(data)
             .unwrap_or_else(|e| panic!("committed entry {index} is not an InternalRequest: {e}"));
+        use internal_request::Request as R;
+        let deferred = matches!(req.request, Some(R::Put(_) | R::DeleteRange(_) | R::Txn(_)));
+        if !deferred {
+            self.flush();
+        }
+        self.apply_request(index, req);
+        if !deferred {
+            self.flush();
+        }
+    }
+
+    fn apply_request(&mut self, index: u64, req: InternalRequest) {
         let refusal = req
             .request
             .as_ref()
@@ -174,9 +227,8 @@ impl Apply {
             stale.then_some(ApplyError::Auth(AuthError::OldRevision))
         });
         if let Some(refusal) = refusal {
-            let r = self.writer.set_applied(index);
-            r.unwrap_or_else(|e| fatal(index, e));
-            return self.wait.trigger(req.id, Err(refusal));
+            self.writer.set_applied(index);
+            return self.answer(req.id, Err(refusal));
         }
         let writer = &mut self.writer;
         let result = match req.request {
@@ -227,7 +279,7 @@ impl Apply {
             Some(internal_request::Request::Alarm(a)) => Ok(self.apply_alarm(index, &a)),
             Some(internal_request::Request::Auth(a)) => {
                 let applied = self.apply_auth(index, a.request);
-                return self.wait.trigger(req.id, applied);
+                return self.answer(req.id, applied);
             }
             Some(internal_request::Request::MemberAttributes(a)) => {
                 self.update_membership(index, |m| {
@@ -244,20 +296,17 @@ impl Apply {
                     }
                 })
             }
-            None => {
-                let r = self.writer.set_applied(index);
-                r.unwrap_or_else(|e| fatal(index, e));
-                return;
-            }
+            None => return self.writer.set_applied(index),
         };
         if let Err(mvcc::Error::Engine(e)) = &result {
             panic!("applying entry {index} failed in storage (fail-stop): {e}");
         }
         let events = self.writer.take_events();
         if !events.is_empty() {
-            self.watch_hub.publish(self.writer.revision(), &events);
+            let revision = self.writer.revision();
+            self.unflushed.events.push((revision, events));
         }
-        self.wait.trigger(req.id, result.map_err(ApplyError::from));
+        self.answer(req.id, result.map_err(ApplyError::from));
     }
 
     /// A user, role or switch change, or a login (which assigns its token on every member).
@@ -418,7 +467,7 @@ impl Apply {
             Some(r) => Applied::MembershipRefused(r),
             None => Applied::Membership(membership),
         };
-        self.wait.trigger(change.id, Ok(answer));
+        self.answer(change.id, Ok(answer));
     }
 
     fn install_snapshot(&mut self, index: u64, path: &std::path::Path, raft_state: Batch) {

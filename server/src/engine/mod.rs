@@ -310,6 +310,11 @@ impl Batch {
         self.inner.is_empty()
     }
 
+    /// The number of writes in the batch.
+    pub fn len(&self) -> usize {
+        self.inner.len()
+    }
+
     pub fn size_bytes(&self) -> usize {
         self.inner.size_in_bytes()
     }

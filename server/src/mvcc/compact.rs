@@ -178,6 +178,7 @@ mod tests {
         };
         w.delete_range(&del, 7).unwrap();
         w.put(&put("c"), 8).unwrap();
+        w.flush().unwrap();
         assert_eq!(
             (
                 count(&engine, Cf::KvHistory),

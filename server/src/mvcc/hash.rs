@@ -152,6 +152,7 @@ mod tests {
         assert_ne!(s1.hash_kv(0).unwrap().hash, s2.hash_kv(0).unwrap().hash);
         let before = s1.hash_kv(7).unwrap();
         w.put(&put("d", "later"), 8).unwrap();
+        w.flush().unwrap();
         assert_eq!(
             s1.hash_kv(7).unwrap(),
             KvHash {

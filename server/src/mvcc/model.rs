@@ -1,13 +1,14 @@
 //! A small in-memory model of etcd's KV semantics, and property tests that hold the RocksDB-backed
 //! store to it: the same random sequence of puts, deletes, txns and compactions must give the same
-//! answers to ranges at every readable revision.
+//! answers to ranges at every readable revision, whichever requests the writer defers together
+//! (`Flush` marks where apply would write them out).
 
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use cairn_proto::etcdserverpb::{
-    compare, request_op, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp,
-    TxnRequest,
+    compare, request_op, response_op, Compare, DeleteRangeRequest, PutRequest, RangeRequest,
+    RequestOp, TxnRequest,
 };
 use cairn_proto::mvccpb::KeyValue;
 use proptest::prelude::*;
@@ -107,6 +108,10 @@ enum Op {
     /// If `key` has version `version`, put `value`; otherwise delete `key`.
     CasTxn(Vec<u8>, i64, Vec<u8>),
     Compact(i64),
+    /// A txn that reads `key` `back` revisions ago, then puts `value` to it.
+    RangePutTxn(Vec<u8>, i64, Vec<u8>),
+    /// Write the deferred requests to the engine (apply does it once per committed batch).
+    Flush,
 }
 
 fn key() -> impl Strategy<Value = Vec<u8>> {
@@ -136,6 +141,9 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (key(), 0i64..3, prop::collection::vec(any::<u8>(), 0..3))
             .prop_map(|(k, ver, v)| Op::CasTxn(k, ver, v)),
         1 => (0i64..30).prop_map(Op::Compact),
+        1 => (key(), 0i64..4, prop::collection::vec(any::<u8>(), 0..3))
+            .prop_map(|(k, back, v)| Op::RangePutTxn(k, back, v)),
+        2 => Just(Op::Flush),
     ]
 }
 
@@ -213,8 +221,46 @@ fn run(ops: &[Op]) {
                 Err(Error::FutureRevision) => assert!(*rev > model.revision),
                 Err(e) => panic!("unexpected {e}"),
             },
+            Op::RangePutTxn(k, back, v) => {
+                let rev = (model.revision - back).max(1);
+                let req = TxnRequest {
+                    success: vec![
+                        RequestOp {
+                            request: Some(request_op::Request::RequestRange(RangeRequest {
+                                key: k.clone().into(),
+                                revision: rev,
+                                ..Default::default()
+                            })),
+                        },
+                        RequestOp {
+                            request: Some(request_op::Request::RequestPut(PutRequest {
+                                key: k.clone().into(),
+                                value: v.clone().into(),
+                                ..Default::default()
+                            })),
+                        },
+                    ],
+                    ..Default::default()
+                };
+                match (writer.txn(&req, applied), model.range(k, b"", rev)) {
+                    (Ok(resp), Ok((kvs, _))) => {
+                        let Some(response_op::Response::ResponseRange(range)) =
+                            resp.responses[0].response.clone()
+                        else {
+                            panic!("a range answer");
+                        };
+                        assert_eq!(range.kvs, kvs, "range {k:?} at {rev} in a txn");
+                        model.put(k, v);
+                        assert_eq!(resp.header.unwrap().revision, model.revision);
+                    }
+                    (Err(Error::Compacted), Err(e)) => assert_eq!(e, "compacted"),
+                    (got, want) => panic!("txn reading {k:?} at {rev}: {got:?}, model {want:?}"),
+                }
+            }
+            Op::Flush => writer.flush().unwrap(),
         }
     }
+    writer.flush().unwrap();
     for rev in model.compacted.max(0)..=model.revision + 1 {
         for (k, e) in [
             (&b"a"[..], &b"\0"[..]),

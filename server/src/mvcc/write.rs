@@ -26,7 +26,16 @@ use crate::engine::{Batch, Cf, Durability, Engine};
 use crate::metrics::{count_txn, TxnOps, METRICS};
 
 /// The single writer of MVCC state. Owned by the apply worker; every method applies one committed
-/// raft entry and records its index as applied in the same atomic batch.
+/// raft entry and records its index as applied.
+///
+/// Puts, deletes, txns and lease revokes are *deferred*: their writes collect in one pending batch
+/// that [`Writer::flush`] writes to the engine, with the last applied index, in one atomic write
+/// (apply flushes once per committed batch: one engine write, one WAL record and one meta update
+/// for many requests). Until then only the writer sees them (through its overlay of the latest
+/// versions); every other method flushes first and writes at once.
+///
+/// **Invariant:** the engine always holds a prefix of the applied requests together with the
+/// index of the last one, so a crash loses no more than raft replays.
 pub struct Writer {
     engine: Engine,
     revision: i64,
@@ -34,6 +43,19 @@ pub struct Writer {
     compact_revision: i64,
     /// The events of the last committed request, for the watch hub.
     events: Vec<Event>,
+    pending: Pending,
+    /// The revision the engine holds (`revision` once flushed).
+    flushed_revision: i64,
+}
+
+/// Deferred writes of applied requests (see [`Writer`]).
+struct Pending {
+    batch: Batch,
+    /// The latest version of every key written since the last flush (`None`: deleted): reads of
+    /// the keyspace see it before the engine.
+    latest: BTreeMap<Vec<u8>, Option<KeyValue>>,
+    /// The index of the last entry applied since the last flush.
+    applied: Option<u64>,
 }
 
 /// Writes one state-machine batch, unsynced (the raft log replays it), timed as etcd times its
@@ -65,11 +87,48 @@ impl Writer {
             .get(Cf::Meta, META_COMPACT_REVISION)?
             .map_or(-1, |b| decode_i64(Some(b)));
         Ok(Writer {
+            pending: Pending {
+                batch: engine.batch(),
+                latest: BTreeMap::new(),
+                applied: None,
+            },
             engine,
             revision,
             compact_revision,
             events: vec![],
+            flushed_revision: revision,
         })
+    }
+
+    /// Writes the deferred requests, the revision and the last applied index to the engine in one
+    /// atomic write. Readers of the engine (and so the watch hub's catch-up and linearizable reads)
+    /// see the requests only from here on.
+    pub fn flush(&mut self) -> Result<()> {
+        let Some(applied) = self.pending.applied.take() else {
+            assert!(
+                self.pending.batch.is_empty(),
+                "pending writes have an index"
+            );
+            return Ok(());
+        };
+        let mut batch = std::mem::replace(&mut self.pending.batch, self.engine.batch());
+        self.pending.latest.clear();
+        if self.revision != self.flushed_revision {
+            batch.put(Cf::Meta, META_REVISION, &self.revision.to_be_bytes());
+        }
+        batch.put(
+            Cf::Meta,
+            META_APPLIED_INDEX,
+            &(applied as i64).to_be_bytes(),
+        );
+        commit_batch(&self.engine, batch)?;
+        self.flushed_revision = self.revision;
+        Ok(())
+    }
+
+    /// The size of the deferred writes, in bytes (apply flushes past a bound).
+    pub fn pending_bytes(&self) -> usize {
+        self.pending.batch.size_bytes()
     }
 
     /// The revision of the last applied write.
@@ -83,18 +142,21 @@ impl Writer {
         std::mem::take(&mut self.events)
     }
 
-    /// The raft index of the last entry this store applied (0 on a new store).
+    /// The raft index of the last entry this store applied (0 on a new store), as flushed.
     pub fn applied_index(&self) -> Result<u64> {
         Ok(decode_i64(self.engine.get(Cf::Meta, META_APPLIED_INDEX)?) as u64)
     }
 
-    /// Records that entry `applied` is applied without changing the keyspace (no-ops, failed requests).
-    pub fn set_applied(&mut self, applied: u64) -> Result<()> {
-        self.commit_with_applied(self.engine.batch(), applied)
+    /// Records that entry `applied` is applied without changing the keyspace (no-ops, failed
+    /// requests); deferred like a put.
+    pub fn set_applied(&mut self, applied: u64) {
+        self.pending.applied = Some(applied);
     }
 
-    /// Writes `batch` (state outside the keyspace, such as membership) together with `applied`.
+    /// Writes `batch` (state outside the keyspace, such as membership) together with `applied`,
+    /// after the deferred writes.
     pub fn commit_with_applied(&mut self, mut batch: Batch, applied: u64) -> Result<()> {
+        self.flush()?;
         batch.put(
             Cf::Meta,
             META_APPLIED_INDEX,
@@ -103,39 +165,40 @@ impl Writer {
         commit_batch(&self.engine, batch)
     }
 
-    fn begin(&self) -> WriteTxn<'_> {
-        WriteTxn {
-            engine: &self.engine,
-            batch: self.engine.batch(),
-            begin: self.revision,
-            compacted: self.compact_revision,
-            sub: 0,
-            overlay: BTreeMap::new(),
-            events: vec![],
-        }
-    }
-
-    /// Runs `op` in one write transaction; commits it with `applied` on success, records only
-    /// `applied` on failure (a failed request changes nothing).
+    /// Runs `op` as one request on top of the deferred writes and defers its own with `applied`.
+    /// A request fails only before it writes (its checks come first), so a failed one defers
+    /// nothing but `applied`.
     fn execute<R>(
         &mut self,
         applied: u64,
         op: impl FnOnce(&mut WriteTxn) -> Result<R>,
     ) -> Result<R> {
-        let mut txn = self.begin();
-        match op(&mut txn) {
-            Ok(r) => {
-                let events = std::mem::take(&mut txn.events);
-                self.revision = txn.commit(applied)?;
+        let writes_before = self.pending.batch.len();
+        let mut txn = WriteTxn {
+            engine: &self.engine,
+            batch: &mut self.pending.batch,
+            begin: self.revision,
+            compacted: self.compact_revision,
+            sub: 0,
+            overlay: &mut self.pending.latest,
+            events: vec![],
+        };
+        let result = op(&mut txn);
+        let (revision, events) = (txn.current_revision(), std::mem::take(&mut txn.events));
+        match &result {
+            Ok(_) => {
+                self.revision = revision;
                 self.events = events;
-                Ok(r)
             }
-            Err(e) => {
-                drop(txn);
-                self.set_applied(applied)?;
-                Err(e)
-            }
+            Err(Error::Engine(_)) => {}
+            Err(_) => assert_eq!(
+                self.pending.batch.len(),
+                writes_before,
+                "a failed request wrote nothing"
+            ),
         }
+        self.pending.applied = Some(applied);
+        result
     }
 
     pub fn put(&mut self, req: &PutRequest, applied: u64) -> Result<PutResponse> {
@@ -156,6 +219,10 @@ impl Writer {
     }
 
     pub fn txn(&mut self, req: &TxnRequest, applied: u64) -> Result<TxnResponse> {
+        if reads_history(req) {
+            // History of deferred revisions is not in the engine yet.
+            self.flush()?;
+        }
         self.execute(applied, |txn| {
             let path = compare_path(txn, req)?;
             check_branches(req, &path, &mut |op| match op {
@@ -169,8 +236,9 @@ impl Writer {
 
     /// Grants lease `id` with `ttl` seconds (already raised to the minimum by the caller).
     pub fn lease_grant(&mut self, id: i64, ttl: i64, applied: u64) -> Result<()> {
+        self.flush()?;
         if lease_exists(&self.engine, id)? {
-            self.set_applied(applied)?;
+            self.set_applied(applied);
             return Err(Error::LeaseExists);
         }
         let mut batch = self.engine.batch();
@@ -181,6 +249,8 @@ impl Writer {
     /// Revokes lease `id`: deletes every key attached to it, all at one new revision (none if it has
     /// no keys), and the lease. Returns the store's revision afterwards.
     pub fn lease_revoke(&mut self, id: i64, applied: u64) -> Result<i64> {
+        // The lease's attachments are read from the engine.
+        self.flush()?;
         self.execute(applied, |txn| {
             if !lease_exists(txn.engine, id)? {
                 return Err(Error::LeaseNotFound);
@@ -207,12 +277,13 @@ impl Writer {
     /// Marks history below `revision` as compacted (reads of it fail from now on). The caller hands
     /// `revision` to the [`super::Compactor`], which removes the history physically.
     pub fn compact(&mut self, revision: i64, applied: u64) -> Result<CompactionResponse> {
+        self.flush()?;
         if revision <= self.compact_revision {
-            self.set_applied(applied)?;
+            self.set_applied(applied);
             return Err(Error::Compacted);
         }
         if revision > self.revision {
-            self.set_applied(applied)?;
+            self.set_applied(applied);
             return Err(Error::FutureRevision);
         }
         let mut batch = self.engine.batch();
@@ -235,12 +306,14 @@ impl Writer {
     /// older revisions are told `compacted`. The compactor removes the old history at start.
     pub fn bump_revision(&mut self, by: i64) -> Result<i64> {
         assert!(by > 0, "a bump raises the revision");
+        self.flush()?;
         let revision = self.revision + by;
         let mut batch = self.engine.batch();
         batch.put(Cf::Meta, META_REVISION, &revision.to_be_bytes());
         batch.put(Cf::Meta, META_COMPACT_REVISION, &revision.to_be_bytes());
         self.engine.write(batch, Durability::Buffered)?;
         self.revision = revision;
+        self.flushed_revision = revision;
         self.compact_revision = revision;
         Ok(revision)
     }
@@ -345,6 +418,18 @@ fn check_put(txn: &WriteTxn, req: &PutRequest) -> Result<()> {
 
 fn lease_exists(engine: &Engine, id: i64) -> Result<bool> {
     Ok(engine.get(Cf::Lease, &codec::lease_key(id))?.is_some())
+}
+
+/// Whether a range of the txn, in either branch or a nested txn, reads at an explicit revision.
+fn reads_history(req: &TxnRequest) -> bool {
+    req.success
+        .iter()
+        .chain(&req.failure)
+        .any(|op| match &op.request {
+            Some(request_op::Request::RequestRange(r)) => r.revision != 0,
+            Some(request_op::Request::RequestTxn(t)) => reads_history(t),
+            _ => false,
+        })
 }
 
 /// Whether every op of the txn, in both branches and nested txns, is a range.
@@ -465,18 +550,19 @@ fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
     }
 }
 
-/// One mutating request in progress: writes go to a batch, and reads see them through an overlay of
-/// the keys written so far (etcd: reads inside a txn see its earlier writes).
+/// One mutating request in progress: writes go to the writer's pending batch, and reads see them
+/// (and the deferred requests' writes) through an overlay of the keys written so far (etcd: reads
+/// inside a txn see its earlier writes).
 struct WriteTxn<'a> {
     engine: &'a Engine,
-    batch: Batch,
+    batch: &'a mut Batch,
     /// The revision before this request.
     begin: i64,
     compacted: i64,
     /// The next sub-revision; also the number of changes so far.
     sub: i64,
-    /// Keys written by this request: `None` = deleted.
-    overlay: BTreeMap<Vec<u8>, Option<KeyValue>>,
+    /// Keys written by this request and the deferred ones: `None` = deleted.
+    overlay: &'a mut BTreeMap<Vec<u8>, Option<KeyValue>>,
     /// This request's changes as watch events.
     events: Vec<Event>,
 }
@@ -608,22 +694,6 @@ impl WriteTxn<'_> {
             prev_kvs: if req.prev_kv { doomed } else { vec![] },
         })
     }
-
-    /// Writes the batch with the new revision (if anything changed) and the applied index; returns
-    /// the store's revision afterwards.
-    fn commit(mut self, applied: u64) -> Result<i64> {
-        let rev = self.current_revision();
-        if self.sub > 0 {
-            self.batch.put(Cf::Meta, META_REVISION, &rev.to_be_bytes());
-        }
-        self.batch.put(
-            Cf::Meta,
-            META_APPLIED_INDEX,
-            &(applied as i64).to_be_bytes(),
-        );
-        commit_batch(self.engine, self.batch)?;
-        Ok(rev)
-    }
 }
 
 impl KvRead for WriteTxn<'_> {
@@ -747,6 +817,7 @@ mod tests {
         )
         .unwrap();
         w.take_events();
+        w.flush().unwrap();
         assert_eq!(store.lease_keys(5).unwrap(), vec!["c", "d"]);
         assert_eq!(store.leases().unwrap(), vec![(5, 10)]);
         let before = w.revision();
@@ -760,6 +831,7 @@ mod tests {
         assert!(events
             .iter()
             .all(|e| e.kv.as_ref().unwrap().mod_revision == before + 1));
+        w.flush().unwrap();
         assert!(store.lease_keys(5).unwrap().is_empty());
         assert!(store.leases().unwrap().is_empty());
         assert!(matches!(w.lease_revoke(5, 11), Err(Error::LeaseNotFound)));

@@ -221,8 +221,9 @@ fn run(ops: Vec<Op>, queue_deliveries: usize) {
             }
         };
         if !wrote {
-            writer.set_applied(applied).unwrap();
+            writer.set_applied(applied);
         }
+        writer.flush().unwrap();
         let events = writer.take_events();
         if !events.is_empty() {
             hub.publish(writer.revision(), &events);
