@@ -8,7 +8,7 @@
 //!
 //! **Boundary:** raft never imports mvcc, apply or api; it moves opaque request bytes.
 
-mod log_writer;
+pub mod log_writer;
 mod logger;
 mod node;
 mod peer;
