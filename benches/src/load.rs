@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::histogram::Histogram;
-use crate::report::Report;
+use crate::report::{OpReport, Report};
 
 /// Deadline of one request: a stuck server fails requests instead of hanging the run.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -32,6 +32,27 @@ pub enum Stop {
     Total(u64),
     /// No new request after this long.
     Duration(Duration),
+    /// After `total` requests, or no new request after `within`, whichever comes first (a
+    /// bounded run of a fixed amount of work, such as a fill).
+    TotalWithin { total: u64, within: Duration },
+}
+
+impl Stop {
+    /// Requests in all, if bounded by a count.
+    pub fn total(self) -> Option<u64> {
+        match self {
+            Stop::Total(total) | Stop::TotalWithin { total, .. } => Some(total),
+            Stop::Duration(_) => None,
+        }
+    }
+
+    /// How long requests may be started, if bounded in time.
+    pub fn duration(self) -> Option<Duration> {
+        match self {
+            Stop::Duration(d) | Stop::TotalWithin { within: d, .. } => Some(d),
+            Stop::Total(_) => None,
+        }
+    }
 }
 
 /// How reads are served.
@@ -66,6 +87,39 @@ pub enum Workload {
         keys: KeySpec,
         ops: usize,
     },
+    /// Each request a range of one key of the key space (a read, with probability
+    /// `read_ratio`) or a put to one (a write).
+    Mixed {
+        keys: KeySpec,
+        read_ratio: f64,
+        consistency: Consistency,
+    },
+}
+
+/// What one request of a mixed workload was; the index of its latencies in
+/// [`Report::ops`](crate::report::Report::ops).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    Read = 0,
+    Write = 1,
+}
+
+impl Op {
+    const ALL: [Op; 2] = [Op::Read, Op::Write];
+
+    fn name(self) -> &'static str {
+        match self {
+            Op::Read => "read",
+            Op::Write => "write",
+        }
+    }
+}
+
+/// Whether a request is a read, from a uniform random `draw`: true with probability
+/// `read_ratio` (exactly never at 0, always at 1).
+fn is_read(draw: u64, read_ratio: f64) -> bool {
+    // The top 53 bits, scaled by 2^-53: exactly representable, so strictly below 1.
+    ((draw >> 11) as f64) * (1.0 / 9_007_199_254_740_992.0) < read_ratio
 }
 
 impl Workload {
@@ -75,6 +129,7 @@ impl Workload {
             Workload::Put(_) => "put",
             Workload::Range { .. } => "range",
             Workload::TxnPut { .. } => "txn-put",
+            Workload::Mixed { .. } => "mixed",
         }
     }
 }
@@ -179,18 +234,20 @@ impl KeySpec {
     }
 }
 
-/// Sends request number `n` of `workload`.
+fn timed<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(REQUEST_TIMEOUT);
+    request
+}
+
+/// Sends request number `n` of `workload` (a mixed workload's `op` drawn by the caller).
 async fn send(
     kv: &mut KvClient<Channel>,
     workload: &Workload,
+    op: Op,
     n: u64,
     rng: &mut Rng,
 ) -> Result<(), tonic::Status> {
-    fn timed<T>(message: T) -> tonic::Request<T> {
-        let mut request = tonic::Request::new(message);
-        request.set_timeout(REQUEST_TIMEOUT);
-        request
-    }
     match workload {
         Workload::Put(keys) => {
             let put = PutRequest {
@@ -231,6 +288,29 @@ async fn send(
             };
             kv.txn(timed(txn)).await?;
         }
+        Workload::Mixed {
+            keys, consistency, ..
+        } => {
+            let key = keys.key(n, rng);
+            match op {
+                Op::Read => {
+                    let range = RangeRequest {
+                        key: key.into(),
+                        serializable: *consistency == Consistency::Serializable,
+                        ..Default::default()
+                    };
+                    kv.range(timed(range)).await?;
+                }
+                Op::Write => {
+                    let put = PutRequest {
+                        key: key.into(),
+                        value: keys.value(rng).into(),
+                        ..Default::default()
+                    };
+                    kv.put(timed(put)).await?;
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -240,6 +320,8 @@ struct ClientOutcome {
     latencies: Histogram,
     errors: u64,
     first_error: Option<String>,
+    /// Latencies and errors by [`Op`] (a mixed workload's reads and writes).
+    ops: [(Histogram, u64); 2],
 }
 
 /// Shared by all clients of one run.
@@ -256,23 +338,22 @@ impl Shared {
     /// Claims the next request number, waiting for its slot under the rate limit; `None` when
     /// the run is over.
     async fn next_request(&self) -> Option<u64> {
-        if let Stop::Duration(d) = self.stop {
-            if self.start.elapsed() >= d {
-                return None;
-            }
+        let over = || {
+            self.stop
+                .duration()
+                .is_some_and(|d| self.start.elapsed() >= d)
+        };
+        if over() {
+            return None;
         }
         let n = self.issued.fetch_add(1, Ordering::Relaxed);
-        if let Stop::Total(total) = self.stop {
-            if n >= total {
-                return None;
-            }
+        if self.stop.total().is_some_and(|total| n >= total) {
+            return None;
         }
         if let Some(rate) = self.rate {
             tokio::time::sleep_until(self.start + Duration::from_secs_f64(n as f64 / rate)).await;
-            if let Stop::Duration(d) = self.stop {
-                if self.start.elapsed() >= d {
-                    return None;
-                }
+            if over() {
+                return None;
             }
         }
         Some(n)
@@ -285,13 +366,24 @@ async fn client_loop(shared: Arc<Shared>, mut kv: KvClient<Channel>, seed: u64) 
         latencies: Histogram::default(),
         errors: 0,
         first_error: None,
+        ops: Default::default(),
     };
     while let Some(n) = shared.next_request().await {
+        let op = match shared.workload {
+            Workload::Mixed { read_ratio, .. } if !is_read(rng.next(), read_ratio) => Op::Write,
+            Workload::Mixed { .. } => Op::Read,
+            _ => Op::Write,
+        };
         let sent = Instant::now();
-        match send(&mut kv, &shared.workload, n, &mut rng).await {
-            Ok(()) => outcome.latencies.record(sent.elapsed()),
+        match send(&mut kv, &shared.workload, op, n, &mut rng).await {
+            Ok(()) => {
+                let latency = sent.elapsed();
+                outcome.latencies.record(latency);
+                outcome.ops[op as usize].0.record(latency);
+            }
             Err(status) => {
                 outcome.errors += 1;
+                outcome.ops[op as usize].1 += 1;
                 outcome
                     .first_error
                     .get_or_insert_with(|| format!("{:?}: {}", status.code(), status.message()));
@@ -310,10 +402,10 @@ async fn progress(shared: Arc<Shared>, every: Duration) {
     loop {
         ticks.tick().await;
         let finished = shared.finished.load(Ordering::Relaxed);
-        let of = match shared.stop {
-            Stop::Total(total) => format!("/{total}"),
-            Stop::Duration(_) => String::new(),
-        };
+        let of = shared
+            .stop
+            .total()
+            .map_or(String::new(), |total| format!("/{total}"));
         eprintln!(
             "{name}: {finished}{of} requests after {:.0}s, {:.0} req/s",
             shared.start.elapsed().as_secs_f64(),
@@ -321,6 +413,39 @@ async fn progress(shared: Arc<Shared>, every: Duration) {
         );
         previous = finished;
     }
+}
+
+/// How long writing a key space once before a mixed run may take.
+pub const PREFILL_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Writes every key of `keys`' key space once, sequentially numbered, over `spec`'s endpoints,
+/// clients and connections: the untimed setup of a run that reads those keys, so that each
+/// read finds a value of `keys.val_size` bytes.
+pub async fn prefill(spec: &LoadSpec, keys: &KeySpec) -> anyhow::Result<Report> {
+    let spec = LoadSpec {
+        stop: Stop::TotalWithin {
+            total: keys.key_space_size,
+            within: PREFILL_TIMEOUT,
+        },
+        rate: None,
+        progress: None,
+        ..spec.clone()
+    };
+    let workload = Workload::Put(KeySpec {
+        sequential: true,
+        ..keys.clone()
+    });
+    let report = run(&spec, &workload).await?;
+    anyhow::ensure!(
+        report.errors == 0 && report.latencies.count() == keys.key_space_size,
+        "prefill wrote {} of {} keys in {:.1}s ({} errors; first: {})",
+        report.latencies.count(),
+        keys.key_space_size,
+        report.elapsed.as_secs_f64(),
+        report.errors,
+        report.first_error.as_deref().unwrap_or("none")
+    );
+    Ok(report)
 }
 
 /// Runs `workload` as `spec` says and measures it.
@@ -359,11 +484,26 @@ pub async fn run(spec: &LoadSpec, workload: &Workload) -> anyhow::Result<Report>
         errors: 0,
         first_error: None,
         elapsed: Duration::ZERO,
+        ops: Vec::new(),
     };
+    if matches!(workload, Workload::Mixed { .. }) {
+        report.ops = Op::ALL
+            .iter()
+            .map(|op| OpReport {
+                name: op.name(),
+                latencies: Histogram::default(),
+                errors: 0,
+            })
+            .collect();
+    }
     for client in clients {
         let outcome = client.await.context("a client task panicked")?;
         report.latencies.merge(&outcome.latencies);
         report.errors += outcome.errors;
+        for (op, (latencies, errors)) in report.ops.iter_mut().zip(&outcome.ops) {
+            op.latencies.merge(latencies);
+            op.errors += errors;
+        }
         if report.first_error.is_none() {
             report.first_error = outcome.first_error;
         }
@@ -433,6 +573,35 @@ mod tests {
         }
         assert_eq!(seen.len(), 5);
         assert_ne!(keys.value(&mut rng), keys.value(&mut rng));
+    }
+
+    #[test]
+    fn read_ratio_sets_the_share_of_reads() {
+        let mut rng = Rng(3);
+        let reads = (0..10_000).filter(|_| is_read(rng.next(), 0.9)).count();
+        assert!((8_800..9_200).contains(&reads), "{reads}");
+        assert!(!is_read(0, 0.0));
+        assert!(!is_read(u64::MAX, 0.999));
+        assert!(is_read(u64::MAX, 1.0));
+        assert!(is_read(0, 0.5) && !is_read(1 << 63, 0.5));
+    }
+
+    #[test]
+    fn stop_bounds_by_count_time_or_both() {
+        let d = Duration::from_secs(3);
+        assert_eq!(
+            (Stop::Total(5).total(), Stop::Total(5).duration()),
+            (Some(5), None)
+        );
+        assert_eq!(
+            (Stop::Duration(d).total(), Stop::Duration(d).duration()),
+            (None, Some(d))
+        );
+        let both = Stop::TotalWithin {
+            total: 7,
+            within: d,
+        };
+        assert_eq!((both.total(), both.duration()), (Some(7), Some(d)));
     }
 
     #[test]
