@@ -38,7 +38,7 @@ const PING_BYTES: usize = 64;
 const WARMUP_ROUNDS: usize = 5;
 
 /// Append + fdatasync rounds per cluster size, by default.
-pub const SYNC_ROUNDS_DEFAULT: usize = 200;
+pub const SYNC_ROUNDS_DEFAULT: usize = 500;
 /// Loopback round trips, by default.
 pub const ROUND_TRIPS_DEFAULT: usize = 1000;
 
@@ -182,14 +182,14 @@ impl Floor {
                 )
             };
             out += &format!(
-                "  fdatasync, {who:<45} p50 {:>7.3} ms  p99 {:>7.3} ms\n",
+                "  fdatasync, {who:<52} p50 {:>7.3} ms  p99 {:>7.3} ms\n",
                 ms(s.sync.quantile(0.5)),
                 ms(s.sync.quantile(0.99))
             );
         }
         out += &format!(
-            "  loopback round trip, {PING_BYTES} B ping-pong on one connection{:>16} {:>7.3} ms  p99 {:>7.3} ms\n",
-            "p50",
+            "  {:<64}p50 {:>7.3} ms  p99 {:>7.3} ms\n",
+            format!("loopback round trip, {PING_BYTES} B ping-pong on one connection"),
             ms(self.rtt.quantile(0.5)),
             ms(self.rtt.quantile(0.99))
         );
@@ -233,49 +233,74 @@ pub fn floor_ms(sync_ms: f64, rtt_ms: f64, members: usize) -> f64 {
     sync_ms + f64::from(round_trips_per_write(members)) * rtt_ms
 }
 
-/// `rounds` rounds of `writers` threads each appending [`RECORD_BYTES`] to its own file in
-/// `dir` and calling `fdatasync`, all released together by a barrier; per round, the quorum's
-/// time ([`quorum_done`]).
-fn quorum_syncs(dir: &Path, writers: usize, rounds: usize) -> anyhow::Result<Histogram> {
-    let barrier = Barrier::new(writers);
-    let per_writer: Vec<Vec<Duration>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..writers)
-            .map(|w| {
+/// Appends one record to `file` and syncs it; how long that took.
+fn append_and_sync(file: &mut std::fs::File) -> std::io::Result<Duration> {
+    let start = Instant::now();
+    file.write_all(&[0x5a_u8; RECORD_BYTES])?;
+    file.sync_data()?;
+    Ok(start.elapsed())
+}
+
+/// One round of `files.len()` writers: each appends and syncs its own file on a thread of its
+/// own, all released together by a barrier; each writer's time.
+fn sync_round(files: &mut [std::fs::File]) -> std::io::Result<Vec<Duration>> {
+    if let [file] = files {
+        return Ok(vec![append_and_sync(file)?]);
+    }
+    let barrier = Barrier::new(files.len());
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = files
+            .iter_mut()
+            .map(|file| {
                 let barrier = &barrier;
-                scope.spawn(move || -> anyhow::Result<Vec<Duration>> {
-                    let path = dir.join(format!("floor-{writers}-{w}.log"));
-                    let mut file = std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(&path)
-                        .with_context(|| format!("creating {}", path.display()))?;
-                    let record = [0x5a_u8; RECORD_BYTES];
-                    let mut times = Vec::with_capacity(rounds);
-                    for round in 0..WARMUP_ROUNDS + rounds {
-                        barrier.wait();
-                        let start = Instant::now();
-                        file.write_all(&record)?;
-                        file.sync_data()?;
-                        if round >= WARMUP_ROUNDS {
-                            times.push(start.elapsed());
-                        }
-                    }
-                    std::fs::remove_file(&path)?;
-                    Ok(times)
+                scope.spawn(move || {
+                    barrier.wait();
+                    append_and_sync(file)
                 })
             })
             .collect();
         handles
             .into_iter()
             .map(|h| h.join().expect("a sync thread panicked"))
-            .collect::<anyhow::Result<Vec<_>>>()
-    })?;
-    let mut histogram = Histogram::default();
-    for round in 0..rounds {
-        let times: Vec<Duration> = per_writer.iter().map(|t| t[round]).collect();
-        histogram.record(quorum_done(&times));
+            .collect()
+    })
+}
+
+/// For each cluster size in `members`, `rounds` rounds of that many writers appending
+/// [`RECORD_BYTES`] to files of their own in `dir` and syncing at once ([`sync_round`]); per
+/// round, the quorum's time ([`quorum_done`]). The sizes take turns round by round, so a
+/// slow spell of the shared disk (another process's writeback) hits each size alike.
+fn quorum_syncs(dir: &Path, members: &[usize], rounds: usize) -> anyhow::Result<Vec<Histogram>> {
+    let mut files = Vec::with_capacity(members.len());
+    let mut paths = Vec::new();
+    for (i, &writers) in members.iter().enumerate() {
+        let mut group = Vec::with_capacity(writers);
+        for w in 0..writers {
+            let path = dir.join(format!("floor-{i}-{w}.log"));
+            group.push(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .with_context(|| format!("creating {}", path.display()))?,
+            );
+            paths.push(path);
+        }
+        files.push(group);
     }
-    Ok(histogram)
+    let mut histograms = vec![Histogram::default(); members.len()];
+    for round in 0..WARMUP_ROUNDS + rounds {
+        for (group, histogram) in files.iter_mut().zip(&mut histograms) {
+            let times = sync_round(group)?;
+            if round >= WARMUP_ROUNDS {
+                histogram.record(quorum_done(&times));
+            }
+        }
+    }
+    for path in paths {
+        std::fs::remove_file(path)?;
+    }
+    Ok(histograms)
 }
 
 /// `samples` round trips of a [`PING_BYTES`] ping over one loopback TCP connection to an echo
@@ -321,14 +346,16 @@ pub async fn measure_under(spec: &FloorSpec, parent: &Path) -> anyhow::Result<Fl
 
 /// Measures the floor with files in `dir` (which must be on the data directories' filesystem).
 pub async fn measure(spec: &FloorSpec, dir: &Path) -> anyhow::Result<Floor> {
-    let mut syncs = Vec::new();
-    for &members in &spec.members {
-        let (dir, rounds) = (dir.to_path_buf(), spec.sync_rounds);
-        let sync = tokio::task::spawn_blocking(move || quorum_syncs(&dir, members, rounds))
-            .await
-            .context("the sync measurement panicked")??;
-        syncs.push(QuorumSync { members, sync });
-    }
+    let (dir, members, rounds) = (dir.to_path_buf(), spec.members.clone(), spec.sync_rounds);
+    let histograms = tokio::task::spawn_blocking(move || quorum_syncs(&dir, &members, rounds))
+        .await
+        .context("the sync measurement panicked")??;
+    let syncs = spec
+        .members
+        .iter()
+        .zip(histograms)
+        .map(|(&members, sync)| QuorumSync { members, sync })
+        .collect();
     let rtt = round_trips(spec.round_trips).await?;
     Ok(Floor { syncs, rtt })
 }
