@@ -320,8 +320,9 @@ struct ClientOutcome {
     latencies: Histogram,
     errors: u64,
     first_error: Option<String>,
-    /// Latencies and errors by [`Op`] (a mixed workload's reads and writes).
-    ops: [(Histogram, u64); 2],
+    /// Latencies and errors by [`Op`], indexed by it: a mixed workload's reads and writes
+    /// (empty for other workloads, which have one kind of request).
+    ops: Vec<(Histogram, u64)>,
 }
 
 /// Shared by all clients of one run.
@@ -366,12 +367,16 @@ async fn client_loop(shared: Arc<Shared>, mut kv: KvClient<Channel>, seed: u64) 
         latencies: Histogram::default(),
         errors: 0,
         first_error: None,
-        ops: Default::default(),
+        ops: match shared.workload {
+            Workload::Mixed { .. } => Op::ALL.map(|_| (Histogram::default(), 0)).to_vec(),
+            _ => Vec::new(),
+        },
     };
     while let Some(n) = shared.next_request().await {
         let op = match shared.workload {
             Workload::Mixed { read_ratio, .. } if !is_read(rng.next(), read_ratio) => Op::Write,
             Workload::Mixed { .. } => Op::Read,
+            // Other workloads have one kind of request; `send` does not look at `op` for them.
             _ => Op::Write,
         };
         let sent = Instant::now();
@@ -379,11 +384,15 @@ async fn client_loop(shared: Arc<Shared>, mut kv: KvClient<Channel>, seed: u64) 
             Ok(()) => {
                 let latency = sent.elapsed();
                 outcome.latencies.record(latency);
-                outcome.ops[op as usize].0.record(latency);
+                if let Some((latencies, _)) = outcome.ops.get_mut(op as usize) {
+                    latencies.record(latency);
+                }
             }
             Err(status) => {
                 outcome.errors += 1;
-                outcome.ops[op as usize].1 += 1;
+                if let Some((_, errors)) = outcome.ops.get_mut(op as usize) {
+                    *errors += 1;
+                }
                 outcome
                     .first_error
                     .get_or_insert_with(|| format!("{:?}: {}", status.code(), status.message()));
@@ -518,6 +527,143 @@ pub async fn run(spec: &LoadSpec, workload: &Workload) -> anyhow::Result<Report>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use cairn_proto::etcdserverpb::kv_server::{Kv, KvServer};
+    use cairn_proto::etcdserverpb::{
+        CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
+        PutResponse, RangeResponse, RangeStreamResponse, TxnResponse,
+    };
+    use tonic::{Response, Status};
+
+    /// A KV service that counts what it is asked: linearizable and serializable ranges, puts.
+    #[derive(Default)]
+    struct CountingKv {
+        linearizable: AtomicU64,
+        serializable: AtomicU64,
+        puts: AtomicU64,
+    }
+
+    /// The service's handle on the counts the test reads.
+    struct CountingService(Arc<CountingKv>);
+
+    #[tonic::async_trait]
+    impl Kv for CountingService {
+        async fn range(
+            &self,
+            request: tonic::Request<RangeRequest>,
+        ) -> Result<Response<RangeResponse>, Status> {
+            let counter = if request.get_ref().serializable {
+                &self.0.serializable
+            } else {
+                &self.0.linearizable
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            Ok(Response::new(RangeResponse::default()))
+        }
+
+        type RangeStreamStream =
+            tonic::codegen::tokio_stream::Empty<Result<RangeStreamResponse, Status>>;
+
+        async fn range_stream(
+            &self,
+            _: tonic::Request<RangeRequest>,
+        ) -> Result<Response<Self::RangeStreamStream>, Status> {
+            Err(Status::unimplemented("not counted"))
+        }
+
+        async fn put(
+            &self,
+            request: tonic::Request<PutRequest>,
+        ) -> Result<Response<PutResponse>, Status> {
+            assert_eq!(request.get_ref().value.len(), 16);
+            self.0.puts.fetch_add(1, Ordering::Relaxed);
+            Ok(Response::new(PutResponse::default()))
+        }
+
+        async fn delete_range(
+            &self,
+            _: tonic::Request<DeleteRangeRequest>,
+        ) -> Result<Response<DeleteRangeResponse>, Status> {
+            Err(Status::unimplemented("not counted"))
+        }
+
+        async fn txn(
+            &self,
+            _: tonic::Request<cairn_proto::etcdserverpb::TxnRequest>,
+        ) -> Result<Response<TxnResponse>, Status> {
+            Err(Status::unimplemented("not counted"))
+        }
+
+        async fn compact(
+            &self,
+            _: tonic::Request<CompactionRequest>,
+        ) -> Result<Response<CompactionResponse>, Status> {
+            Err(Status::unimplemented("not counted"))
+        }
+    }
+
+    /// Serves `kv` on a loopback port until the returned sender is dropped.
+    async fn serve(kv: Arc<CountingKv>) -> (String, tokio::sync::oneshot::Sender<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = listener.local_addr().unwrap().to_string();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(KvServer::new(CountingService(kv)))
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener),
+                    async {
+                        // Dropping the sender ends the server too.
+                        let _ = stopped.await;
+                    },
+                ),
+        );
+        (endpoint, stop)
+    }
+
+    #[tokio::test]
+    async fn a_mixed_run_sends_ranges_and_puts_and_reports_them_apart() {
+        let kv = Arc::new(CountingKv::default());
+        let (endpoint, _stop) = serve(kv.clone()).await;
+        let spec = LoadSpec {
+            endpoints: vec![endpoint],
+            clients: 8,
+            conns: 2,
+            stop: Stop::Total(2000),
+            rate: None,
+            progress: None,
+        };
+        let keys = KeySpec {
+            key_size: 8,
+            val_size: 16,
+            key_space_size: 100,
+            sequential: false,
+        };
+        let workload = Workload::Mixed {
+            keys: keys.clone(),
+            read_ratio: 0.75,
+            consistency: Consistency::Serializable,
+        };
+        let report = run(&spec, &workload).await.unwrap();
+        let (reads, writes) = (report.op("read").unwrap(), report.op("write").unwrap());
+        assert_eq!(report.errors, 0);
+        assert_eq!(report.latencies.count(), 2000);
+        assert_eq!(
+            reads.latencies.count(),
+            kv.serializable.load(Ordering::Relaxed)
+        );
+        assert_eq!(writes.latencies.count(), kv.puts.load(Ordering::Relaxed));
+        assert_eq!(reads.latencies.count() + writes.latencies.count(), 2000);
+        assert_eq!(kv.linearizable.load(Ordering::Relaxed), 0);
+        // 2000 draws at 0.75: 1500 expected, 19 standard deviations each way.
+        assert!((1300..1700).contains(&reads.latencies.count()), "{reads:?}");
+
+        let puts_before = kv.puts.load(Ordering::Relaxed);
+        let prefill_report = prefill(&spec, &keys).await.unwrap();
+        assert_eq!(prefill_report.latencies.count(), 100);
+        assert_eq!(kv.puts.load(Ordering::Relaxed) - puts_before, 100);
+        assert!(prefill_report.ops.is_empty());
+    }
 
     #[test]
     fn keys_are_go_varints_padded_to_key_size() {
