@@ -683,8 +683,26 @@ async fn put_range_key(endpoint: &str, val_size: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The machine's floor for `members`, measured in `dir` (the clusters' directory).
+async fn measure_floor(members: usize, dir: &std::path::Path) -> anyhow::Result<Floor> {
+    let spec = FloorSpec {
+        members: vec![members],
+        sync_rounds: floor::SYNC_ROUNDS_DEFAULT,
+        round_trips: floor::ROUND_TRIPS_DEFAULT,
+    };
+    floor::measure(&spec, dir).await
+}
+
+/// What one topology measured: each system's runs, and the machine's floor, taken in the
+/// clusters' directory once they are up and again right after the put1 runs (the shared disk's
+/// speed drifts by 10× over minutes, so the floor is taken next to the runs it is set against).
+struct Topology {
+    measured: [Measured; 2],
+    floor: Floor,
+}
+
 /// Runs every workload on both systems in one topology.
-async fn compare_topology(args: &CompareArgs, members: usize) -> anyhow::Result<[Measured; 2]> {
+async fn compare_topology(args: &CompareArgs, members: usize) -> anyhow::Result<Topology> {
     let dir = args.servers.temp_dir()?;
     let mut clusters = Vec::new();
     for system in [System::Etcd, System::Cairn] {
@@ -693,6 +711,7 @@ async fn compare_topology(args: &CompareArgs, members: usize) -> anyhow::Result<
         put_range_key(&endpoints[0], args.val_size).await?;
         clusters.push((system, cluster, endpoints));
     }
+    let mut floor = measure_floor(members, dir.path()).await?;
     let mut runs: [Vec<Run>; 2] = [Vec::new(), Vec::new()];
     for (w, &scenario) in args.workloads.iter().enumerate() {
         let order = if (w + members).is_multiple_of(2) {
@@ -724,6 +743,16 @@ async fn compare_topology(args: &CompareArgs, members: usize) -> anyhow::Result<
             }
             runs[s].push(run);
         }
+        if scenario == Scenario::Put1 {
+            floor.merge(&measure_floor(members, dir.path()).await?);
+        }
+    }
+    eprint!("{}", floor.table(&args.servers.dir));
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({ "members": members, "floor": floor.to_json() })
+        );
     }
     let mut measured = Vec::new();
     for ((_, cluster, _), runs) in clusters.iter().zip(runs) {
@@ -741,7 +770,10 @@ async fn compare_topology(args: &CompareArgs, members: usize) -> anyhow::Result<
     }
     drop(clusters);
     let [etcd, cairn]: [Measured; 2] = measured.try_into().ok().expect("two systems measured");
-    Ok([etcd, cairn])
+    Ok(Topology {
+        measured: [etcd, cairn],
+        floor,
+    })
 }
 
 fn ratio(cairn: f64, etcd: f64) -> String {
@@ -820,12 +852,13 @@ fn floor_row(members: usize, floor: &Floor, etcd: &Report, cairn: &Report) -> St
 }
 
 /// The comparison table.
-fn table(args: &CompareArgs, floor: &Floor, results: &[(usize, [Measured; 2])]) -> String {
+fn table(args: &CompareArgs, results: &[(usize, Topology)]) -> String {
     let mut out = format!(
         "{:<4}{:<30}{:>11}{:>11}{:>7}{:>10}{:>10}{:>7}\n",
         "n", "workload", "etcd/s", "cairn/s", "ratio", "etcd p99", "cairn p99", "ratio"
     );
-    for (members, [etcd, cairn]) in results {
+    for (members, Topology { measured, floor }) in results {
+        let [etcd, cairn] = measured;
         for (i, scenario) in args.workloads.iter().enumerate() {
             let (e, c) = (&etcd.runs[i].report, &cairn.runs[i].report);
             let p99 = |r: &Report| r.p99().map_or(f64::NAN, |d| d.as_secs_f64() * 1e3);
@@ -904,7 +937,7 @@ fn table(args: &CompareArgs, floor: &Floor, results: &[(usize, [Measured; 2])]) 
                 deadline; expired leases (of 10 probed) answered gone while their key was still \
                 there\n";
     }
-    for (members, measured) in results {
+    for (members, Topology { measured, .. }) in results {
         for (m, system) in measured.iter().zip([System::Etcd, System::Cairn]) {
             for (run, scenario) in m.runs.iter().zip(&args.workloads) {
                 if let Some(failure) = &run.failure {
@@ -932,26 +965,18 @@ pub async fn run(args: &CompareArgs) -> anyhow::Result<()> {
         args.mixed_key_space_size >= 1 && args.fill_keys >= 1,
         "--mixed-key-space-size and --fill-keys must be at least 1"
     );
-    let floor_spec = FloorSpec {
-        members: args.members.clone(),
-        sync_rounds: floor::SYNC_ROUNDS_DEFAULT,
-        round_trips: floor::ROUND_TRIPS_DEFAULT,
-    };
-    let floor = floor::measure_under(&floor_spec, &args.servers.dir).await?;
-    eprint!("{}", floor.table(&args.servers.dir));
-    if args.json {
-        println!("{}", serde_json::json!({ "floor": floor.to_json() }));
-    }
     let mut results = Vec::new();
     for &members in &args.members {
         anyhow::ensure!(members >= 1, "--members must be at least 1");
         results.push((members, compare_topology(args, members).await?));
     }
-    print!("{}", floor.table(&args.servers.dir));
-    print!("{}", table(args, &floor, &results));
+    for (_, topology) in &results {
+        print!("{}", topology.floor.table(&args.servers.dir));
+    }
+    print!("{}", table(args, &results));
     let failed = results
         .iter()
-        .flat_map(|(_, measured)| measured.iter())
+        .flat_map(|(_, topology)| topology.measured.iter())
         .flat_map(|m| &m.runs)
         .filter(|run| run.failure.is_some())
         .count();

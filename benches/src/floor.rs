@@ -165,6 +165,16 @@ impl Floor {
         )
     }
 
+    /// Adds `other`'s samples (of the same cluster sizes) to this floor's.
+    pub fn merge(&mut self, other: &Floor) {
+        for sync in &mut self.syncs {
+            if let Some(o) = other.syncs.iter().find(|o| o.members == sync.members) {
+                sync.sync.merge(&o.sync);
+            }
+        }
+        self.rtt.merge(&other.rtt);
+    }
+
     /// Lines printed before the comparison table.
     pub fn table(&self, dir: &Path) -> String {
         let mut out = format!(
@@ -405,6 +415,10 @@ mod tests {
             "{table}"
         );
         assert_eq!(floor.to_json()["syncs"][0]["floor_ms"], floor.write_ms(3));
+        let mut merged = floor.clone();
+        merged.merge(&floor);
+        assert_eq!((merged.syncs[0].sync.count(), merged.rtt.count()), (2, 2));
+        assert!((merged.write_ms(3) - 2.2).abs() < 1e-9);
     }
 
     #[tokio::test]
