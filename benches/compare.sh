@@ -4,6 +4,7 @@
 #   benches/compare.sh compare --members 3 --duration 20s
 #   benches/compare.sh compare --workloads watch-fanout,watch-spread
 #   benches/compare.sh compare --workloads lease-keepalive,lease-expiry
+#   benches/compare.sh compare --workloads fill --fill-keys 1000000   # peak RSS after 1M keys
 #   benches/compare.sh snapshot-catchup --size-mib 1024
 # Installs etcd-server/etcd-client (the reference) and the build's system packages if missing.
 set -euo pipefail

@@ -71,6 +71,9 @@ struct Member {
     data_dir: PathBuf,
     log_path: PathBuf,
     child: Option<Child>,
+    /// The running process's highest `VmHWM` read before a [`Cluster::reset_peak_rss`], bytes
+    /// (0 until one).
+    peak_rss_before_reset: u64,
 }
 
 /// A running cluster; dropping it kills every member.
@@ -112,14 +115,25 @@ pub fn disk_bytes(path: &Path) -> anyhow::Result<u64> {
 
 /// `VmHWM` (peak resident set) of process `pid`, bytes.
 fn peak_rss_bytes(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    parse_vm_hwm(&status).with_context(|| format!("no VmHWM in /proc/{pid}/status"))
+    status_bytes(pid, "VmHWM:")
 }
 
-fn parse_vm_hwm(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+/// The size field `field` (`VmHWM:`, `VmRSS:`) of `/proc/<pid>/status`, bytes.
+fn status_bytes(pid: u32, field: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    parse_status_kib(&status, field).with_context(|| format!("no {field} in /proc/{pid}/status"))
+}
+
+fn parse_status_kib(status: &str, field: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// Resets process `pid`'s `VmHWM` to its current resident set (proc(5): `clear_refs`, 5).
+fn reset_peak_rss(pid: u32) -> anyhow::Result<()> {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
+        .with_context(|| format!("resetting the peak RSS of pid {pid}"))
 }
 
 /// One Status call with a fresh connection and a deadline.
@@ -162,6 +176,7 @@ impl Cluster {
                 data_dir: spec.dir.join(format!("{label}{i}")),
                 log_path: spec.dir.join(format!("{label}{i}.log")),
                 child: None,
+                peak_rss_before_reset: 0,
             })
             .collect();
         let initial_cluster = members
@@ -220,6 +235,7 @@ impl Cluster {
             .spawn()
             .with_context(|| format!("starting {}", self.spec.bin.display()))?;
         self.members[i].child = Some(child);
+        self.members[i].peak_rss_before_reset = 0;
         Ok(())
     }
 
@@ -305,13 +321,37 @@ impl Cluster {
         self.spawn(i)
     }
 
-    /// Member `i`'s peak resident set so far, bytes.
-    pub fn peak_rss_bytes(&self, i: usize) -> anyhow::Result<u64> {
+    fn pid(&self, i: usize) -> anyhow::Result<u32> {
         let child = self.members[i]
             .child
             .as_ref()
             .with_context(|| format!("member {i} is not running"))?;
-        peak_rss_bytes(child.id())
+        Ok(child.id())
+    }
+
+    /// Member `i`'s peak resident set since it started, bytes (resets included).
+    pub fn peak_rss_bytes(&self, i: usize) -> anyhow::Result<u64> {
+        Ok(peak_rss_bytes(self.pid(i)?)?.max(self.members[i].peak_rss_before_reset))
+    }
+
+    /// Member `i`'s peak resident set since the last [`Cluster::reset_peak_rss`], bytes.
+    pub fn peak_rss_since_reset_bytes(&self, i: usize) -> anyhow::Result<u64> {
+        peak_rss_bytes(self.pid(i)?)
+    }
+
+    /// Starts a new peak for [`Cluster::peak_rss_since_reset_bytes`] from member `i`'s current
+    /// resident set; [`Cluster::peak_rss_bytes`] still counts the peak before.
+    pub fn reset_peak_rss(&mut self, i: usize) -> anyhow::Result<()> {
+        let pid = self.pid(i)?;
+        let before = peak_rss_bytes(pid)?;
+        let member = &mut self.members[i];
+        member.peak_rss_before_reset = member.peak_rss_before_reset.max(before);
+        reset_peak_rss(pid)
+    }
+
+    /// Member `i`'s resident set now, bytes.
+    pub fn rss_bytes(&self, i: usize) -> anyhow::Result<u64> {
+        status_bytes(self.pid(i)?, "VmRSS:")
     }
 
     /// Member `i`'s data directory's size on disk, bytes.
@@ -337,10 +377,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn vm_hwm_is_read_in_bytes() {
+    fn vm_hwm_and_rss_are_read_in_bytes() {
         let status = "Name:\tetcd\nVmPeak:\t  200 kB\nVmHWM:\t   12345 kB\nVmRSS:\t 100 kB\n";
-        assert_eq!(parse_vm_hwm(status), Some(12345 * 1024));
-        assert_eq!(parse_vm_hwm("Name:\tetcd\n"), None);
+        assert_eq!(parse_status_kib(status, "VmHWM:"), Some(12345 * 1024));
+        assert_eq!(parse_status_kib(status, "VmRSS:"), Some(100 * 1024));
+        assert_eq!(parse_status_kib("Name:\tetcd\n", "VmHWM:"), None);
+    }
+
+    #[test]
+    fn a_reset_brings_the_peak_down_to_the_current_resident_set() {
+        // A child of our own, so the test's own threads do not move its resident set: it
+        // touches 64 MiB, frees them, and waits for its stdin to close.
+        let mut child = Command::new("python3")
+            .args([
+                "-c",
+                "import sys; b = bytearray(64 << 20); del b; print(flush=True); sys.stdin.read()",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let pid = child.id();
+        let peak = peak_rss_bytes(pid).unwrap();
+        reset_peak_rss(pid).unwrap();
+        let after = peak_rss_bytes(pid).unwrap();
+        drop(child.stdin.take());
+        child.wait().unwrap();
+        assert!(peak >= 64 << 20, "{peak}");
+        assert!(after < peak - (32 << 20), "{peak} -> {after}");
     }
 
     #[test]

@@ -16,6 +16,7 @@ use clap::Args;
 
 use crate::cluster::{Cluster, ClusterSpec, Settings, System};
 use crate::expiry::{self, ExpirySpec};
+use crate::floor::{self, Floor, FloorSpec};
 use crate::histogram::Histogram;
 use crate::lease::{self, KeepaliveSpec};
 use crate::load::{self, Consistency, KeySpec, LoadSpec, Stop, Workload};
@@ -43,6 +44,11 @@ const KEEPALIVE_CHECK_LEASES: u64 = 1000;
 const EXPIRY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Lease-expiry: puts after the last key is gone.
 const EXPIRY_AFTER: Duration = Duration::from_secs(2);
+/// Fill: key size, bytes. Longer than the other workloads' 8-byte keys, so the fill's keys
+/// are all new even after them.
+const FILL_KEY_BYTES: usize = 16;
+/// Fill: interval of its progress line on stderr (a fill of a million keys takes minutes).
+const FILL_PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Where the servers come from and the settings both get.
 #[derive(Args, Debug)]
@@ -118,6 +124,12 @@ pub enum Scenario {
     LeaseKeepalive,
     /// lease expiry: --expiry-leases leases (one key each) expiring at once under 1 putter.
     LeaseExpiry,
+    /// mixed: --mixed-read-ratio linearizable ranges of one key, the rest puts, over
+    /// --mixed-key-space-size keys written once before (untimed); --clients over --conns.
+    Mixed,
+    /// fill: --fill-keys distinct keys of --val-size bytes, --clients over --conns, as fast
+    /// as taken; then each member's peak and current RSS and the disk used.
+    Fill,
 }
 
 impl Scenario {
@@ -148,7 +160,7 @@ pub struct CompareArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "put1,put-many,range-l,range-s,watch-fanout,lease-keepalive"
+        default_value = "put1,put-many,range-l,range-s,mixed,watch-fanout,lease-keepalive"
     )]
     pub workloads: Vec<Scenario>,
     /// Length of each workload on each system.
@@ -207,6 +219,18 @@ pub struct CompareArgs {
     /// Requested TTL of lease-expiry's leases, seconds (1: each system's minimum).
     #[arg(long, default_value_t = 10)]
     pub expiry_ttl: i64,
+    /// Share of mixed's requests that are reads, from 0 to 1.
+    #[arg(long, default_value_t = 0.9)]
+    pub mixed_read_ratio: f64,
+    /// Keys mixed reads and writes (each written once before the timed run).
+    #[arg(long, default_value_t = 10_000)]
+    pub mixed_key_space_size: u64,
+    /// Distinct keys fill writes.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub fill_keys: u64,
+    /// Longest a fill may take on one system (it fails if not all keys are written by then).
+    #[arg(long, default_value = "10m", value_parser = crate::parse_duration)]
+    pub fill_timeout: Duration,
     /// Also print every run as a JSON line on stdout.
     #[arg(long)]
     pub json: bool,
@@ -230,7 +254,47 @@ impl CompareArgs {
                 format!("lease keep-alive, {} leases", self.keepalive_leases)
             }
             Scenario::LeaseExpiry => format!("expiry of {} leases: puts", self.expiry_leases),
+            Scenario::Mixed => {
+                let reads = (self.mixed_read_ratio * 100.0).round();
+                format!(
+                    "mixed {reads}/{}, {clients} cl/{conns} conns",
+                    100.0 - reads
+                )
+            }
+            Scenario::Fill => format!("fill, {} keys of {} B", self.fill_keys, self.val_size),
         }
+    }
+
+    /// The keys mixed reads and writes.
+    fn mixed_keys(&self) -> KeySpec {
+        KeySpec {
+            key_size: 8,
+            val_size: self.val_size,
+            key_space_size: self.mixed_key_space_size,
+            sequential: false,
+        }
+    }
+
+    /// The fill: `--fill-keys` puts of distinct keys, bounded by `--fill-timeout`.
+    fn fill(&self, endpoints: Vec<String>) -> (LoadSpec, Workload) {
+        let spec = LoadSpec {
+            endpoints,
+            clients: self.clients,
+            conns: self.conns,
+            stop: Stop::TotalWithin {
+                total: self.fill_keys,
+                within: self.fill_timeout,
+            },
+            rate: None,
+            progress: Some(FILL_PROGRESS_INTERVAL),
+        };
+        let workload = Workload::Put(KeySpec {
+            key_size: FILL_KEY_BYTES,
+            val_size: self.val_size,
+            key_space_size: self.fill_keys,
+            sequential: true,
+        });
+        (spec, workload)
     }
 
     /// The keep-alive run: leases granted, renewed for `--duration`, checked and revoked.
@@ -315,11 +379,21 @@ impl CompareArgs {
             Scenario::PutMany => (self.clients, self.conns, Workload::Put(keys)),
             Scenario::RangeL => (self.clients, self.conns, range(Consistency::Linearizable)),
             Scenario::RangeS => (self.clients, self.conns, range(Consistency::Serializable)),
+            Scenario::Mixed => (
+                self.clients,
+                self.conns,
+                Workload::Mixed {
+                    keys: self.mixed_keys(),
+                    read_ratio: self.mixed_read_ratio,
+                    consistency: Consistency::Linearizable,
+                },
+            ),
             Scenario::WatchFanout
             | Scenario::WatchSpread
             | Scenario::LeaseKeepalive
-            | Scenario::LeaseExpiry => {
-                unreachable!("watch and lease scenarios have specs of their own")
+            | Scenario::LeaseExpiry
+            | Scenario::Fill => {
+                unreachable!("watch, lease and fill scenarios have specs of their own")
             }
         };
         let spec = LoadSpec {
@@ -376,6 +450,7 @@ impl Run {
                 errors: 1,
                 first_error: Some(error.clone()),
                 elapsed: Duration::ZERO,
+                ops: Vec::new(),
             },
             extras: Vec::new(),
             json: serde_json::json!({ "error": error }),
@@ -442,9 +517,109 @@ fn expiry_run(report: expiry::ExpiryReport) -> Run {
     }
 }
 
-/// Runs `scenario` against `endpoints` (leader first).
-async fn run_scenario(args: &CompareArgs, scenario: Scenario, endpoints: Vec<String>) -> Run {
-    if scenario == Scenario::LeaseKeepalive {
+fn mixed_run(report: Report) -> Run {
+    let extras = [("  reads/s", "read"), ("  writes/s", "write")]
+        .into_iter()
+        .filter_map(|(label, op)| {
+            let op = report.op(op)?;
+            Some(Extra {
+                label,
+                value: report.rate(&op.latencies),
+                latency_ms: op.latencies.quantile(0.99).map(|d| d.as_secs_f64() * 1e3),
+            })
+        })
+        .collect();
+    Run {
+        extras,
+        json: report.to_json(),
+        report,
+        failure: None,
+    }
+}
+
+/// The mixed run: its key space written once (untimed), then the timed mix.
+async fn mixed(args: &CompareArgs, endpoints: Vec<String>) -> anyhow::Result<Report> {
+    let (spec, workload) = args.load(Scenario::Mixed, endpoints);
+    load::prefill(&spec, &args.mixed_keys()).await?;
+    load::run(&spec, &workload).await
+}
+
+/// The fill run: every member's peak RSS reset, the keys written, then the peaks, the
+/// resident sets and the disk used.
+async fn fill(
+    args: &CompareArgs,
+    cluster: &mut Cluster,
+    endpoints: Vec<String>,
+) -> anyhow::Result<Run> {
+    for i in 0..cluster.size() {
+        cluster.reset_peak_rss(i)?;
+    }
+    let (spec, workload) = args.fill(endpoints);
+    let report = load::run(&spec, &workload).await?;
+    let mut peaks = Vec::new();
+    let mut rss = Vec::new();
+    let mut disk_bytes = 0;
+    for i in 0..cluster.size() {
+        peaks.push(cluster.peak_rss_since_reset_bytes(i)?);
+        rss.push(cluster.rss_bytes(i)?);
+        disk_bytes += cluster.disk_bytes(i)?;
+    }
+    let largest = |bytes: &[u64]| mib(bytes.iter().copied().max().unwrap_or(0));
+    let written = report.latencies.count();
+    let failure = (written < args.fill_keys).then(|| {
+        format!(
+            "wrote {written} of {} keys in {:.1}s ({} errors; first: {})",
+            args.fill_keys,
+            report.elapsed.as_secs_f64(),
+            report.errors,
+            report.first_error.as_deref().unwrap_or("none")
+        )
+    });
+    let mut json = report.to_json();
+    json["peak_rss_mib"] = peaks.iter().map(|&b| mib(b)).collect::<Vec<_>>().into();
+    json["rss_mib"] = rss.iter().map(|&b| mib(b)).collect::<Vec<_>>().into();
+    json["disk_mib"] = mib(disk_bytes).into();
+    Ok(Run {
+        extras: vec![
+            Extra {
+                label: "  fill peak RSS MiB (largest)",
+                value: largest(&peaks),
+                latency_ms: None,
+            },
+            Extra {
+                label: "  RSS MiB after fill (largest)",
+                value: largest(&rss),
+                latency_ms: None,
+            },
+            Extra {
+                label: "  disk MiB after fill (all)",
+                value: mib(disk_bytes),
+                latency_ms: None,
+            },
+        ],
+        json,
+        failure,
+        report,
+    })
+}
+
+/// Runs `scenario` on `cluster` through `endpoints` (leader first).
+async fn run_scenario(
+    args: &CompareArgs,
+    scenario: Scenario,
+    cluster: &mut Cluster,
+    endpoints: Vec<String>,
+) -> Run {
+    if scenario == Scenario::Fill {
+        fill(args, cluster, endpoints)
+            .await
+            .unwrap_or_else(Run::failed)
+    } else if scenario == Scenario::Mixed {
+        match mixed(args, endpoints).await {
+            Ok(report) => mixed_run(report),
+            Err(error) => Run::failed(error),
+        }
+    } else if scenario == Scenario::LeaseKeepalive {
         match lease::run_keepalive(&args.keepalive(endpoints)).await {
             Ok(report) => keepalive_run(report),
             Err(error) => Run::failed(error),
@@ -508,8 +683,26 @@ async fn put_range_key(endpoint: &str, val_size: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The machine's floor for `members`, measured in `dir` (the clusters' directory).
+async fn measure_floor(members: usize, dir: &std::path::Path) -> anyhow::Result<Floor> {
+    let spec = FloorSpec {
+        members: vec![members],
+        sync_rounds: floor::SYNC_ROUNDS_DEFAULT,
+        round_trips: floor::ROUND_TRIPS_DEFAULT,
+    };
+    floor::measure(&spec, dir).await
+}
+
+/// What one topology measured: each system's runs, and the machine's floor, taken in the
+/// clusters' directory once they are up and again right after the put1 runs (the shared disk's
+/// speed drifts by 10× over minutes, so the floor is taken next to the runs it is set against).
+struct Topology {
+    measured: [Measured; 2],
+    floor: Floor,
+}
+
 /// Runs every workload on both systems in one topology.
-async fn compare_topology(args: &CompareArgs, members: usize) -> anyhow::Result<[Measured; 2]> {
+async fn compare_topology(args: &CompareArgs, members: usize) -> anyhow::Result<Topology> {
     let dir = args.servers.temp_dir()?;
     let mut clusters = Vec::new();
     for system in [System::Etcd, System::Cairn] {
@@ -518,6 +711,7 @@ async fn compare_topology(args: &CompareArgs, members: usize) -> anyhow::Result<
         put_range_key(&endpoints[0], args.val_size).await?;
         clusters.push((system, cluster, endpoints));
     }
+    let mut floor = measure_floor(members, dir.path()).await?;
     let mut runs: [Vec<Run>; 2] = [Vec::new(), Vec::new()];
     for (w, &scenario) in args.workloads.iter().enumerate() {
         let order = if (w + members).is_multiple_of(2) {
@@ -526,8 +720,8 @@ async fn compare_topology(args: &CompareArgs, members: usize) -> anyhow::Result<
             [1, 0]
         };
         for s in order {
-            let (system, _, endpoints) = &clusters[s];
-            let mut run = run_scenario(args, scenario, endpoints.clone()).await;
+            let (system, cluster, endpoints) = &mut clusters[s];
+            let mut run = run_scenario(args, scenario, cluster, endpoints.clone()).await;
             let report = &run.report;
             eprintln!(
                 "{members} member(s), {}, {}: {:.0} {}/s, p99 {:.2} ms, {} errors{}",
@@ -549,6 +743,16 @@ async fn compare_topology(args: &CompareArgs, members: usize) -> anyhow::Result<
             }
             runs[s].push(run);
         }
+        if scenario == Scenario::Put1 {
+            floor.merge(&measure_floor(members, dir.path()).await?);
+        }
+    }
+    eprint!("{}", floor.table(&args.servers.dir));
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({ "members": members, "floor": floor.to_json() })
+        );
     }
     let mut measured = Vec::new();
     for ((_, cluster, _), runs) in clusters.iter().zip(runs) {
@@ -566,7 +770,10 @@ async fn compare_topology(args: &CompareArgs, members: usize) -> anyhow::Result<
     }
     drop(clusters);
     let [etcd, cairn]: [Measured; 2] = measured.try_into().ok().expect("two systems measured");
-    Ok([etcd, cairn])
+    Ok(Topology {
+        measured: [etcd, cairn],
+        floor,
+    })
 }
 
 fn ratio(cairn: f64, etcd: f64) -> String {
@@ -624,13 +831,34 @@ fn extra_rows(members: usize, etcd: &[Extra], cairn: &[Extra]) -> String {
     out
 }
 
+/// `put, 1 client` p50 latency as a multiple of the machine's floor for `members`, for etcd
+/// and Cairn: one row under the put1 row.
+fn floor_row(members: usize, floor: &Floor, etcd: &Report, cairn: &Report) -> String {
+    let floor_ms = floor.write_ms(members);
+    let multiple = |r: &Report| {
+        r.latencies
+            .quantile(0.5)
+            .map_or(f64::NAN, |d| d.as_secs_f64() * 1e3 / floor_ms)
+    };
+    let (e, c) = (multiple(etcd), multiple(cairn));
+    format!(
+        "{:<4}{:<30}{:>11.2}{:>11.2}{:>7}\n",
+        members,
+        format!("  p50 / floor ({floor_ms:.2} ms)"),
+        e,
+        c,
+        ratio(c, e)
+    )
+}
+
 /// The comparison table.
-fn table(args: &CompareArgs, results: &[(usize, [Measured; 2])]) -> String {
+fn table(args: &CompareArgs, results: &[(usize, Topology)]) -> String {
     let mut out = format!(
         "{:<4}{:<30}{:>11}{:>11}{:>7}{:>10}{:>10}{:>7}\n",
         "n", "workload", "etcd/s", "cairn/s", "ratio", "etcd p99", "cairn p99", "ratio"
     );
-    for (members, [etcd, cairn]) in results {
+    for (members, Topology { measured, floor }) in results {
+        let [etcd, cairn] = measured;
         for (i, scenario) in args.workloads.iter().enumerate() {
             let (e, c) = (&etcd.runs[i].report, &cairn.runs[i].report);
             let p99 = |r: &Report| r.p99().map_or(f64::NAN, |d| d.as_secs_f64() * 1e3);
@@ -659,6 +887,9 @@ fn table(args: &CompareArgs, results: &[(usize, [Measured; 2])]) -> String {
                     String::new()
                 }
             );
+            if *scenario == Scenario::Put1 {
+                out += &floor_row(*members, floor, e, c);
+            }
             out += &extra_rows(*members, &etcd.runs[i].extras, &cairn.runs[i].extras);
         }
         out += &format!(
@@ -679,6 +910,19 @@ fn table(args: &CompareArgs, results: &[(usize, [Measured; 2])]) -> String {
         );
     }
     out += "latencies in ms; ratio = cairn / etcd (throughput: higher is better; p99, RSS, disk: lower is better)\n";
+    if args.workloads.contains(&Scenario::Put1) {
+        out += "p50 / floor: put, 1 client p50 latency as a multiple of the machine's floor for \
+                one write (above)\n";
+    }
+    if args.workloads.contains(&Scenario::Mixed) {
+        out += "mixed: all requests/s and p99, then the reads (linearizable ranges of one key) \
+                and the writes (puts) apart\n";
+    }
+    if args.workloads.contains(&Scenario::Fill) {
+        out += "fill: puts/s and p99 of the fill; each system's peak RSS during the fill (peaks \
+                reset before it) and resident set after it, largest member; disk of all members \
+                after it\n";
+    }
     if args.workloads.iter().any(|s| s.is_watch()) {
         out += "watch rows: events/s delivered to the watchers, and put-to-event p99\n";
     }
@@ -693,7 +937,7 @@ fn table(args: &CompareArgs, results: &[(usize, [Measured; 2])]) -> String {
                 deadline; expired leases (of 10 probed) answered gone while their key was still \
                 there\n";
     }
-    for (members, measured) in results {
+    for (members, Topology { measured, .. }) in results {
         for (m, system) in measured.iter().zip([System::Etcd, System::Cairn]) {
             for (run, scenario) in m.runs.iter().zip(&args.workloads) {
                 if let Some(failure) = &run.failure {
@@ -713,15 +957,26 @@ fn table(args: &CompareArgs, results: &[(usize, [Measured; 2])]) -> String {
 pub async fn run(args: &CompareArgs) -> anyhow::Result<()> {
     anyhow::ensure!(!args.members.is_empty(), "no --members");
     anyhow::ensure!(!args.workloads.is_empty(), "no --workloads");
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.mixed_read_ratio),
+        "--mixed-read-ratio must be between 0 and 1"
+    );
+    anyhow::ensure!(
+        args.mixed_key_space_size >= 1 && args.fill_keys >= 1,
+        "--mixed-key-space-size and --fill-keys must be at least 1"
+    );
     let mut results = Vec::new();
     for &members in &args.members {
         anyhow::ensure!(members >= 1, "--members must be at least 1");
         results.push((members, compare_topology(args, members).await?));
     }
+    for (_, topology) in &results {
+        print!("{}", topology.floor.table(&args.servers.dir));
+    }
     print!("{}", table(args, &results));
     let failed = results
         .iter()
-        .flat_map(|(_, measured)| measured.iter())
+        .flat_map(|(_, topology)| topology.measured.iter())
         .flat_map(|m| &m.runs)
         .filter(|run| run.failure.is_some())
         .count();
@@ -730,4 +985,57 @@ pub async fn run(args: &CompareArgs) -> anyhow::Result<()> {
         "{failed} run(s) failed (listed under the table)"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::floor::QuorumSync;
+
+    fn report_of(latencies_ms: &[u64]) -> Report {
+        let mut latencies = Histogram::default();
+        for &ms in latencies_ms {
+            latencies.record(Duration::from_millis(ms));
+        }
+        Report {
+            workload: "put".into(),
+            latencies,
+            errors: 0,
+            first_error: None,
+            elapsed: Duration::from_secs(1),
+            ops: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_floor_row_shows_p50_as_multiples_of_the_floor() {
+        let (mut sync, mut rtt) = (Histogram::default(), Histogram::default());
+        sync.record(Duration::from_millis(1));
+        rtt.record(Duration::from_millis(1));
+        let floor = Floor {
+            syncs: vec![QuorumSync { members: 1, sync }],
+            rtt,
+        };
+        // floor(1) = 1 ms + 1 ms; p50s 3 ms and 4 ms (one value each: exact, not a bucket's
+        // bound).
+        let row = floor_row(1, &floor, &report_of(&[3, 3]), &report_of(&[4]));
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(
+            cells,
+            ["1", "p50", "/", "floor", "(2.00", "ms)", "1.50", "2.00", "1.33"]
+        );
+        // An unmeasured size has no floor: no multiples, no ratio.
+        let row = floor_row(3, &floor, &report_of(&[3]), &report_of(&[4]));
+        assert!(
+            row.contains("NaN") && row.trim_end().ends_with('-'),
+            "{row}"
+        );
+    }
+
+    #[test]
+    fn ratios_are_cairn_over_etcd_and_undefined_without_etcd() {
+        assert_eq!(ratio(1.0, 2.0), "0.50");
+        assert_eq!(ratio(1.0, 0.0), "-");
+        assert_eq!(ratio(f64::NAN, 2.0), "-");
+    }
 }

@@ -459,6 +459,7 @@ impl Phase {
             errors: self.errors,
             first_error: None,
             elapsed: self.span,
+            ops: Vec::new(),
         }
     }
 }

@@ -706,6 +706,7 @@ impl Granted {
             errors: self.errors,
             first_error: self.first_error.clone(),
             elapsed: self.elapsed,
+            ops: Vec::new(),
         }
     }
 }
@@ -1151,6 +1152,7 @@ impl KeepaliveReport {
             errors: self.revoke.errors,
             first_error: self.revoke.first_error.clone(),
             elapsed: self.revoke.elapsed,
+            ops: Vec::new(),
         }
     }
 
@@ -1260,6 +1262,7 @@ pub async fn run_keepalive(spec: &KeepaliveSpec) -> anyhow::Result<KeepaliveRepo
         errors: keeper.errors,
         first_error: keeper.first_error.clone(),
         elapsed: keeper.measured_until.map_or(spec.duration, |t| t - start),
+        ops: Vec::new(),
     };
     let ids = granted.leases.iter().map(|l| l.id).collect();
     let revoked = revoke(&conns, spec.clients, ids).await?;

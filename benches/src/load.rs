@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::histogram::Histogram;
-use crate::report::Report;
+use crate::report::{OpReport, Report};
 
 /// Deadline of one request: a stuck server fails requests instead of hanging the run.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -32,6 +32,27 @@ pub enum Stop {
     Total(u64),
     /// No new request after this long.
     Duration(Duration),
+    /// After `total` requests, or no new request after `within`, whichever comes first (a
+    /// bounded run of a fixed amount of work, such as a fill).
+    TotalWithin { total: u64, within: Duration },
+}
+
+impl Stop {
+    /// Requests in all, if bounded by a count.
+    pub fn total(self) -> Option<u64> {
+        match self {
+            Stop::Total(total) | Stop::TotalWithin { total, .. } => Some(total),
+            Stop::Duration(_) => None,
+        }
+    }
+
+    /// How long requests may be started, if bounded in time.
+    pub fn duration(self) -> Option<Duration> {
+        match self {
+            Stop::Duration(d) | Stop::TotalWithin { within: d, .. } => Some(d),
+            Stop::Total(_) => None,
+        }
+    }
 }
 
 /// How reads are served.
@@ -66,6 +87,39 @@ pub enum Workload {
         keys: KeySpec,
         ops: usize,
     },
+    /// Each request a range of one key of the key space (a read, with probability
+    /// `read_ratio`) or a put to one (a write).
+    Mixed {
+        keys: KeySpec,
+        read_ratio: f64,
+        consistency: Consistency,
+    },
+}
+
+/// What one request of a mixed workload was; the index of its latencies in
+/// [`Report::ops`](crate::report::Report::ops).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    Read = 0,
+    Write = 1,
+}
+
+impl Op {
+    const ALL: [Op; 2] = [Op::Read, Op::Write];
+
+    fn name(self) -> &'static str {
+        match self {
+            Op::Read => "read",
+            Op::Write => "write",
+        }
+    }
+}
+
+/// Whether a request is a read, from a uniform random `draw`: true with probability
+/// `read_ratio` (exactly never at 0, always at 1).
+fn is_read(draw: u64, read_ratio: f64) -> bool {
+    // The top 53 bits, scaled by 2^-53: exactly representable, so strictly below 1.
+    ((draw >> 11) as f64) * (1.0 / 9_007_199_254_740_992.0) < read_ratio
 }
 
 impl Workload {
@@ -75,6 +129,7 @@ impl Workload {
             Workload::Put(_) => "put",
             Workload::Range { .. } => "range",
             Workload::TxnPut { .. } => "txn-put",
+            Workload::Mixed { .. } => "mixed",
         }
     }
 }
@@ -179,18 +234,20 @@ impl KeySpec {
     }
 }
 
-/// Sends request number `n` of `workload`.
+fn timed<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(REQUEST_TIMEOUT);
+    request
+}
+
+/// Sends request number `n` of `workload` (a mixed workload's `op` drawn by the caller).
 async fn send(
     kv: &mut KvClient<Channel>,
     workload: &Workload,
+    op: Op,
     n: u64,
     rng: &mut Rng,
 ) -> Result<(), tonic::Status> {
-    fn timed<T>(message: T) -> tonic::Request<T> {
-        let mut request = tonic::Request::new(message);
-        request.set_timeout(REQUEST_TIMEOUT);
-        request
-    }
     match workload {
         Workload::Put(keys) => {
             let put = PutRequest {
@@ -231,6 +288,29 @@ async fn send(
             };
             kv.txn(timed(txn)).await?;
         }
+        Workload::Mixed {
+            keys, consistency, ..
+        } => {
+            let key = keys.key(n, rng);
+            match op {
+                Op::Read => {
+                    let range = RangeRequest {
+                        key: key.into(),
+                        serializable: *consistency == Consistency::Serializable,
+                        ..Default::default()
+                    };
+                    kv.range(timed(range)).await?;
+                }
+                Op::Write => {
+                    let put = PutRequest {
+                        key: key.into(),
+                        value: keys.value(rng).into(),
+                        ..Default::default()
+                    };
+                    kv.put(timed(put)).await?;
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -240,6 +320,9 @@ struct ClientOutcome {
     latencies: Histogram,
     errors: u64,
     first_error: Option<String>,
+    /// Latencies and errors by [`Op`], indexed by it: a mixed workload's reads and writes
+    /// (empty for other workloads, which have one kind of request).
+    ops: Vec<(Histogram, u64)>,
 }
 
 /// Shared by all clients of one run.
@@ -256,23 +339,22 @@ impl Shared {
     /// Claims the next request number, waiting for its slot under the rate limit; `None` when
     /// the run is over.
     async fn next_request(&self) -> Option<u64> {
-        if let Stop::Duration(d) = self.stop {
-            if self.start.elapsed() >= d {
-                return None;
-            }
+        let over = || {
+            self.stop
+                .duration()
+                .is_some_and(|d| self.start.elapsed() >= d)
+        };
+        if over() {
+            return None;
         }
         let n = self.issued.fetch_add(1, Ordering::Relaxed);
-        if let Stop::Total(total) = self.stop {
-            if n >= total {
-                return None;
-            }
+        if self.stop.total().is_some_and(|total| n >= total) {
+            return None;
         }
         if let Some(rate) = self.rate {
             tokio::time::sleep_until(self.start + Duration::from_secs_f64(n as f64 / rate)).await;
-            if let Stop::Duration(d) = self.stop {
-                if self.start.elapsed() >= d {
-                    return None;
-                }
+            if over() {
+                return None;
             }
         }
         Some(n)
@@ -285,13 +367,32 @@ async fn client_loop(shared: Arc<Shared>, mut kv: KvClient<Channel>, seed: u64) 
         latencies: Histogram::default(),
         errors: 0,
         first_error: None,
+        ops: match shared.workload {
+            Workload::Mixed { .. } => Op::ALL.map(|_| (Histogram::default(), 0)).to_vec(),
+            _ => Vec::new(),
+        },
     };
     while let Some(n) = shared.next_request().await {
+        let op = match shared.workload {
+            Workload::Mixed { read_ratio, .. } if !is_read(rng.next(), read_ratio) => Op::Write,
+            Workload::Mixed { .. } => Op::Read,
+            // Other workloads have one kind of request; `send` does not look at `op` for them.
+            _ => Op::Write,
+        };
         let sent = Instant::now();
-        match send(&mut kv, &shared.workload, n, &mut rng).await {
-            Ok(()) => outcome.latencies.record(sent.elapsed()),
+        match send(&mut kv, &shared.workload, op, n, &mut rng).await {
+            Ok(()) => {
+                let latency = sent.elapsed();
+                outcome.latencies.record(latency);
+                if let Some((latencies, _)) = outcome.ops.get_mut(op as usize) {
+                    latencies.record(latency);
+                }
+            }
             Err(status) => {
                 outcome.errors += 1;
+                if let Some((_, errors)) = outcome.ops.get_mut(op as usize) {
+                    *errors += 1;
+                }
                 outcome
                     .first_error
                     .get_or_insert_with(|| format!("{:?}: {}", status.code(), status.message()));
@@ -310,10 +411,10 @@ async fn progress(shared: Arc<Shared>, every: Duration) {
     loop {
         ticks.tick().await;
         let finished = shared.finished.load(Ordering::Relaxed);
-        let of = match shared.stop {
-            Stop::Total(total) => format!("/{total}"),
-            Stop::Duration(_) => String::new(),
-        };
+        let of = shared
+            .stop
+            .total()
+            .map_or(String::new(), |total| format!("/{total}"));
         eprintln!(
             "{name}: {finished}{of} requests after {:.0}s, {:.0} req/s",
             shared.start.elapsed().as_secs_f64(),
@@ -321,6 +422,39 @@ async fn progress(shared: Arc<Shared>, every: Duration) {
         );
         previous = finished;
     }
+}
+
+/// How long writing a key space once before a mixed run may take.
+pub const PREFILL_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Writes every key of `keys`' key space once, sequentially numbered, over `spec`'s endpoints,
+/// clients and connections: the untimed setup of a run that reads those keys, so that each
+/// read finds a value of `keys.val_size` bytes.
+pub async fn prefill(spec: &LoadSpec, keys: &KeySpec) -> anyhow::Result<Report> {
+    let spec = LoadSpec {
+        stop: Stop::TotalWithin {
+            total: keys.key_space_size,
+            within: PREFILL_TIMEOUT,
+        },
+        rate: None,
+        progress: None,
+        ..spec.clone()
+    };
+    let workload = Workload::Put(KeySpec {
+        sequential: true,
+        ..keys.clone()
+    });
+    let report = run(&spec, &workload).await?;
+    anyhow::ensure!(
+        report.errors == 0 && report.latencies.count() == keys.key_space_size,
+        "prefill wrote {} of {} keys in {:.1}s ({} errors; first: {})",
+        report.latencies.count(),
+        keys.key_space_size,
+        report.elapsed.as_secs_f64(),
+        report.errors,
+        report.first_error.as_deref().unwrap_or("none")
+    );
+    Ok(report)
 }
 
 /// Runs `workload` as `spec` says and measures it.
@@ -359,11 +493,26 @@ pub async fn run(spec: &LoadSpec, workload: &Workload) -> anyhow::Result<Report>
         errors: 0,
         first_error: None,
         elapsed: Duration::ZERO,
+        ops: Vec::new(),
     };
+    if matches!(workload, Workload::Mixed { .. }) {
+        report.ops = Op::ALL
+            .iter()
+            .map(|op| OpReport {
+                name: op.name(),
+                latencies: Histogram::default(),
+                errors: 0,
+            })
+            .collect();
+    }
     for client in clients {
         let outcome = client.await.context("a client task panicked")?;
         report.latencies.merge(&outcome.latencies);
         report.errors += outcome.errors;
+        for (op, (latencies, errors)) in report.ops.iter_mut().zip(&outcome.ops) {
+            op.latencies.merge(latencies);
+            op.errors += errors;
+        }
         if report.first_error.is_none() {
             report.first_error = outcome.first_error;
         }
@@ -378,6 +527,143 @@ pub async fn run(spec: &LoadSpec, workload: &Workload) -> anyhow::Result<Report>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use cairn_proto::etcdserverpb::kv_server::{Kv, KvServer};
+    use cairn_proto::etcdserverpb::{
+        CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
+        PutResponse, RangeResponse, RangeStreamResponse, TxnResponse,
+    };
+    use tonic::{Response, Status};
+
+    /// A KV service that counts what it is asked: linearizable and serializable ranges, puts.
+    #[derive(Default)]
+    struct CountingKv {
+        linearizable: AtomicU64,
+        serializable: AtomicU64,
+        puts: AtomicU64,
+    }
+
+    /// The service's handle on the counts the test reads.
+    struct CountingService(Arc<CountingKv>);
+
+    #[tonic::async_trait]
+    impl Kv for CountingService {
+        async fn range(
+            &self,
+            request: tonic::Request<RangeRequest>,
+        ) -> Result<Response<RangeResponse>, Status> {
+            let counter = if request.get_ref().serializable {
+                &self.0.serializable
+            } else {
+                &self.0.linearizable
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            Ok(Response::new(RangeResponse::default()))
+        }
+
+        type RangeStreamStream =
+            tonic::codegen::tokio_stream::Empty<Result<RangeStreamResponse, Status>>;
+
+        async fn range_stream(
+            &self,
+            _: tonic::Request<RangeRequest>,
+        ) -> Result<Response<Self::RangeStreamStream>, Status> {
+            Err(Status::unimplemented("not counted"))
+        }
+
+        async fn put(
+            &self,
+            request: tonic::Request<PutRequest>,
+        ) -> Result<Response<PutResponse>, Status> {
+            assert_eq!(request.get_ref().value.len(), 16);
+            self.0.puts.fetch_add(1, Ordering::Relaxed);
+            Ok(Response::new(PutResponse::default()))
+        }
+
+        async fn delete_range(
+            &self,
+            _: tonic::Request<DeleteRangeRequest>,
+        ) -> Result<Response<DeleteRangeResponse>, Status> {
+            Err(Status::unimplemented("not counted"))
+        }
+
+        async fn txn(
+            &self,
+            _: tonic::Request<cairn_proto::etcdserverpb::TxnRequest>,
+        ) -> Result<Response<TxnResponse>, Status> {
+            Err(Status::unimplemented("not counted"))
+        }
+
+        async fn compact(
+            &self,
+            _: tonic::Request<CompactionRequest>,
+        ) -> Result<Response<CompactionResponse>, Status> {
+            Err(Status::unimplemented("not counted"))
+        }
+    }
+
+    /// Serves `kv` on a loopback port until the returned sender is dropped.
+    async fn serve(kv: Arc<CountingKv>) -> (String, tokio::sync::oneshot::Sender<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = listener.local_addr().unwrap().to_string();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(KvServer::new(CountingService(kv)))
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener),
+                    async {
+                        // Dropping the sender ends the server too.
+                        let _ = stopped.await;
+                    },
+                ),
+        );
+        (endpoint, stop)
+    }
+
+    #[tokio::test]
+    async fn a_mixed_run_sends_ranges_and_puts_and_reports_them_apart() {
+        let kv = Arc::new(CountingKv::default());
+        let (endpoint, _stop) = serve(kv.clone()).await;
+        let spec = LoadSpec {
+            endpoints: vec![endpoint],
+            clients: 8,
+            conns: 2,
+            stop: Stop::Total(2000),
+            rate: None,
+            progress: None,
+        };
+        let keys = KeySpec {
+            key_size: 8,
+            val_size: 16,
+            key_space_size: 100,
+            sequential: false,
+        };
+        let workload = Workload::Mixed {
+            keys: keys.clone(),
+            read_ratio: 0.75,
+            consistency: Consistency::Serializable,
+        };
+        let report = run(&spec, &workload).await.unwrap();
+        let (reads, writes) = (report.op("read").unwrap(), report.op("write").unwrap());
+        assert_eq!(report.errors, 0);
+        assert_eq!(report.latencies.count(), 2000);
+        assert_eq!(
+            reads.latencies.count(),
+            kv.serializable.load(Ordering::Relaxed)
+        );
+        assert_eq!(writes.latencies.count(), kv.puts.load(Ordering::Relaxed));
+        assert_eq!(reads.latencies.count() + writes.latencies.count(), 2000);
+        assert_eq!(kv.linearizable.load(Ordering::Relaxed), 0);
+        // 2000 draws at 0.75: 1500 expected, 19 standard deviations each way.
+        assert!((1300..1700).contains(&reads.latencies.count()), "{reads:?}");
+
+        let puts_before = kv.puts.load(Ordering::Relaxed);
+        let prefill_report = prefill(&spec, &keys).await.unwrap();
+        assert_eq!(prefill_report.latencies.count(), 100);
+        assert_eq!(kv.puts.load(Ordering::Relaxed) - puts_before, 100);
+        assert!(prefill_report.ops.is_empty());
+    }
 
     #[test]
     fn keys_are_go_varints_padded_to_key_size() {
@@ -433,6 +719,35 @@ mod tests {
         }
         assert_eq!(seen.len(), 5);
         assert_ne!(keys.value(&mut rng), keys.value(&mut rng));
+    }
+
+    #[test]
+    fn read_ratio_sets_the_share_of_reads() {
+        let mut rng = Rng(3);
+        let reads = (0..10_000).filter(|_| is_read(rng.next(), 0.9)).count();
+        assert!((8_800..9_200).contains(&reads), "{reads}");
+        assert!(!is_read(0, 0.0));
+        assert!(!is_read(u64::MAX, 0.999));
+        assert!(is_read(u64::MAX, 1.0));
+        assert!(is_read(0, 0.5) && !is_read(1 << 63, 0.5));
+    }
+
+    #[test]
+    fn stop_bounds_by_count_time_or_both() {
+        let d = Duration::from_secs(3);
+        assert_eq!(
+            (Stop::Total(5).total(), Stop::Total(5).duration()),
+            (Some(5), None)
+        );
+        assert_eq!(
+            (Stop::Duration(d).total(), Stop::Duration(d).duration()),
+            (None, Some(d))
+        );
+        let both = Stop::TotalWithin {
+            total: 7,
+            within: d,
+        };
+        assert_eq!((both.total(), both.duration()), (Some(7), Some(d)));
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod catchup;
 mod cluster;
 mod compare;
 mod expiry;
+mod floor;
 mod histogram;
 mod lease;
 mod load;
@@ -45,6 +46,9 @@ enum Command {
     /// Grants leases and keeps them alive over keep-alive streams: renewals/s, keep-alive
     /// latency, and whether any lease expired while kept alive.
     LeaseKeepalive(lease::KeepaliveArgs),
+    /// Measures the machine's floor for one durable write: a small append + fdatasync (alone,
+    /// and a quorum's of several at once) and a loopback round trip.
+    Floor(floor::FloorArgs),
     /// Lets many leases (each with a key) expire at once under a steady put load: put latency
     /// before and during the expiry, time until every key is gone, leader kept or not.
     LeaseExpiry(expiry::ExpiryArgs),
@@ -72,6 +76,27 @@ enum LoadCommand {
         #[arg(long, default_value_t = 1)]
         txn_ops: usize,
     },
+    /// Ranges of single keys (reads) and puts (writes) over a key space, mixed at random;
+    /// latencies of reads and writes reported apart.
+    Mixed(MixedArgs),
+}
+
+#[derive(Args, Debug)]
+struct MixedArgs {
+    #[command(flatten)]
+    load: LoadArgs,
+    #[command(flatten)]
+    keys: KeyArgs,
+    /// Share of requests that are reads (ranges of one key), from 0 to 1; the rest are puts.
+    #[arg(long, default_value_t = 0.9)]
+    read_ratio: f64,
+    /// Reads: l: linearizable, s: serializable.
+    #[arg(long, value_enum, default_value = "l")]
+    consistency: ConsistencyArg,
+    /// Before the timed run, write every key of the key space once (untimed), so that every
+    /// read finds a value.
+    #[arg(long)]
+    prefill: bool,
 }
 
 /// Flags every load subcommand takes.
@@ -234,13 +259,33 @@ impl LoadCommand {
                     key: range.key.clone().into_bytes(),
                     range_end: range.end.clone().unwrap_or_default().into_bytes(),
                     limit: range.limit,
-                    consistency: match range.consistency {
-                        ConsistencyArg::L => Consistency::Linearizable,
-                        ConsistencyArg::S => Consistency::Serializable,
-                    },
+                    consistency: range.consistency.into(),
                 },
             ),
+            LoadCommand::Mixed(mixed) => {
+                anyhow::ensure!(
+                    (0.0..=1.0).contains(&mixed.read_ratio),
+                    "--read-ratio must be between 0 and 1"
+                );
+                (
+                    &mixed.load,
+                    Workload::Mixed {
+                        keys: mixed.keys.spec()?,
+                        read_ratio: mixed.read_ratio,
+                        consistency: mixed.consistency.into(),
+                    },
+                )
+            }
         })
+    }
+}
+
+impl From<ConsistencyArg> for Consistency {
+    fn from(arg: ConsistencyArg) -> Consistency {
+        match arg {
+            ConsistencyArg::L => Consistency::Linearizable,
+            ConsistencyArg::S => Consistency::Serializable,
+        }
     }
 }
 
@@ -248,6 +293,7 @@ async fn execute(command: Command) -> anyhow::Result<()> {
     match &command {
         Command::Compare(args) => compare::run(args).await,
         Command::SnapshotCatchup(args) => catchup::run(args).await,
+        Command::Floor(args) => floor::run(args).await,
         Command::Watch(args) => {
             let report = watch::run(&args.spec()?).await?;
             if args.json {
@@ -288,7 +334,19 @@ async fn execute(command: Command) -> anyhow::Result<()> {
         }
         Command::Load(command) => {
             let (load_args, workload) = command.load()?;
-            let report = load::run(&load_args.spec()?, &workload).await?;
+            let spec = load_args.spec()?;
+            if let (LoadCommand::Mixed(mixed), Workload::Mixed { keys, .. }) = (command, &workload)
+            {
+                if mixed.prefill {
+                    let prefill = load::prefill(&spec, keys).await?;
+                    eprintln!(
+                        "prefill: {} keys in {:.1}s",
+                        prefill.latencies.count(),
+                        prefill.elapsed.as_secs_f64()
+                    );
+                }
+            }
+            let report = load::run(&spec, &workload).await?;
             if load_args.json {
                 println!("{}", report.to_json());
             } else {
@@ -442,13 +500,68 @@ mod tests {
     }
 
     #[test]
+    fn mixed_takes_put_flags_read_ratio_and_consistency() {
+        let cli = load_command(&[
+            "mixed",
+            "--clients=1000",
+            "--conns=100",
+            "--duration=5s",
+            "--val-size=256",
+            "--key-space-size=10000",
+            "--read-ratio=0.75",
+            "--consistency=s",
+            "--rate=500",
+            "--prefill",
+        ]);
+        let LoadCommand::Mixed(ref args) = cli else {
+            panic!("not mixed: {cli:?}")
+        };
+        assert!(args.prefill);
+        let (load, workload) = cli.load().unwrap();
+        let spec = load.spec().unwrap();
+        assert_eq!((spec.clients, spec.conns), (1000, 100));
+        assert_eq!(spec.stop, Stop::Duration(Duration::from_secs(5)));
+        assert_eq!(spec.rate, Some(500.0));
+        let Workload::Mixed {
+            keys,
+            read_ratio,
+            consistency,
+        } = workload
+        else {
+            panic!("not mixed: {workload:?}")
+        };
+        assert_eq!((keys.val_size, keys.key_space_size), (256, 10_000));
+        assert_eq!((read_ratio, consistency), (0.75, Consistency::Serializable));
+        let (_, workload) = load_command(&["mixed"]).load().unwrap();
+        assert!(matches!(
+            workload,
+            Workload::Mixed {
+                read_ratio: 0.9,
+                consistency: Consistency::Linearizable,
+                ..
+            }
+        ));
+        assert!(load_command(&["mixed", "--read-ratio=1.5"]).load().is_err());
+        assert!(load_command(&["mixed", "--read-ratio=-0.1"])
+            .load()
+            .is_err());
+    }
+
+    #[test]
     fn compare_defaults_fit_the_five_minute_budget() {
         let cli = parse(&["compare"]).unwrap();
         let Command::Compare(args) = cli.command else {
             panic!("not compare")
         };
         assert_eq!(args.members, [1, 3]);
-        assert_eq!(args.workloads.len(), 6);
+        assert_eq!(args.workloads.len(), 7);
+        assert!(args.workloads.contains(&compare::Scenario::Mixed));
+        assert!(!args.workloads.contains(&compare::Scenario::Fill));
+        assert_eq!(args.fill_keys, 1_000_000);
+        assert_eq!(
+            (args.mixed_read_ratio, args.mixed_key_space_size),
+            (0.9, 10_000)
+        );
         assert!(args.workloads.contains(&compare::Scenario::WatchFanout));
         assert!(args.workloads.contains(&compare::Scenario::LeaseKeepalive));
         assert!(!args.workloads.contains(&compare::Scenario::LeaseExpiry));
@@ -466,7 +579,7 @@ mod tests {
         );
         // Timed runs only: creating watchers and granting/revoking leases come on top.
         let runs = args.members.len() * args.workloads.len() * 2;
-        assert!(args.duration * runs as u32 <= Duration::from_secs(200));
+        assert!(args.duration * runs as u32 <= Duration::from_secs(240));
         assert!(parse(&[
             "compare",
             "--workloads=put1,range-s",
@@ -475,6 +588,26 @@ mod tests {
         ])
         .is_ok());
         assert!(parse(&["compare", "--workloads=nope"]).is_err());
+        let Command::Compare(args) = parse(&[
+            "compare",
+            "--workloads=mixed,fill",
+            "--fill-keys=100000",
+            "--fill-timeout=2m",
+            "--mixed-read-ratio=0.5",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not compare")
+        };
+        assert_eq!(
+            args.workloads,
+            [compare::Scenario::Mixed, compare::Scenario::Fill]
+        );
+        assert_eq!(
+            (args.fill_keys, args.fill_timeout, args.mixed_read_ratio),
+            (100_000, Duration::from_secs(120), 0.5)
+        );
         assert!(parse(&["compare", "--workloads=watch-fanout,watch-spread"]).is_ok());
         assert!(parse(&[
             "compare",
@@ -603,6 +736,43 @@ mod tests {
             panic!("not lease-expiry")
         };
         assert!(args.spec().is_err());
+    }
+
+    #[test]
+    fn floor_takes_dir_members_and_sample_counts() {
+        let Command::Floor(args) = parse(&["floor"]).unwrap().command else {
+            panic!("not floor")
+        };
+        let spec = args.spec().unwrap();
+        assert_eq!(spec.members, [1, 3]);
+        assert_eq!(
+            (spec.sync_rounds, spec.round_trips),
+            (floor::SYNC_ROUNDS_DEFAULT, floor::ROUND_TRIPS_DEFAULT)
+        );
+        let Command::Floor(args) = parse(&[
+            "floor",
+            "--dir=/var/tmp",
+            "--members=5",
+            "--sync-rounds=10",
+            "--round-trips=20",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not floor")
+        };
+        assert_eq!(args.dir, std::path::Path::new("/var/tmp"));
+        let spec = args.spec().unwrap();
+        assert_eq!(
+            (spec.members, spec.sync_rounds, spec.round_trips),
+            (vec![5], 10, 20)
+        );
+        for bad in ["--members=0", "--sync-rounds=0", "--round-trips=0"] {
+            let Command::Floor(args) = parse(&["floor", bad]).unwrap().command else {
+                panic!("not floor")
+            };
+            assert!(args.spec().is_err(), "{bad}");
+        }
     }
 
     #[test]

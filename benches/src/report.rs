@@ -22,6 +22,19 @@ pub struct Report {
     pub first_error: Option<String>,
     /// From the first request sent to the last answer received.
     pub elapsed: Duration,
+    /// A mixed workload's reads and writes, each on its own (empty for a single-op workload).
+    pub ops: Vec<OpReport>,
+}
+
+/// The requests of one kind within a run (a mixed workload's reads, say).
+#[derive(Clone, Debug)]
+pub struct OpReport {
+    /// `read` or `write`.
+    pub name: &'static str,
+    /// Latencies of the successful requests of this kind.
+    pub latencies: Histogram,
+    /// Requests of this kind that failed.
+    pub errors: u64,
 }
 
 fn ms(d: Option<Duration>) -> f64 {
@@ -31,7 +44,7 @@ fn ms(d: Option<Duration>) -> f64 {
 impl Report {
     /// Successful requests per second.
     pub fn throughput(&self) -> f64 {
-        self.latencies.count() as f64 / self.elapsed.as_secs_f64().max(f64::MIN_POSITIVE)
+        self.rate(&self.latencies)
     }
 
     /// The 99th percentile latency, or `None` if no request succeeded.
@@ -57,12 +70,34 @@ impl Report {
         }
         writeln!(out, "  throughput  {:.1} req/s", self.throughput()).expect("writing to a String");
         out += &latency_table("latency ms", h);
+        for op in &self.ops {
+            writeln!(
+                out,
+                "  {}s       {} requests, {} errors, {:.1} req/s",
+                op.name,
+                op.latencies.count(),
+                op.errors,
+                self.rate(&op.latencies)
+            )
+            .expect("writing to a String");
+            out += &latency_table(&format!("{} ms", op.name), &op.latencies);
+        }
         out
+    }
+
+    /// Successful requests of `h` per second of this run.
+    pub fn rate(&self, h: &Histogram) -> f64 {
+        h.count() as f64 / self.elapsed.as_secs_f64().max(f64::MIN_POSITIVE)
+    }
+
+    /// The requests of kind `name` (`read`, `write`), if the run had kinds.
+    pub fn op(&self, name: &str) -> Option<&OpReport> {
+        self.ops.iter().find(|op| op.name == name)
     }
 
     /// One JSON object; latencies in milliseconds (`null` when no request succeeded).
     pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
+        let mut json = serde_json::json!({
             "workload": self.workload,
             "requests": self.latencies.count(),
             "errors": self.errors,
@@ -70,7 +105,16 @@ impl Report {
             "elapsed_s": self.elapsed.as_secs_f64(),
             "throughput": self.throughput(),
             "latency_ms": latency_json(&self.latencies),
-        })
+        });
+        for op in &self.ops {
+            json[op.name] = serde_json::json!({
+                "requests": op.latencies.count(),
+                "errors": op.errors,
+                "throughput": self.rate(&op.latencies),
+                "latency_ms": latency_json(&op.latencies),
+            });
+        }
+        json
     }
 }
 
@@ -114,7 +158,53 @@ mod tests {
             errors: 2,
             first_error: Some("Unavailable: down".into()),
             elapsed: Duration::from_millis(500),
+            ops: Vec::new(),
         }
+    }
+
+    /// `report()` split as a mixed run: the first 900 requests reads, the rest writes.
+    fn mixed_report() -> Report {
+        let (mut reads, mut writes) = (Histogram::default(), Histogram::default());
+        for n in 1..=1000 {
+            let h = if n <= 900 { &mut reads } else { &mut writes };
+            h.record(Duration::from_micros(n));
+        }
+        Report {
+            workload: "mixed".into(),
+            ops: vec![
+                OpReport {
+                    name: "read",
+                    latencies: reads,
+                    errors: 0,
+                },
+                OpReport {
+                    name: "write",
+                    latencies: writes,
+                    errors: 2,
+                },
+            ],
+            ..report()
+        }
+    }
+
+    #[test]
+    fn a_mixed_run_reports_reads_and_writes_apart() {
+        let r = mixed_report();
+        let json = r.to_json();
+        assert_eq!(json["throughput"], 2000.0);
+        assert_eq!(json["read"]["throughput"], 1800.0);
+        assert_eq!(json["write"]["throughput"], 200.0);
+        assert_eq!(json["write"]["errors"], 2);
+        let ms = |op: &str, stat: &str| json[op]["latency_ms"][stat].as_f64().unwrap();
+        assert!((ms("read", "max") - 0.9).abs() < 1e-9);
+        assert!((ms("write", "min") - 0.901).abs() < 1e-9);
+        let table = r.table();
+        for label in ["reads", "1800.0 req/s", "write ms", "200.0 req/s"] {
+            assert!(table.contains(label), "{label} missing from\n{table}");
+        }
+        assert_eq!(r.op("write").unwrap().errors, 2);
+        assert!(r.op("delete").is_none());
+        assert!(report().to_json().get("read").is_none());
     }
 
     #[test]

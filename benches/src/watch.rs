@@ -423,18 +423,13 @@ impl Shared {
     /// Claims the next put number, waiting for its slot under the rate and the window;
     /// `None` when the put phase is over.
     async fn next_put(&self) -> Option<u64> {
-        let deadline = match self.stop {
-            Stop::Duration(d) => Some(self.start + d),
-            Stop::Total(_) => None,
-        };
+        let deadline = self.stop.duration().map(|d| self.start + d);
         if self.past(deadline) {
             return None;
         }
         let n = self.claimed.fetch_add(1, Ordering::Relaxed);
-        if let Stop::Total(total) = self.stop {
-            if n >= total {
-                return None;
-            }
+        if self.stop.total().is_some_and(|total| n >= total) {
+            return None;
         }
         if let Some(rate) = self.rate {
             tokio::time::sleep_until(self.start + Duration::from_secs_f64(n as f64 / rate)).await;
@@ -959,6 +954,7 @@ pub async fn run(spec: &WatchSpec) -> anyhow::Result<WatchReport> {
             errors: put_errors + delivery.failures(),
             first_error,
             elapsed: last_event.map_or(put_elapsed, |at| at - shared.start),
+            ops: Vec::new(),
         },
     })
 }
