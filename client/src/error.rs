@@ -170,7 +170,7 @@ pub enum Error {
     /// Invalid arguments given to the client (bad endpoint URL, empty endpoint list, ...).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
-    /// The endpoint or option needs something this build of the client does not have (TLS).
+    /// The endpoint or option needs something this build of the client does not have.
     #[error("unsupported: {0}")]
     Unsupported(String),
     /// A connection could not be set up ([`Client::connect`](crate::Client::connect)).

@@ -41,7 +41,9 @@
 //!   layouts (Go programs and `etcdctl lock`/`elect` interoperate with them) and `Stm`.
 //! - **Errors by name**: [`Error`] has a variant for each of etcd's errors.
 //! - **Auth**: [`ConnectOptions::with_user`] authenticates and refreshes the token when a member
-//!   answers `invalid auth token`. TLS is not in this build (see [`ConnectOptions::with_tls`]).
+//!   answers `invalid auth token`.
+//! - **TLS**: [`ConnectOptions::with_tls`] with `https://` endpoints (rustls; a CA, and a client
+//!   certificate for servers that require one).
 //!
 //! # Single-endpoint methods
 //!
@@ -92,6 +94,7 @@ mod namespace;
 mod options;
 mod services;
 mod stream;
+mod tls;
 mod transport;
 mod watch;
 
@@ -179,6 +182,11 @@ impl Client {
     /// "Single-endpoint methods" above); the service handles work on it too.
     pub async fn connect(endpoint: impl Into<String>) -> Result<Client> {
         let endpoint = endpoint.into();
+        if endpoint.starts_with("https://") {
+            return Err(Error::InvalidArgument(format!(
+                "{endpoint}: an https:// endpoint needs Client::connect_with and ConnectOptions::with_tls"
+            )));
+        }
         let channel = Endpoint::from_shared(endpoint.clone())?
             .connect_timeout(CONNECT_TIMEOUT)
             .connect()

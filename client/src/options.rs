@@ -106,11 +106,8 @@ impl ConnectOptions {
         self
     }
 
-    /// Use TLS. **Not available in this build**: the client is built without tonic's TLS
-    /// features (they would change the features the whole workspace compiles with), so
-    /// connecting with TLS options, or to an `https://` endpoint, fails with
-    /// [`Error::Unsupported`](crate::Error::Unsupported). The options are defined now so that
-    /// code can be written against them; the transport lands with the server's TLS support.
+    /// Use TLS (rustls) for `https://` endpoints; `http://` ones stay in clear. A CA is required;
+    /// bad PEM fails the connect with [`Error::InvalidArgument`](crate::Error::InvalidArgument).
     pub fn with_tls(mut self, tls: TlsOptions) -> Self {
         self.tls = Some(tls);
         self
@@ -118,7 +115,7 @@ impl ConnectOptions {
 }
 
 /// TLS settings (PEM): the CA that signs the servers' certificates, and optionally a client
-/// certificate and key for mutual TLS. See [`ConnectOptions::with_tls`] for the current status.
+/// certificate and key for mutual TLS (`--client-cert-auth`).
 #[derive(Debug, Clone, Default)]
 pub struct TlsOptions {
     pub(crate) ca_pem: Option<Vec<u8>>,

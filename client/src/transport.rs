@@ -28,6 +28,8 @@ use tokio::time::Instant;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::tls::TlsConnector;
+
 use crate::error::{delivery_of, wants_new_token, Delivery, Error, Result};
 use crate::options::ConnectOptions;
 
@@ -80,6 +82,8 @@ pub(crate) struct Picked {
 pub(crate) struct Pool {
     endpoints: Mutex<Endpoints>,
     pub(crate) options: ConnectOptions,
+    /// The TLS transport, when the options ask for it.
+    tls: Option<TlsConnector>,
     token: RwLock<Option<String>>,
     /// Serialises re-authentication so that a burst of `invalid auth token` answers makes one
     /// `Authenticate` call.
@@ -89,17 +93,12 @@ pub(crate) struct Pool {
 impl Pool {
     /// A pool over `uris` (validated, deduplicated). Connections are made on first use.
     pub(crate) fn new(uris: &[String], options: ConnectOptions) -> Result<Arc<Pool>> {
-        if options.tls.is_some() {
-            return Err(Error::Unsupported(
-                "TLS: this build of cairn-client has no TLS transport (see ConnectOptions::with_tls)"
-                    .into(),
-            ));
-        }
+        let tls = options.tls.as_ref().map(TlsConnector::new).transpose()?;
         let mut list = Vec::new();
         for uri in uris {
             let uri = normalize(uri)?;
             if !list.iter().any(|e: &EndpointState| e.uri == uri) {
-                let channel = make_endpoint(&uri, &options)?.connect_lazy();
+                let channel = make_channel(&uri, &options, tls.as_ref())?;
                 list.push(EndpointState {
                     uri,
                     channel,
@@ -114,6 +113,7 @@ impl Pool {
         Ok(Arc::new(Pool {
             endpoints: Mutex::new(Endpoints { list, next: 0 }),
             options,
+            tls,
             token: RwLock::new(None),
             auth_lock: tokio::sync::Mutex::new(()),
         }))
@@ -136,6 +136,7 @@ impl Pool {
                 next: 0,
             }),
             options,
+            tls: None,
             token: RwLock::new(None),
             auth_lock: tokio::sync::Mutex::new(()),
         })
@@ -171,7 +172,7 @@ impl Pool {
             return Ok(p);
         }
         let uri = normalize(uri)?;
-        let channel = make_endpoint(&uri, &self.options)?.connect_lazy();
+        let channel = make_channel(&uri, &self.options, self.tls.as_ref())?;
         Ok(Picked { uri, channel })
     }
 
@@ -192,7 +193,7 @@ impl Pool {
             if self.channel_of(uri).is_none() {
                 made.push((
                     uri.clone(),
-                    make_endpoint(uri, &self.options)?.connect_lazy(),
+                    make_channel(uri, &self.options, self.tls.as_ref())?,
                 ));
             }
         }
@@ -544,7 +545,7 @@ pub(crate) fn spawn_auto_sync(pool: &Arc<Pool>, interval: Duration) {
     });
 }
 
-/// `http://host:port` without a trailing slash; refuses `https` (no TLS in this build).
+/// `http://host:port` or `https://host:port` without a trailing slash (no scheme: `http`).
 fn normalize(uri: &str) -> Result<String> {
     let uri = uri.trim().trim_end_matches('/');
     let uri = if uri.contains("://") {
@@ -552,15 +553,29 @@ fn normalize(uri: &str) -> Result<String> {
     } else {
         format!("http://{uri}")
     };
-    if uri.starts_with("https://") {
-        return Err(Error::Unsupported(format!(
-            "{uri}: this build of cairn-client has no TLS transport (see ConnectOptions::with_tls)"
+    if !uri.starts_with("http://") && !uri.starts_with("https://") {
+        return Err(Error::InvalidArgument(format!(
+            "{uri}: not an http:// or https:// URL"
         )));
     }
-    if !uri.starts_with("http://") {
-        return Err(Error::InvalidArgument(format!("{uri}: not an http:// URL")));
-    }
     Ok(uri)
+}
+
+/// A lazily connected channel to `uri`: through `tls` when given, in clear otherwise (an
+/// `https://` endpoint without TLS options is refused).
+fn make_channel(
+    uri: &str,
+    options: &ConnectOptions,
+    tls: Option<&TlsConnector>,
+) -> Result<Channel> {
+    let endpoint = make_endpoint(uri, options)?;
+    match tls {
+        Some(tls) => Ok(tls.connect_lazy(endpoint)),
+        None if uri.starts_with("https://") => Err(Error::InvalidArgument(format!(
+            "{uri}: an https:// endpoint needs ConnectOptions::with_tls"
+        ))),
+        None => Ok(endpoint.connect_lazy()),
+    }
 }
 
 fn make_endpoint(uri: &str, options: &ConnectOptions) -> Result<Endpoint> {
@@ -597,9 +612,10 @@ mod tests {
             normalize("http://127.0.0.1:2379/").unwrap(),
             "http://127.0.0.1:2379"
         );
+        assert_eq!(normalize("https://a:1/").unwrap(), "https://a:1");
         assert!(matches!(
-            normalize("https://a:1"),
-            Err(Error::Unsupported(_))
+            normalize("ftp://a:1"),
+            Err(Error::InvalidArgument(_))
         ));
     }
 

@@ -276,6 +276,6 @@ async fn unreachable_endpoints_fail_with_a_deadline() {
     assert!(started.elapsed() < Duration::from_secs(3));
     assert!(matches!(
         cairn_client::Client::connect_with(["https://127.0.0.1:1"], ConnectOptions::new()).await,
-        Err(Error::Unsupported(_))
+        Err(Error::InvalidArgument(_))
     ));
 }

@@ -10,6 +10,8 @@ use std::time::Duration;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 
+use crate::tls::{TlsPolicy, TlsSettings};
+
 /// etcd flags that Cairn recognises but does not implement yet; using one is an error.
 const UNSUPPORTED_FLAGS: &[&str] = &[
     "config-file",
@@ -42,20 +44,10 @@ const UNSUPPORTED_FLAGS: &[&str] = &[
     "strict-reconfig-check",
     "pre-vote",
     "max-learners",
-    "cert-file",
-    "key-file",
-    "client-cert-auth",
-    "trusted-ca-file",
     "client-cert-file",
     "client-key-file",
     "client-crl-file",
     "client-cert-allowed-hostname",
-    "auto-tls",
-    "peer-auto-tls",
-    "peer-cert-file",
-    "peer-key-file",
-    "peer-trusted-ca-file",
-    "peer-client-cert-auth",
     "peer-cert-allowed-cn",
     "peer-cert-allowed-hostname",
     "peer-crl-file",
@@ -63,9 +55,6 @@ const UNSUPPORTED_FLAGS: &[&str] = &[
     "peer-client-key-file",
     "peer-skip-client-san-verification",
     "self-signed-cert-validity",
-    "cipher-suites",
-    "tls-min-version",
-    "tls-max-version",
     "cors",
     "host-whitelist",
     "enable-pprof",
@@ -201,6 +190,47 @@ pub struct Config {
     /// histogram metrics.
     #[arg(long, value_enum, default_value_t = MetricsLevel::Basic)]
     pub metrics: MetricsLevel,
+    /// Path to the client server TLS cert file.
+    #[arg(long)]
+    pub cert_file: Option<PathBuf>,
+    /// Path to the client server TLS key file.
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
+    /// Enable client cert authentication (the certificate's common name is the user when auth is
+    /// on and the request carries no token).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "false", action = clap::ArgAction::Set)]
+    pub client_cert_auth: bool,
+    /// Path to the client server TLS trusted CA cert file.
+    #[arg(long)]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Client TLS using generated certificates.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "false", action = clap::ArgAction::Set)]
+    pub auto_tls: bool,
+    /// Path to the peer server TLS cert file (also this member's client certificate to its peers).
+    #[arg(long)]
+    pub peer_cert_file: Option<PathBuf>,
+    /// Path to the peer server TLS key file.
+    #[arg(long)]
+    pub peer_key_file: Option<PathBuf>,
+    /// Enable peer client cert authentication.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "false", action = clap::ArgAction::Set)]
+    pub peer_client_cert_auth: bool,
+    /// Path to the peer server TLS trusted CA file.
+    #[arg(long)]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Peer TLS using self-generated certificates if --peer-key-file and --peer-cert-file are not provided.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "false", action = clap::ArgAction::Set)]
+    pub peer_auto_tls: bool,
+    /// Comma-separated list of supported TLS 1.2 cipher suites between client/server and peers
+    /// (Go's names; empty: rustls's defaults).
+    #[arg(long, value_delimiter = ',')]
+    pub cipher_suites: Vec<String>,
+    /// Minimum TLS version supported by cairn: TLS1.2 or TLS1.3 [default: TLS1.2].
+    #[arg(long)]
+    pub tls_min_version: Option<String>,
+    /// Maximum TLS version supported by cairn: TLS1.2 or TLS1.3 [default: TLS1.3].
+    #[arg(long)]
+    pub tls_max_version: Option<String>,
     /// Log level: debug, info, warn, error, panic or fatal.
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -286,14 +316,19 @@ impl Config {
                 self.log_level
             )));
         }
-        let listen = [
-            &self.listen_client_urls,
-            &self.listen_peer_urls,
-            &self.listen_metrics_urls,
-        ];
+        let listen = [&self.listen_client_urls, &self.listen_peer_urls];
         for url in listen.into_iter().flatten() {
-            parse_http_url(url)?;
+            parse_url(url)?;
         }
+        for url in &self.listen_metrics_urls {
+            if url.starts_with("https://") {
+                return Err(ConfigError(format!(
+                    "--listen-metrics-urls {url:?}: metrics URLs are served in clear only (http://)"
+                )));
+            }
+            parse_url(url)?;
+        }
+        self.tls_policy().resolve().map_err(ConfigError)?;
         self.initial_cluster()?;
         self.auto_compaction()?;
         if self.auth_token != "simple" {
@@ -309,6 +344,37 @@ impl Config {
             )));
         }
         Ok(())
+    }
+
+    /// The client side's TLS flags.
+    pub fn client_tls(&self) -> TlsSettings {
+        TlsSettings {
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+            trusted_ca_file: self.trusted_ca_file.clone(),
+            client_cert_auth: self.client_cert_auth,
+            auto_tls: self.auto_tls,
+        }
+    }
+
+    /// The peer side's TLS flags.
+    pub fn peer_tls(&self) -> TlsSettings {
+        TlsSettings {
+            cert_file: self.peer_cert_file.clone(),
+            key_file: self.peer_key_file.clone(),
+            trusted_ca_file: self.peer_trusted_ca_file.clone(),
+            client_cert_auth: self.peer_client_cert_auth,
+            auto_tls: self.peer_auto_tls,
+        }
+    }
+
+    /// `--tls-min-version`, `--tls-max-version` and `--cipher-suites`.
+    pub fn tls_policy(&self) -> TlsPolicy {
+        TlsPolicy {
+            min_version: self.tls_min_version.clone().filter(|v| !v.is_empty()),
+            max_version: self.tls_max_version.clone().filter(|v| !v.is_empty()),
+            cipher_suites: self.cipher_suites.clone(),
+        }
     }
 
     /// `--quota-backend-bytes` as etcd reads it: 0 means the 2 GiB default, a negative value no quota.
@@ -418,7 +484,7 @@ pub fn parse_initial_cluster(text: &str) -> Result<Vec<(String, Vec<String>)>, C
                 "--initial-cluster: {part:?} is not of the form name=url"
             ))
         })?;
-        parse_http_url(url)?;
+        parse_url(url)?;
         match members.iter_mut().find(|(n, _)| n == name) {
             Some((_, urls)) => urls.push(url.to_string()),
             None => members.push((name.to_string(), vec![url.to_string()])),
@@ -511,13 +577,17 @@ pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(total))
 }
 
-/// Splits an `http://host:port` URL into (host, port). Other schemes are refused for now.
-pub fn parse_http_url(url: &str) -> Result<(String, u16), ConfigError> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| {
-        ConfigError(format!(
-            "URL {url:?}: only http:// URLs are supported (TLS is not supported yet)"
-        ))
-    })?;
+/// Splits an `http://host:port` or `https://host:port` URL into (host, port). Other schemes
+/// (etcd's `unix://`, `unixs://`) are refused.
+pub fn parse_url(url: &str) -> Result<(String, u16), ConfigError> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| {
+            ConfigError(format!(
+                "URL {url:?}: only http:// and https:// URLs are supported"
+            ))
+        })?;
     let rest = rest.trim_end_matches('/');
     let (host, port) = rest
         .rsplit_once(':')
@@ -566,8 +636,8 @@ mod tests {
         assert!(e.0.contains("--max-wals"), "{e}");
         let e = parse(&["--no-such-flag"], &[]).unwrap_err();
         assert!(e.0.contains("--no-such-flag"), "{e}");
-        let e = parse(&[], &[("ETCD_AUTO_TLS", "true")]).unwrap_err();
-        assert!(e.0.contains("ETCD_AUTO_TLS"), "{e}");
+        let e = parse(&[], &[("ETCD_PEER_CRL_FILE", "x")]).unwrap_err();
+        assert!(e.0.contains("ETCD_PEER_CRL_FILE"), "{e}");
     }
 
     #[test]

@@ -15,4 +15,5 @@ pub mod mvcc;
 pub mod raft;
 pub mod server;
 pub mod snapshot;
+pub mod tls;
 pub mod watch;

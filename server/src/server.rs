@@ -12,19 +12,21 @@ use cairn_proto::cairnpb::peer_server::PeerServer;
 use cairn_proto::cairnpb::{internal_request, MemberAttributes, MembersRequest};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
 
 use crate::alarm::Alarms;
 use crate::api::{self, ClientListener, Core, IdGenerator};
 use crate::apply::{self, wait::Wait, Apply};
 use crate::auth::{AuthState, Tokens};
 use crate::cluster::{Member, Membership};
-use crate::config::{parse_http_url, Config};
+use crate::config::{parse_url, Config};
 use crate::engine::Engine;
 use crate::mvcc::{Compactor, Store, Writer};
 use crate::raft::storage::{self, LogStore};
 use crate::raft::{self, PeerService, RaftConfig};
 use crate::snapshot;
+use crate::tls::{Dialer, Side, Tls};
 
 /// A running member: its addresses and a way to stop it.
 pub struct Server {
@@ -121,10 +123,30 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
     crate::metrics::init(cfg.metrics);
     let data_dir = cfg.data_dir();
     let engine = open_engine(&data_dir)?;
+    let client_tls = cfg.client_tls().load(
+        Side::Client,
+        &cfg.listen_client_urls,
+        &hosts(&[&cfg.listen_client_urls, &cfg.advertise_client_urls]),
+        &data_dir,
+        &cfg.tls_policy(),
+    )?;
+    let initial_peer_urls: Vec<String> = cfg
+        .initial_cluster()?
+        .into_iter()
+        .flat_map(|(_, urls)| urls)
+        .collect();
+    let peer_tls = cfg.peer_tls().load(
+        Side::Peer,
+        &[&cfg.listen_peer_urls[..], &initial_peer_urls[..]].concat(),
+        &hosts(&[&cfg.listen_peer_urls, &cfg.initial_advertise_peer_urls]),
+        &data_dir,
+        &cfg.tls_policy(),
+    )?;
+    let peer_dialer = Dialer::new(peer_tls.as_ref());
     let snapshot_dir = member_dir(&data_dir).join("snap");
     snapshot::resume_install(&engine)?;
     snapshot::remove_stale_files(&engine, &snapshot_dir)?;
-    let (membership, member_id) = recover_or_bootstrap(cfg, &engine).await?;
+    let (membership, member_id) = recover_or_bootstrap(cfg, &engine, &peer_dialer).await?;
     tracing::info!(
         name = %cfg.name,
         data_dir = %data_dir.display(),
@@ -178,6 +200,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
             applied: applied_index,
             cluster_id,
             snapshot_dir: snapshot_dir.clone(),
+            peer_dialer: peer_dialer.clone(),
         },
         committed_tx,
         applied_rx,
@@ -226,6 +249,8 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
         lease_leader,
         leader_links: api::LeaderLinks::default(),
         snapshot_saves: snapshot_saves.clone(),
+        peer_dialer,
+        client_dialer: Dialer::new(client_tls.as_ref()),
     });
     if cfg.initial_corrupt_check {
         core.initial_corruption_check().await?;
@@ -244,9 +269,10 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
     let (shutdown, _) = watch::channel(false);
     let mut serving = vec![];
     let mut peer_serving = vec![];
-    let peer_addrs = serve_peers(cfg, peer_service, &mut peer_serving).await?;
+    let peer_addrs = serve_peers(cfg, peer_service, peer_tls.as_ref(), &mut peer_serving).await?;
     serve_metrics(cfg, core.clone(), &shutdown, &mut serving).await?;
-    let client_addrs = serve_clients(cfg, core, &shutdown, &mut serving).await?;
+    let client_addrs =
+        serve_clients(cfg, core, client_tls.as_ref(), &shutdown, &mut serving).await?;
     Ok(Server {
         client_addrs,
         peer_addrs,
@@ -296,7 +322,11 @@ fn open_engine(data_dir: &Path) -> anyhow::Result<Engine> {
 /// An existing member keeps its stored membership (the `--initial-cluster*` flags are ignored, as
 /// with etcd). A member of a new cluster derives it from the flags; a member joining a running one
 /// (`--initial-cluster-state=existing`) asks the other members listed in `--initial-cluster`.
-async fn recover_or_bootstrap(cfg: &Config, engine: &Engine) -> anyhow::Result<(Membership, u64)> {
+async fn recover_or_bootstrap(
+    cfg: &Config,
+    engine: &Engine,
+    dialer: &Dialer,
+) -> anyhow::Result<(Membership, u64)> {
     if LogStore::exists(engine)? {
         if let Some(found) = Membership::load(engine)? {
             return Ok(found);
@@ -312,7 +342,7 @@ async fn recover_or_bootstrap(cfg: &Config, engine: &Engine) -> anyhow::Result<(
     advertised.sort();
     if cfg.initial_cluster_state == "existing" {
         let others: Vec<&Member> = flags.members.iter().filter(|m| m.id != local).collect();
-        let (membership, local) = fetch_membership(&others, &advertised).await?;
+        let (membership, local) = fetch_membership(&others, &advertised, dialer).await?;
         membership.save_bootstrap(engine, local)?;
         LogStore::bootstrap_joining(engine)?;
         return Ok((membership, local));
@@ -370,11 +400,13 @@ pub(crate) fn bootstrap_new(
 async fn fetch_membership(
     others: &[&Member],
     advertised: &[String],
+    dialer: &Dialer,
 ) -> anyhow::Result<(Membership, u64)> {
     let mut last_error = anyhow::anyhow!("--initial-cluster names no other member to join");
     for url in others.iter().flat_map(|m| &m.peer_urls) {
         let answer = async {
-            let mut client = PeerClient::connect(url.clone()).await?;
+            let endpoint = tonic::transport::Endpoint::from_shared(url.clone())?;
+            let mut client = PeerClient::new(dialer.connect(endpoint).await?);
             Ok::<_, anyhow::Error>(client.members(MembersRequest {}).await?.into_inner())
         };
         let resp = match tokio::time::timeout(Duration::from_secs(5), answer).await {
@@ -423,6 +455,7 @@ async fn fetch_membership(
 async fn serve_peers(
     cfg: &Config,
     service: PeerService,
+    tls: Option<&Tls>,
     serving: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> anyhow::Result<Vec<SocketAddr>> {
     let service = PeerServer::new(service)
@@ -433,13 +466,17 @@ async fn serve_peers(
         let listener = bind(url).await?;
         let addr = listener.local_addr()?;
         addrs.push(addr);
+        let incoming = ReceiverStream::new(crate::tls::accept(
+            listener,
+            tls.filter(|_| url.starts_with("https://"))
+                .map(|t| t.server.clone()),
+        ))
+        .map(|(stream, _)| Ok::<_, std::io::Error>(stream));
         let router = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
             .initial_stream_window_size(raft::STREAM_WINDOW_BYTES)
             .initial_connection_window_size(raft::CONNECTION_WINDOW_BYTES)
             .add_service(service.clone());
         serving.push(tokio::spawn(async move {
-            let incoming = TcpListenerStream::new(listener);
             if let Err(e) = router.serve_with_incoming(incoming).await {
                 tracing::error!("peer listener failed: {e}");
             }
@@ -449,8 +486,20 @@ async fn serve_peers(
     Ok(addrs)
 }
 
+/// The hosts of `urls`, without duplicates (the names a self-signed certificate covers).
+fn hosts(urls: &[&Vec<String>]) -> Vec<String> {
+    let mut hosts: Vec<String> = urls
+        .iter()
+        .flat_map(|list| list.iter())
+        .filter_map(|u| parse_url(u).ok().map(|(host, _)| host))
+        .collect();
+    hosts.sort();
+    hosts.dedup();
+    hosts
+}
+
 async fn bind(url: &str) -> anyhow::Result<TcpListener> {
-    let (host, port) = parse_http_url(url)?;
+    let (host, port) = parse_url(url)?;
     TcpListener::bind((host.as_str(), port))
         .await
         .with_context(|| format!("cannot listen on {url}"))
@@ -461,35 +510,37 @@ async fn bind(url: &str) -> anyhow::Result<TcpListener> {
 async fn serve_clients(
     cfg: &Config,
     core: Arc<Core>,
+    tls: Option<&Tls>,
     shutdown: &watch::Sender<bool>,
     serving: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> anyhow::Result<Vec<SocketAddr>> {
     let mut listeners = vec![];
+    let mut addrs = vec![];
     for url in &cfg.listen_client_urls {
-        listeners.push(bind(url).await?);
+        let listener = bind(url).await?;
+        addrs.push(listener.local_addr()?);
+        let tls = tls.filter(|_| url.starts_with("https://"));
+        listeners.push(ClientListener::new(listener, tls)?);
     }
-    let addrs = listeners
-        .iter()
-        .map(|l| l.local_addr())
-        .collect::<Result<Vec<_>, _>>()?;
     let attributes = MemberAttributes {
         member_id: core.member_id,
         name: cfg.name.clone(),
         client_urls: cfg.advertise_client_urls.clone(),
     };
     let mut stop = shutdown.subscribe();
+    let served = addrs.clone();
     serving.push(tokio::spawn(async move {
         tokio::select! {
             _ = publish(&core, attributes) => {}
             _ = stop.wait_for(|&s| s) => return,
         }
         let mut tasks = vec![];
-        for listener in listeners {
-            let addr = listener.local_addr().ok();
-            let router = api::router(core.clone());
+        for (listener, addr) in listeners.into_iter().zip(served) {
+            let router =
+                api::router(core.clone()).into_make_service_with_connect_info::<api::ClientAddr>();
             let mut stop = stop.clone();
             tasks.push(tokio::spawn(async move {
-                let result = axum::serve(ClientListener(listener), router)
+                let result = axum::serve(listener, router)
                     .with_graceful_shutdown(async move {
                         let _ = stop.wait_for(|&s| s).await;
                     })
@@ -498,7 +549,7 @@ async fn serve_clients(
                     tracing::error!("client listener failed: {e}");
                 }
             }));
-            tracing::info!(addr = ?addr, "serving client requests");
+            tracing::info!(%addr, "serving client requests");
         }
         drop(core);
         for t in tasks {

@@ -14,29 +14,80 @@ use cairn_proto::etcdserverpb::*;
 use tonic::metadata::MetadataMap;
 use tonic::{Request as GrpcRequest, Response, Status};
 
+use super::listener::ClientAddr;
 use super::{ApiError, Core};
 use crate::apply::Applied;
 use crate::auth::{Access, AuthError, AuthInfo, AuthState, Tokens, ROOT};
+
+/// The metadata header that carries the common name of the client's verified certificate from
+/// [`tls_identity`] to [`Credentials`]. Never taken from a client: [`tls_identity`] removes it from
+/// every request first.
+const COMMON_NAME_HEADER: &str = "cairn-tls-common-name";
+
+/// What a request presents to say who calls: its `token` metadata, and the common name of the
+/// client certificate its connection was verified with.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    token: Option<String>,
+    common_name: Option<String>,
+}
+
+impl Credentials {
+    pub fn from_metadata(metadata: &MetadataMap) -> Credentials {
+        let text = |name: &str| {
+            metadata
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        Credentials {
+            token: text("token"),
+            common_name: text(COMMON_NAME_HEADER),
+        }
+    }
+}
+
+/// In front of the gRPC services: replaces whatever [`COMMON_NAME_HEADER`] a request carries with
+/// the common name of its connection's verified client certificate, if any. The JSON gateway's
+/// inner calls carry none (etcd ignores the common name of gateway requests too).
+pub async fn tls_identity(
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    req.headers_mut().remove(COMMON_NAME_HEADER);
+    let name = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<ClientAddr>>()
+        .and_then(|c| c.0.common_name.clone());
+    if let Some(value) = name.and_then(|n| http::HeaderValue::from_str(&n).ok()) {
+        req.headers_mut().insert(COMMON_NAME_HEADER, value);
+    }
+    next.run(req).await
+}
 
 impl Core {
     pub fn auth_state(&self) -> Arc<AuthState> {
         self.auth.borrow().clone()
     }
 
-    /// Who calls, when auth is enabled: the user of the `token` metadata (none: `user name is
-    /// empty`; unknown or expired: `invalid auth token`). `None` while auth is disabled.
+    /// Who calls, when auth is enabled: see [`Core::caller_with`].
     pub fn caller(&self, metadata: &MetadataMap) -> Result<Option<AuthInfo>, ApiError> {
-        self.caller_with(metadata.get("token").and_then(|v| v.to_str().ok()))
+        self.caller_with(&Credentials::from_metadata(metadata))
     }
 
-    /// [`Core::caller`] for a token kept from the start of a stream.
-    pub fn caller_with(&self, token: Option<&str>) -> Result<Option<AuthInfo>, ApiError> {
+    /// Who calls, when auth is enabled: the user of the token (unknown or expired: `invalid auth
+    /// token`), else the common name of the client's verified certificate (`--client-cert-auth`;
+    /// etcd: `AuthInfoFromTLS`), else nobody (`user name is empty`). `None` while auth is disabled.
+    pub fn caller_with(&self, credentials: &Credentials) -> Result<Option<AuthInfo>, ApiError> {
         let state = self.auth_state();
         if !state.enabled {
             return Ok(None);
         }
-        let token = token.ok_or(AuthError::UserEmpty)?;
-        let user = self.tokens.user(token).ok_or(AuthError::InvalidAuthToken)?;
+        let user = match (&credentials.token, &credentials.common_name) {
+            (Some(token), _) => self.tokens.user(token).ok_or(AuthError::InvalidAuthToken)?,
+            (None, Some(name)) => name.clone(),
+            (None, None) => return Err(AuthError::UserEmpty.into()),
+        };
         Ok(Some(AuthInfo {
             user,
             revision: state.revision,

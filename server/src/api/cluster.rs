@@ -20,7 +20,7 @@ use super::error::{ApiError, MemberError};
 use super::Core;
 use crate::apply::Applied;
 use crate::cluster::{self, Membership};
-use crate::config::parse_http_url;
+use crate::config::parse_url;
 use crate::raft::{MemberChangeKind, RaftError};
 
 /// Learners a cluster may have at once (etcd: `maxLearners`).
@@ -71,7 +71,7 @@ fn to_proto(m: &cluster::Member) -> Member {
 }
 
 fn check_urls(urls: &[String]) -> Result<(), ApiError> {
-    if urls.is_empty() || urls.iter().any(|u| parse_http_url(u).is_err()) {
+    if urls.is_empty() || urls.iter().any(|u| parse_url(u).is_err()) {
         return Err(MemberError::BadUrls.into());
     }
     Ok(())
@@ -135,10 +135,13 @@ impl ClusterService {
             .get(leader)
             .and_then(|m| m.client_urls.first().cloned())
             .ok_or(ApiError::from(RaftError::NoLeader))?;
-        let channel = tonic::transport::Endpoint::from_shared(url)
+        let endpoint = tonic::transport::Endpoint::from_shared(url)
             .map_err(|e| ApiError::Internal(e.to_string()))?
-            .timeout(self.core.request_timeout)
-            .connect()
+            .timeout(self.core.request_timeout);
+        let channel = self
+            .core
+            .client_dialer
+            .connect(endpoint)
             .await
             .map_err(|_| ApiError::from(RaftError::NoLeader))?;
         ClusterClient::new(channel)

@@ -53,11 +53,13 @@ impl Core {
     }
 
     async fn ask_hash(&self, url: &str, revision: i64) -> Result<HashKvResponse, String> {
-        let channel = Endpoint::from_shared(url.to_string())
+        let endpoint = Endpoint::from_shared(url.to_string())
             .map_err(|e| e.to_string())?
             .connect_timeout(self.election_timeout)
-            .timeout(self.request_timeout)
-            .connect()
+            .timeout(self.request_timeout);
+        let channel = self
+            .peer_dialer
+            .connect(endpoint)
             .await
             .map_err(|e| e.to_string())?;
         PeerClient::new(channel)

@@ -160,10 +160,10 @@ impl Core {
             .get(leader)
             .and_then(|m| m.peer_urls.first().cloned())
             .ok_or(RaftError::NoLeader)?;
-        let channel = tonic::transport::Endpoint::from_shared(url)
+        let endpoint = tonic::transport::Endpoint::from_shared(url)
             .map_err(|e| ApiError::Internal(e.to_string()))?
-            .connect_timeout(self.election_timeout)
-            .connect_lazy();
+            .connect_timeout(self.election_timeout);
+        let channel = self.peer_dialer.connect_lazy(endpoint);
         let client = PeerClient::new(channel);
         clients.insert(leader, client.clone());
         Ok(client)

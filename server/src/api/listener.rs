@@ -24,7 +24,10 @@ use std::task::{Context, Poll};
 use bytes::{Buf, BufMut, BytesMut};
 use fluke_hpack::{Decoder, Encoder};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::tls::{Stream, Tls};
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const FRAME_HEADER_LEN: usize = 9;
@@ -45,22 +48,57 @@ const HEADER_BLOCK_BYTES_MAX: usize = 1 << 20;
 const HPACK_TABLE_BYTES: usize = 4096;
 const READ_CHUNK_BYTES: usize = 16 * 1024;
 
-/// Accepts client connections (TCP_NODELAY) wrapped in [`AuthorityFix`].
-pub struct ClientListener(pub TcpListener);
+/// Accepts client connections, in clear or over TLS (see [`crate::tls::accept`]), wrapped in
+/// [`AuthorityFix`].
+pub struct ClientListener {
+    incoming: mpsc::Receiver<(Stream, SocketAddr)>,
+    local: SocketAddr,
+}
+
+impl ClientListener {
+    pub fn new(listener: TcpListener, tls: Option<&Tls>) -> io::Result<ClientListener> {
+        let local = listener.local_addr()?;
+        let incoming = crate::tls::accept(listener, tls.map(|t| t.server.clone()));
+        Ok(ClientListener { incoming, local })
+    }
+}
+
+/// Where a client connection comes from, and the common name of the certificate it was verified
+/// with (`--client-cert-auth`). Handlers see it as axum's `ConnectInfo`.
+#[derive(Debug, Clone)]
+pub struct ClientAddr {
+    pub addr: SocketAddr,
+    pub common_name: Option<String>,
+}
 
 impl axum::serve::Listener for ClientListener {
-    type Io = AuthorityFix<TcpStream>;
-    type Addr = SocketAddr;
+    type Io = AuthorityFix<Stream>;
+    type Addr = ClientAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let (stream, addr) = axum::serve::Listener::accept(&mut self.0).await;
-        // Latency matters more than packet count for request/response traffic.
-        let _ = stream.set_nodelay(true);
-        (AuthorityFix::new(stream), addr)
+        match self.incoming.recv().await {
+            Some((stream, addr)) => {
+                let common_name = stream.common_name();
+                (AuthorityFix::new(stream), ClientAddr { addr, common_name })
+            }
+            // The acceptor only stops when this listener is dropped.
+            None => std::future::pending().await,
+        }
     }
 
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.0.local_addr()
+    fn local_addr(&self) -> io::Result<ClientAddr> {
+        Ok(ClientAddr {
+            addr: self.local,
+            common_name: None,
+        })
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, ClientListener>>
+    for ClientAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, ClientListener>) -> ClientAddr {
+        stream.remote_addr().clone()
     }
 }
 

@@ -51,11 +51,12 @@ use crate::engine::Engine;
 use crate::metrics::{PendingProposal, METRICS};
 use crate::mvcc::{Compactor, Store};
 use crate::raft::{MemberChangeKind, RaftError, RaftHandle};
+use crate::tls::Dialer;
 pub use auto_compact::run_auto_compaction;
 pub use corrupt::run_corruption_checks;
 pub use error::ApiError;
 pub use lease::{run_expiry, LeaderLinks, LeaseLeader};
-pub use listener::ClientListener;
+pub use listener::{ClientAddr, ClientListener};
 pub use snapshot::SnapshotSaves;
 
 /// The etcd API version whose semantics Cairn implements (reported by Status and `/version`).
@@ -122,6 +123,11 @@ pub struct Core {
     pub leader_links: LeaderLinks,
     /// `Maintenance.Snapshot` streams in progress.
     pub snapshot_saves: Arc<SnapshotSaves>,
+    /// Dials the other members' peer URLs (lease forwarding, hash checks).
+    pub peer_dialer: Dialer,
+    /// Dials the other members' client URLs (member promote forwarding), with this member's
+    /// client-side certificate.
+    pub client_dialer: Dialer,
 }
 
 /// The backend's size, as the quota and Status read it: refreshed at most every
@@ -371,7 +377,8 @@ pub fn router(core: Arc<Core>) -> axum::Router {
         .layer(axum::middleware::from_fn_with_state(
             core.clone(),
             admission,
-        ));
+        ))
+        .layer(axum::middleware::from_fn(auth::tls_identity));
     let gateway = Arc::new(gateway::Gateway::new(grpc.clone()));
     http::routes(grpc, core).merge(gateway::routes(gateway))
 }

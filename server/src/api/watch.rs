@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::auth::Credentials;
 use super::error::ApiError;
 use super::Core;
 use crate::raft::RaftError;
@@ -61,11 +62,7 @@ impl Watch for WatchService {
             .get("hasleader")
             .is_some_and(|v| v.as_bytes() == b"true");
         // Checked at each create, as etcd does (the token may expire while the stream lives).
-        let token = request
-            .metadata()
-            .get("token")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        let credentials = Credentials::from_metadata(request.metadata());
         let mut inbound = request.into_inner();
         let (requests, requests_rx) = mpsc::channel(REQUESTS_BUFFERED);
         let reader = tokio::spawn(async move {
@@ -83,7 +80,13 @@ impl Watch for WatchService {
             }
         });
         let (responses, responses_rx) = mpsc::channel(RESPONSES_BUFFERED);
-        let task = StreamTask::new(self.core.clone(), responses, requires_leader, token, reader);
+        let task = StreamTask::new(
+            self.core.clone(),
+            responses,
+            requires_leader,
+            credentials,
+            reader,
+        );
         tokio::spawn(task.run(requests_rx));
         Ok(Response::new(ReceiverStream::new(responses_rx)))
     }
@@ -108,8 +111,8 @@ struct StreamTask {
     wake: Arc<Notify>,
     responses: mpsc::Sender<Result<WatchResponse, Status>>,
     requires_leader: bool,
-    /// The stream's auth token, if any.
-    token: Option<String>,
+    /// What the stream was opened with, to say who calls.
+    credentials: Credentials,
     watchers: HashMap<i64, Local>,
     next_id: i64,
     /// A `WatchProgressRequest` waits for every watcher to be synced.
@@ -133,7 +136,7 @@ impl StreamTask {
         core: Arc<Core>,
         responses: mpsc::Sender<Result<WatchResponse, Status>>,
         requires_leader: bool,
-        token: Option<String>,
+        credentials: Credentials,
         reader: tokio::task::JoinHandle<()>,
     ) -> StreamTask {
         let (stream, wake) = core.watch_hub.open_stream();
@@ -143,7 +146,7 @@ impl StreamTask {
             wake,
             responses,
             requires_leader,
-            token,
+            credentials,
             watchers: HashMap::new(),
             next_id: 0,
             progress_requested: false,
@@ -275,16 +278,13 @@ impl StreamTask {
             return self.refuse(EMPTY_RANGE).await;
         };
         // Needs READ on the range; a refusal is a canceled watcher naming the gRPC error.
-        let permitted = self
-            .core
-            .caller_with(self.token.as_deref())
-            .and_then(|caller| {
-                self.core.permit(&caller, |s, u| {
-                    s.permits(u, Access::Read, &c.key, &c.range_end)
-                        .then_some(())
-                        .ok_or(AuthError::PermissionDenied)
-                })
-            });
+        let permitted = self.core.caller_with(&self.credentials).and_then(|caller| {
+            self.core.permit(&caller, |s, u| {
+                s.permits(u, Access::Read, &c.key, &c.range_end)
+                    .then_some(())
+                    .ok_or(AuthError::PermissionDenied)
+            })
+        });
         if let Err(e) = permitted {
             let status = Status::from(e);
             let reason = format!(

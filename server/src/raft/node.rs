@@ -17,6 +17,7 @@
 //! **Invariant:** nothing calls `propose`/`step`/`tick`/`apply_conf_change` between `ready()` and
 //! `advance_append_async()`: both happen inside [`RaftNode::handle_ready`].
 
+use crate::tls::Dialer;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -65,6 +66,8 @@ pub struct RaftConfig {
     pub cluster_id: u64,
     /// Where checkpoints for outgoing snapshots are taken.
     pub snapshot_dir: PathBuf,
+    /// How the transport dials peer URLs (TLS for `https://`).
+    pub peer_dialer: Dialer,
 }
 
 /// A read batch sent to raft as one ReadIndex request.
@@ -142,6 +145,7 @@ pub fn start(
         cfg.cluster_id,
         peer_tx.clone(),
         snapshots.clone(),
+        cfg.peer_dialer.clone(),
         runtime,
     );
     let handle = RaftHandle {

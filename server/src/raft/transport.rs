@@ -31,6 +31,7 @@ use super::storage::SnapshotSource;
 use super::PeerInput;
 use crate::metrics::METRICS;
 use crate::snapshot::Checkpoint;
+use crate::tls::Dialer;
 
 /// Messages queued for one peer, at most.
 const PEER_QUEUE_LEN_MAX: usize = 4096;
@@ -58,6 +59,7 @@ struct Shared {
     cluster_id: u64,
     reports: Sender<PeerInput>,
     snapshots: Arc<SnapshotSource>,
+    dialer: Dialer,
     active: PeersActive,
     /// Set when a peer refuses this member as removed from the cluster.
     removed: watch::Sender<bool>,
@@ -134,6 +136,7 @@ impl Transport {
         cluster_id: u64,
         reports: Sender<PeerInput>,
         snapshots: Arc<SnapshotSource>,
+        dialer: Dialer,
         runtime: tokio::runtime::Handle,
     ) -> Transport {
         Transport {
@@ -142,6 +145,7 @@ impl Transport {
                 cluster_id,
                 reports,
                 snapshots,
+                dialer,
                 active: PeersActive::default(),
                 removed: watch::Sender::new(false),
             }),
@@ -229,7 +233,7 @@ impl Drop for Link {
     }
 }
 
-async fn connect(urls: &[String]) -> Result<Channel, String> {
+async fn connect(dialer: &Dialer, urls: &[String]) -> Result<Channel, String> {
     let mut last = String::from("no peer URL");
     for url in urls {
         let endpoint = match Endpoint::from_shared(url.clone()) {
@@ -247,7 +251,7 @@ async fn connect(urls: &[String]) -> Result<Channel, String> {
             .http2_keep_alive_interval(Duration::from_secs(1))
             .keep_alive_timeout(Duration::from_secs(3))
             .keep_alive_while_idle(true);
-        match endpoint.connect().await {
+        match dialer.connect(endpoint).await {
             Ok(c) => return Ok(c),
             Err(e) => last = format!("{url}: {e}"),
         }
@@ -305,7 +309,7 @@ async fn stream_to(
     backoff: &mut Duration,
     metrics: &LinkMetrics,
 ) -> Result<(), String> {
-    let channel = connect(urls).await?;
+    let channel = connect(&shared.dialer, urls).await?;
     let (batches, batches_rx) = mpsc::channel(STREAM_BATCHES_MAX);
     let mut client = client(channel);
     let prober = tokio::spawn(probe(client.clone(), metrics.round_trip.clone()));
@@ -403,7 +407,7 @@ async fn stream_snapshot(shared: &Shared, urls: &[String], m: Message) -> Result
         .ok_or("the snapshot's checkpoint is gone")?;
     let index = m.get_snapshot().get_metadata().index;
     tracing::info!(peer = format_args!("{:x}", m.to), index, "sending snapshot");
-    let channel = connect(urls).await?;
+    let channel = connect(&shared.dialer, urls).await?;
     let (chunks, chunks_rx) = mpsc::channel::<SnapshotChunk>(4);
     let header = SnapshotChunk {
         from: shared.local,

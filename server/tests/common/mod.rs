@@ -170,6 +170,9 @@ pub struct Member {
     /// `--initial-cluster`; a single member names itself.
     pub initial_cluster: String,
     pub initial_cluster_state: String,
+    /// For a member with `https://` client and peer URLs: etcdctl's TLS flags
+    /// (`--cacert=… --cert=… --key=…`), used to check its health. `None`: `http://` URLs.
+    pub tls: Option<String>,
     child: Option<Child>,
 }
 
@@ -193,12 +196,21 @@ impl Member {
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             initial_cluster: String::new(),
             initial_cluster_state: "new".to_string(),
+            tls: None,
             child: None,
         }
     }
 
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     pub fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
+        format!("{}://127.0.0.1:{}", self.scheme(), self.peer_port)
     }
 
     pub fn log(&self) -> String {
@@ -214,7 +226,7 @@ impl Member {
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("{}://127.0.0.1:{}", self.scheme(), self.client_port)
     }
 
     pub fn addr(&self) -> String {
@@ -259,9 +271,11 @@ impl Member {
         self.child = Some(child);
     }
 
-    /// Waits until `/health` reports true.
+    /// Waits until `/health` reports true (with TLS: until `etcdctl endpoint health` succeeds).
     pub fn wait_healthy(&mut self) {
         let addr = self.addr();
+        let endpoint = self.endpoint();
+        let tls = self.tls.clone();
         wait_for("the server to report healthy", START_TIMEOUT, || {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!(
@@ -270,6 +284,13 @@ impl Member {
                     std::fs::read_to_string(self.data_dir.with_extension("log"))
                         .unwrap_or_default()
                 );
+            }
+            if let Some(flags) = &tls {
+                let args = format!("{flags} --command-timeout=1s endpoint health");
+                let ok = etcdctl(&endpoint, &args)
+                    .output()
+                    .is_ok_and(|o| o.status.success());
+                return ok.then_some(());
             }
             match http_get(&addr, "/health") {
                 Ok((200, body)) if body.contains("true") => Some(()),
