@@ -9,6 +9,7 @@ pub mod backup;
 pub mod cluster;
 pub mod config;
 pub mod engine;
+pub mod failpoints;
 pub mod lease;
 pub mod metrics;
 pub mod mvcc;

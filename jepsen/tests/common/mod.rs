@@ -38,8 +38,20 @@ pub fn etcd() -> Option<PathBuf> {
 }
 
 /// Runs `cairn-jepsen test` and returns its exit code and `results.json`.
+#[allow(dead_code)] // not every test file uses it
 pub fn run(bin: &Path, store: &Path, args: &[&str]) -> (i32, serde_json::Value) {
+    run_with_env(bin, store, args, &[])
+}
+
+/// [`run`] with environment variables for the harness and the members it starts.
+pub fn run_with_env(
+    bin: &Path,
+    store: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (i32, serde_json::Value) {
     let output = Command::new(env!("CARGO_BIN_EXE_cairn-jepsen"))
+        .envs(env.iter().copied())
         .arg("test")
         .arg(format!("--bin={}", bin.display()))
         .arg(format!("--store={}", store.display()))
@@ -60,6 +72,7 @@ pub fn run(bin: &Path, store: &Path, args: &[&str]) -> (i32, serde_json::Value) 
     )
 }
 
+#[allow(dead_code)] // not every test file reads stats
 pub fn stat(results: &serde_json::Value, name: &str) -> u64 {
     results["stats"][name].as_u64().unwrap_or(0)
 }

@@ -35,7 +35,9 @@ use cairn_proto::etcdserverpb::kv_server::KvServer;
 use cairn_proto::etcdserverpb::lease_server::LeaseServer;
 use cairn_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use cairn_proto::etcdserverpb::watch_server::WatchServer;
-use cairn_proto::etcdserverpb::{alarm_request, AlarmRequest, AlarmType, ResponseHeader};
+use cairn_proto::etcdserverpb::{
+    alarm_request, AlarmRequest, AlarmType, PutResponse, ResponseHeader,
+};
 use cairn_proto::grpc_health_v1::health_server::HealthServer;
 use cairn_proto::v3electionpb::election_server::ElectionServer;
 use cairn_proto::v3lockpb::lock_server::LockServer;
@@ -48,6 +50,7 @@ use crate::apply::{Applied, ApplyResult, MembershipRefusal};
 use crate::auth::{AuthInfo, AuthState, Tokens};
 use crate::cluster::Membership;
 use crate::engine::Engine;
+use crate::failpoints;
 use crate::metrics::{PendingProposal, METRICS};
 use crate::mvcc::{Compactor, Store};
 use crate::raft::{MemberChangeKind, RaftError, RaftHandle};
@@ -241,6 +244,8 @@ impl Core {
     ) -> Result<Applied, ApiError> {
         let _pending = PendingProposal::start();
         let id = self.ids.next();
+        let ack_early = failpoints::active(failpoints::Bug::AckBeforeCommit)
+            && matches!(request, internal_request::Request::Put(_));
         let data = InternalRequest {
             id,
             request: Some(request),
@@ -256,6 +261,13 @@ impl Core {
             self.wait.cancel(id);
             METRICS.proposals_failed.inc();
             return Err(e.into());
+        }
+        if ack_early {
+            self.wait.cancel(id);
+            return Ok(Applied::Put(PutResponse {
+                header: Some(ResponseHeader::default()),
+                prev_kv: None,
+            }));
         }
         self.wait_applied(id, applied, timeout).await
     }
@@ -312,6 +324,9 @@ impl Core {
 
     /// Returns once a local read would be linearizable.
     pub async fn linearizable_barrier(&self) -> Result<(), ApiError> {
+        if failpoints::active(failpoints::Bug::ReadWithoutReadIndex) {
+            return Ok(());
+        }
         Ok(self.raft.wait_linearizable(self.request_timeout).await?)
     }
 

@@ -34,6 +34,7 @@ use crate::alarm::{Alarms, Refusal};
 use crate::auth::{AuthError, AuthState, Tokens};
 use crate::cluster::{Member, Membership};
 use crate::engine::Batch;
+use crate::failpoints;
 use crate::lease::Lessor;
 use crate::metrics::{METRICS, SLOW_APPLY};
 use crate::mvcc::{self, Compactor, Writer};
@@ -174,7 +175,9 @@ impl Apply {
             panic!("writing applied entries failed in storage (fail-stop): {e}");
         }
         for (revision, events) in self.unflushed.events.drain(..) {
-            self.watch_hub.publish(revision, &events);
+            let dropped = failpoints::active(failpoints::Bug::DropWatchEvent) && revision % 25 == 0;
+            let events = if dropped { &[][..] } else { &events[..] };
+            self.watch_hub.publish(revision, events);
         }
         for (id, result) in self.unflushed.answers.drain(..) {
             self.wait.trigger(id, result);
