@@ -22,7 +22,6 @@ const UNSUPPORTED_FLAGS: &[&str] = &[
     "backend-bbolt-freelist-type",
     "backend-batch-interval",
     "backend-batch-limit",
-    "max-concurrent-streams",
     "grpc-keepalive-min-time",
     "grpc-keepalive-interval",
     "grpc-keepalive-timeout",
@@ -128,6 +127,9 @@ pub struct Config {
     /// Maximum number of operations permitted in a transaction.
     #[arg(long, default_value_t = 128)]
     pub max_txn_ops: u32,
+    /// Maximum concurrent streams that each client can open at a time (HTTP/2, per connection).
+    #[arg(long, default_value_t = u32::MAX)]
+    pub max_concurrent_streams: u32,
     /// Auth token type: 'simple' (JWT tokens are not supported yet).
     #[arg(long, default_value = "simple")]
     pub auth_token: String,

@@ -529,6 +529,7 @@ async fn serve_clients(
     };
     let mut stop = shutdown.subscribe();
     let served = addrs.clone();
+    let max_streams = cfg.max_concurrent_streams;
     serving.push(tokio::spawn(async move {
         tokio::select! {
             _ = publish(&core, attributes) => {}
@@ -536,19 +537,13 @@ async fn serve_clients(
         }
         let mut tasks = vec![];
         for (listener, addr) in listeners.into_iter().zip(served) {
-            let router =
-                api::router(core.clone()).into_make_service_with_connect_info::<api::ClientAddr>();
-            let mut stop = stop.clone();
-            tasks.push(tokio::spawn(async move {
-                let result = axum::serve(listener, router)
-                    .with_graceful_shutdown(async move {
-                        let _ = stop.wait_for(|&s| s).await;
-                    })
-                    .await;
-                if let Err(e) = result {
-                    tracing::error!("client listener failed: {e}");
-                }
-            }));
+            let stop = stop.clone();
+            tasks.push(tokio::spawn(api::serve_clients(
+                listener,
+                api::router(core.clone()),
+                max_streams,
+                stop,
+            )));
             tracing::info!(%addr, "serving client requests");
         }
         drop(core);

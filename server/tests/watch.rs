@@ -724,3 +724,48 @@ async fn write_mix(endpoint: String, w: usize) -> Vec<(i64, String, String)> {
     }
     acked
 }
+
+/// Go clients multiplex every call and watch stream of a client on one HTTP/2 connection; etcd
+/// lets a connection carry any number of streams (`--max-concurrent-streams`, unlimited by
+/// default). 300 watch streams on one connection, each with a watcher, must all be created and
+/// all get the next put, on both systems.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_streams_share_one_connection() {
+    const STREAMS: usize = 300;
+    for kind in [Kind::Cairn, Kind::Etcd] {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Member::start(kind, &dir.path().join("m1"), &[]);
+        let channel = tonic::transport::Endpoint::from_shared(m.endpoint())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut streams = vec![];
+        for _ in 0..STREAMS {
+            // etcd (grpc-go) sends a stream's headers with its first message: the create goes
+            // out before the call waits for them.
+            let (requests, rx) = mpsc::channel(16);
+            let create = WatchRequest {
+                request_union: Some(RequestUnion::CreateRequest(create("shared", 0))),
+            };
+            requests.send(create).await.unwrap();
+            let responses = WatchClient::new(channel.clone())
+                .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+                .unwrap()
+                .into_inner();
+            let mut s = Stream {
+                requests,
+                responses,
+            };
+            assert!(s.next().await.created, "{kind:?}");
+            streams.push(s);
+        }
+        let mut c = Client::connect(m.endpoint()).await.unwrap();
+        c.put("shared", "v").await.unwrap();
+        for s in &mut streams {
+            let events = s.events(0, 1).await;
+            assert_eq!(events[0].kv.as_ref().unwrap().value, &b"v"[..], "{kind:?}");
+        }
+    }
+}

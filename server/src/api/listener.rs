@@ -94,12 +94,53 @@ impl axum::serve::Listener for ClientListener {
     }
 }
 
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, ClientListener>>
-    for ClientAddr
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, ClientListener>) -> ClientAddr {
-        stream.remote_addr().clone()
+/// Serves `router` over HTTP/1.1 and HTTP/2 on every connection `listener` accepts, until `stop`;
+/// then stops accepting, lets each connection finish its requests (graceful shutdown) and returns
+/// once all are closed. Handlers see the connection's [`ClientAddr`] as axum's `ConnectInfo`.
+///
+/// An HTTP/2 connection takes up to `max_streams` concurrent streams (etcd's
+/// `--max-concurrent-streams`, unlimited by default): hyper's own default of 200 would stall a
+/// client that multiplexes more watches or calls on one connection, as Go clients do.
+pub async fn serve_clients(
+    mut listener: ClientListener,
+    router: axum::Router,
+    max_streams: u32,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use axum::serve::Listener;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto;
+    use tower::ServiceExt;
+
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let (io, client) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|&s| s) => break,
+        };
+        let service = router
+            .clone()
+            .map_request(move |mut req: http::Request<_>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(client.clone()));
+                req
+            });
+        let mut stop = stop.clone();
+        connections.spawn(async move {
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder.http2().max_concurrent_streams(max_streams);
+            let service = hyper_util::service::TowerToHyperService::new(service);
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = stop.wait_for(|&s| s) => conn.as_mut().graceful_shutdown(),
+            }
+            let _ = conn.await;
+        });
+        while connections.try_join_next().is_some() {}
     }
+    while connections.join_next().await.is_some() {}
 }
 
 enum Mode {

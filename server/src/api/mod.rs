@@ -59,7 +59,7 @@ pub use auto_compact::run_auto_compaction;
 pub use corrupt::run_corruption_checks;
 pub use error::ApiError;
 pub use lease::{run_expiry, LeaderLinks, LeaseLeader};
-pub use listener::{ClientAddr, ClientListener};
+pub use listener::{serve_clients, ClientAddr, ClientListener};
 pub use snapshot::SnapshotSaves;
 
 /// The etcd API version whose semantics Cairn implements (reported by Status and `/version`).
