@@ -6,6 +6,7 @@
 //! It owns the [`Cluster`] for the duration of the run and hands it back when done, so the
 //! runner can heal it; nothing else signals members meanwhile.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use rand::seq::{IndexedRandom, SliceRandom};
@@ -15,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::cluster::Cluster;
 use crate::history::{Actor, EventKind, Recorder};
-use crate::proxy::Blocked;
+use crate::proxy::{Blocked, Link, LinkFault};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -28,6 +29,15 @@ pub enum Fault {
     /// Isolate the leader, split the members into a random majority and minority, or (with 5
     /// members) a majorities ring.
     Partition,
+    /// One-way partitions: the leader's messages to everyone are lost (it still hears them),
+    /// everyone's messages to the leader are lost, or one member's to some others.
+    PartitionOneWay,
+    /// Slow links: 20–200 ms of latency plus up to half as much jitter, on every link or on
+    /// one member's links (both directions).
+    Slow,
+    /// Flaky links: each chunk has a 2–10 % chance to drop the connection, plus up to 20 ms
+    /// of jitter, on every link or on one member's links.
+    Flaky,
 }
 
 /// A fault in progress, with what is needed to undo it.
@@ -36,6 +46,7 @@ enum Active {
     Killed(Vec<usize>),
     Paused(Vec<usize>),
     Partitioned(String),
+    Degraded(String),
 }
 
 /// Members `0..n` split into a minority (first) and a majority, at random.
@@ -67,6 +78,75 @@ fn majorities_ring(n: usize, rng: &mut impl Rng) -> (Blocked, String) {
         .collect::<Vec<_>>()
         .join("-");
     (blocked, format!("ring {text}"))
+}
+
+/// A one-way partition: the leader mute (its messages to everyone lost), the leader deaf
+/// (everyone's messages to it lost), or one random member's messages to a random non-empty
+/// set of others lost. Without a known leader, the last.
+fn one_way(leader: Option<usize>, n: usize, rng: &mut impl Rng) -> BTreeSet<Link> {
+    let choice = rng.random_range(0..3);
+    match (choice, leader) {
+        (0, Some(leader)) => (0..n)
+            .filter(|&m| m != leader)
+            .map(|m| (leader, m))
+            .collect(),
+        (1, Some(leader)) => (0..n)
+            .filter(|&m| m != leader)
+            .map(|m| (m, leader))
+            .collect(),
+        _ => {
+            let from = rng.random_range(0..n);
+            let mut others: Vec<usize> = (0..n).filter(|&m| m != from).collect();
+            others.shuffle(rng);
+            others.truncate(rng.random_range(1..n));
+            others.into_iter().map(|to| (from, to)).collect()
+        }
+    }
+}
+
+/// `a->b,c; d->e` for directed links.
+fn describe_links(links: &BTreeSet<Link>) -> String {
+    let mut by_source: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for &(from, to) in links {
+        by_source.entry(from).or_default().push(to);
+    }
+    by_source
+        .iter()
+        .map(|(from, to)| format!("n{from}->{}", names(to)))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Every directed link (half the time), or both directions of one random member's links.
+fn degraded_links(n: usize, rng: &mut impl Rng) -> (Vec<Link>, String) {
+    let all = (0..n).flat_map(|a| (0..n).filter(move |&b| b != a).map(move |b| (a, b)));
+    if rng.random_bool(0.5) {
+        (all.collect(), "all links".into())
+    } else {
+        let member = rng.random_range(0..n);
+        let links = all.filter(|&(a, b)| a == member || b == member).collect();
+        (links, format!("n{member}'s links"))
+    }
+}
+
+/// A slow-link fault: fixed latency of 20–200 ms plus jitter of up to half of it.
+fn slow_fault(rng: &mut impl Rng) -> LinkFault {
+    let delay = Duration::from_millis(rng.random_range(20..=200));
+    LinkFault {
+        delay,
+        jitter: delay / 2,
+        reset_probability: 0.0,
+    }
+}
+
+/// A flaky-link fault: a 2–10 % chance per chunk of dropping the connection, up to 20 ms of
+/// jitter.
+fn flaky_fault(rng: &mut impl Rng) -> LinkFault {
+    LinkFault {
+        delay: Duration::ZERO,
+        jitter: Duration::from_millis(20),
+        reset_probability: rng.random_range(0.02..0.10),
+    }
 }
 
 /// Whom `kill` and `pause` hit: the leader (40 % when one is known), one random member (30 %),
@@ -150,6 +230,38 @@ async fn start(
                 format!("partition {text}"),
             )
         }
+        Fault::PartitionOneWay => {
+            let links = one_way(leader, n, rng);
+            let text = format!("one-way {}", describe_links(&links));
+            cluster.network().stall(links);
+            (
+                Active::Partitioned(text.clone()),
+                format!("partition {text}"),
+            )
+        }
+        Fault::Slow | Fault::Flaky => {
+            let (links, whose) = degraded_links(n, rng);
+            let fault = if fault == Fault::Slow {
+                slow_fault(rng)
+            } else {
+                flaky_fault(rng)
+            };
+            let text = format!(
+                "{} {whose}: delay {:?} jitter {:?} reset probability {:.3}",
+                if fault.reset_probability > 0.0 {
+                    "flaky"
+                } else {
+                    "slow"
+                },
+                fault.delay,
+                fault.jitter,
+                fault.reset_probability
+            );
+            cluster
+                .network()
+                .degrade(links.into_iter().map(|link| (link, fault)).collect());
+            (Active::Degraded(text.clone()), text)
+        }
     })
 }
 
@@ -170,6 +282,10 @@ fn stop(cluster: &mut Cluster, active: Active) -> anyhow::Result<String> {
         Active::Partitioned(text) => {
             cluster.network().heal();
             format!("heal partition {text}")
+        }
+        Active::Degraded(text) => {
+            cluster.network().heal();
+            format!("heal {text}")
         }
     })
 }
@@ -257,5 +373,48 @@ mod tests {
         assert!(picks.iter().any(|p| p.len() == 5));
         assert!(picks.iter().all(|p| p.len() != 3 && p.len() != 4));
         assert_eq!(describe(&[vec![0], vec![1, 2]]), "n0 | n1,n2");
+    }
+
+    #[test]
+    fn one_way_partitions_are_one_way() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut shapes = BTreeSet::new();
+        for _ in 0..100 {
+            let links = one_way(Some(1), 5, &mut rng);
+            assert!(!links.is_empty());
+            for &(a, b) in &links {
+                assert!(a != b && a < 5 && b < 5);
+                assert!(!links.contains(&(b, a)), "{links:?} is two-way");
+            }
+            let all_from_leader = links.iter().all(|&(a, _)| a == 1) && links.len() == 4;
+            let all_to_leader = links.iter().all(|&(_, b)| b == 1) && links.len() == 4;
+            shapes.insert((all_from_leader, all_to_leader));
+        }
+        assert_eq!(shapes.len(), 3, "mute, deaf and random shapes: {shapes:?}");
+        let links = BTreeSet::from([(0, 1), (0, 2), (3, 4)]);
+        assert_eq!(describe_links(&links), "n0->n1,n2; n3->n4");
+    }
+
+    #[test]
+    fn degraded_links_cover_all_or_one_member_both_ways() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(8);
+        let mut sizes = BTreeSet::new();
+        for _ in 0..50 {
+            let (links, _) = degraded_links(3, &mut rng);
+            sizes.insert(links.len());
+            for &(a, b) in &links {
+                assert!(links.contains(&(b, a)));
+            }
+        }
+        assert_eq!(sizes, BTreeSet::from([4, 6]));
+        for _ in 0..50 {
+            let slow = slow_fault(&mut rng);
+            assert!(slow.delay >= Duration::from_millis(20));
+            assert!(slow.delay <= Duration::from_millis(200));
+            assert_eq!(slow.jitter, slow.delay / 2);
+            assert_eq!(slow.reset_probability, 0.0);
+            let flaky = flaky_fault(&mut rng);
+            assert!((0.02..0.10).contains(&flaky.reset_probability));
+        }
     }
 }
