@@ -1,6 +1,6 @@
 //! The cluster driver: starts N members of any binary that takes etcd's flags (real etcd, or
 //! `cairn`) on 127.0.0.1, each with its own data directory and log, and crashes, restarts,
-//! pauses and resumes them.
+//! pauses and resumes them, and replaces them by wiped new members (remove, wipe, add, join).
 //!
 //! Owns the member processes and their directories. Peer traffic goes through one
 //! [`PeerProxy`] per member (see `proxy` for the topology); client traffic goes straight to
@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio::process::{Child, Command};
 
+use crate::admin::AdminClient;
 use crate::client::EtcdClient;
 use crate::proxy::{Network, PeerProxy};
 
@@ -40,6 +41,9 @@ impl std::fmt::Display for MemberExited {
 
 impl std::error::Error for MemberExited {}
 
+/// How long a membership change (remove or add) may keep failing before the fault gives up.
+const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Lines of a member's log quoted when it exits by itself.
 const LOG_TAIL_LINES: usize = 20;
 
@@ -57,12 +61,14 @@ pub struct ClusterSpec {
     pub extra_args: Vec<String>,
 }
 
-/// Whether a member process is running, stopped by SIGSTOP, or killed.
+/// Whether a member process is running, stopped by SIGSTOP, killed, or removed from the
+/// cluster (killed, its data wiped, waiting to be added back as a new member).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MemberState {
     Running,
     Paused,
     Killed,
+    Removed,
 }
 
 struct Member {
@@ -73,6 +79,8 @@ struct Member {
     log_path: PathBuf,
     child: Option<Child>,
     state: MemberState,
+    /// Started with `--initial-cluster-state=existing`: it joined a running cluster.
+    joined: bool,
 }
 
 /// A running cluster. Dropping it kills every member and deletes its directory.
@@ -149,6 +157,7 @@ impl Cluster {
                 log_path: dir.path().join(format!("n{i}.log")),
                 child: None,
                 state: MemberState::Killed,
+                joined: false,
             });
         }
         let initial_cluster = members
@@ -203,7 +212,11 @@ impl Cluster {
             .arg(format!("--listen-peer-urls=http://{}", member.peer_addr))
             .arg(format!("--initial-advertise-peer-urls=http://{advertised}"))
             .arg(format!("--initial-cluster={}", self.initial_cluster))
-            .arg("--initial-cluster-state=new")
+            .arg(if member.joined {
+                "--initial-cluster-state=existing"
+            } else {
+                "--initial-cluster-state=new"
+            })
             .arg("--initial-cluster-token=cairn-jepsen")
             .args(&self.spec.extra_args)
             .stdin(Stdio::null())
@@ -296,6 +309,111 @@ impl Cluster {
         Ok(())
     }
 
+    /// Removes member `i` from the cluster (MemberRemove through another running member), kills
+    /// it and wipes its data directory. Returns the removed member's id.
+    pub async fn remove(&mut self, i: usize) -> anyhow::Result<u64> {
+        anyhow::ensure!(
+            self.members[i].state == MemberState::Running,
+            "member {i} is not running"
+        );
+        let id = self.member_ids[i];
+        // A retry after an answer was lost finds the member gone: that is success.
+        self.with_admin(i, "MemberRemove", |mut admin| async move {
+            match admin.member_remove(id).await {
+                Err(e) if !admin.member_list().await?.iter().any(|m| m.id == id) => {
+                    eprintln!("cairn-jepsen: MemberRemove {id:x} failed ({e:#}) but it is gone");
+                    Ok(())
+                }
+                result => result,
+            }
+        })
+        .await?;
+        self.kill(i).await?;
+        let data_dir = &self.members[i].data_dir;
+        match std::fs::remove_dir_all(data_dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(anyhow::Error::from(e).context(format!("wiping {}", data_dir.display())))
+            }
+            _ => {}
+        }
+        self.members[i].state = MemberState::Removed;
+        Ok(id)
+    }
+
+    /// Adds removed member `i` back as a new member (MemberAdd with its old peer URL, through
+    /// another running member) and starts it on an empty data directory with
+    /// `--initial-cluster-state=existing`. Returns its new id.
+    pub async fn rejoin(&mut self, i: usize) -> anyhow::Result<u64> {
+        anyhow::ensure!(
+            self.members[i].state == MemberState::Removed,
+            "member {i} is not removed"
+        );
+        let peer_url = format!("http://{}", self.proxies[i].addr());
+        let id = self
+            .with_admin(i, "MemberAdd", |mut admin| {
+                let peer_url = peer_url.clone();
+                // A retry after an answer was lost finds the member added: that is success.
+                async move {
+                    match admin.member_add(&peer_url).await {
+                        Err(e) => admin
+                            .member_list()
+                            .await?
+                            .iter()
+                            .find(|m| m.peer_ur_ls.contains(&peer_url))
+                            .map(|m| m.id)
+                            .ok_or(e),
+                        result => result,
+                    }
+                }
+            })
+            .await?;
+        self.member_ids[i] = id;
+        self.members[i].joined = true;
+        self.spawn(i)?;
+        Ok(id)
+    }
+
+    /// Runs `call` on the running members other than `except`, in turn, until one succeeds or
+    /// [`MEMBERSHIP_TIMEOUT`] passes.
+    async fn with_admin<T, F, Fut>(&self, except: usize, what: &str, call: F) -> anyhow::Result<T>
+    where
+        F: Fn(AdminClient) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<T>>,
+    {
+        let start = Instant::now();
+        let mut last_error = anyhow::anyhow!("no running member to ask");
+        loop {
+            for m in 0..self.members.len() {
+                if m == except || self.members[m].state != MemberState::Running {
+                    continue;
+                }
+                match call(AdminClient::new(&self.client_url(m), PROBE_TIMEOUT)?).await {
+                    Ok(answer) => return Ok(answer),
+                    Err(e) => last_error = e.context(format!("asking n{m}")),
+                }
+            }
+            if start.elapsed() > MEMBERSHIP_TIMEOUT {
+                return Err(last_error.context(format!("{what} failed for {MEMBERSHIP_TIMEOUT:?}")));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Member `i`'s current raft id (a new one after [`Cluster::rejoin`]).
+    pub fn member_id(&self, i: usize) -> u64 {
+        self.member_ids[i]
+    }
+
+    /// Member `i`'s state.
+    pub fn state(&self, i: usize) -> MemberState {
+        self.members[i].state
+    }
+
+    /// Member `i`'s data directory.
+    pub fn data_dir(&self, i: usize) -> &std::path::Path {
+        &self.members[i].data_dir
+    }
+
     /// Undoes every fault: heals the network, resumes paused and restarts killed members.
     pub fn heal_all(&mut self) -> anyhow::Result<()> {
         self.network.heal();
@@ -304,6 +422,9 @@ impl Cluster {
                 MemberState::Paused => self.resume(i)?,
                 MemberState::Killed => self.restart(i)?,
                 MemberState::Running => {}
+                MemberState::Removed => {
+                    anyhow::bail!("member {i} is removed; add it back with `rejoin`")
+                }
             }
         }
         Ok(())

@@ -4,6 +4,7 @@
 //! history while a nemesis injects faults, heals the cluster, and checks the history.
 //! It is store-agnostic: it knows etcd's wire API and flags, never Cairn's internals.
 
+pub mod admin;
 pub mod checker;
 pub mod client;
 pub mod cluster;

@@ -14,8 +14,11 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use crate::admin::AdminClient;
+use crate::client::EtcdClient;
 use crate::cluster::Cluster;
-use crate::history::{Actor, EventKind, Recorder};
+use crate::history::{Actor, Call, EventKind, Recorder};
+use crate::workload::{self, ReadMode};
 use crate::proxy::{Blocked, Link, LinkFault};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -38,6 +41,17 @@ pub enum Fault {
     /// Flaky links: each chunk has a 2–10 % chance to drop the connection, plus up to 20 ms
     /// of jitter, on every link or on one member's links.
     Flaky,
+    /// Compact the history at a revision 0–50 behind the current one (recorded in the history
+    /// as a client's `compact`, so the watch checker knows it was requested).
+    Compact,
+    /// Move the leadership to another member (MoveLeader, sent to the leader).
+    TransferLeader,
+    /// Defragment one member, or every member in turn.
+    Defrag,
+    /// Remove a member (MemberRemove), kill it and wipe its data directory; when the fault
+    /// stops, add it back as a new member (MemberAdd, a new id) and start it empty with
+    /// `--initial-cluster-state=existing`.
+    MemberReplace,
 }
 
 /// A fault in progress, with what is needed to undo it.
@@ -47,6 +61,9 @@ enum Active {
     Paused(Vec<usize>),
     Partitioned(String),
     Degraded(String),
+    Removed(usize),
+    /// An instantaneous fault: nothing to undo.
+    Done,
 }
 
 /// Members `0..n` split into a minority (first) and a majority, at random.
@@ -149,6 +166,82 @@ fn flaky_fault(rng: &mut impl Rng) -> LinkFault {
     }
 }
 
+/// Deadline of the nemesis's own requests (compaction, MoveLeader, Defragment).
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The nemesis's compactions are recorded as operations of fresh client processes numbered
+/// from here, far above the workloads' processes.
+const COMPACT_PROCESS_BASE: u64 = 1 << 48;
+
+/// Revisions behind the current one that the `compact` fault compacts at, at most.
+const COMPACT_LAG_REVISIONS_MAX: i64 = 50;
+
+/// The `compact` fault: reads the current revision on a random running member, compacts a few
+/// revisions behind it, and records the compaction as a client operation.
+async fn compact(
+    cluster: &Cluster,
+    rng: &mut impl Rng,
+    recorder: &Recorder,
+    process: u64,
+) -> anyhow::Result<String> {
+    let node = rng.random_range(0..cluster.size());
+    let mut client = EtcdClient::new(&cluster.client_url(node), ADMIN_TIMEOUT)?;
+    let current = match client.get("cairn-jepsen/health", false).await {
+        Ok(got) => got.revision,
+        Err(e) => return Ok(format!("compact: no revision from n{node} ({e})")),
+    };
+    let revision = (current - rng.random_range(0..=COMPACT_LAG_REVISIONS_MAX)).max(1);
+    let call = Call::Compact { revision };
+    let actor = Actor::Client(COMPACT_PROCESS_BASE + process);
+    recorder.record(actor, Some(node), EventKind::Invoke { call: call.clone() });
+    let completion = workload::invoke(&mut client, &call, ReadMode::Linearizable).await;
+    let outcome = match &completion {
+        EventKind::Ok { .. } => "ok".to_string(),
+        EventKind::Fail { error } | EventKind::Info { error } => error.clone(),
+        other => format!("{other:?}"),
+    };
+    recorder.record(actor, Some(node), completion);
+    Ok(format!("compact at {revision} on n{node} (head {current}): {outcome}"))
+}
+
+/// The `transfer-leader` fault: MoveLeader from the leader to another random member.
+async fn transfer_leader(
+    cluster: &Cluster,
+    leader: Option<usize>,
+    rng: &mut impl Rng,
+) -> anyhow::Result<String> {
+    let Some(leader) = leader else {
+        return Ok("transfer-leader: no leader known".into());
+    };
+    let others: Vec<usize> = (0..cluster.size()).filter(|&m| m != leader).collect();
+    let target = *others.choose(rng).expect("a cluster has 3 or 5 members");
+    let mut admin = AdminClient::new(&cluster.client_url(leader), ADMIN_TIMEOUT)?;
+    let outcome = match admin.move_leader(cluster.member_id(target)).await {
+        Ok(()) => "ok".to_string(),
+        Err(e) => format!("{e:#}"),
+    };
+    Ok(format!("transfer-leader n{leader} -> n{target}: {outcome}"))
+}
+
+/// The `defrag` fault: defragments one random member (75 %) or every member in turn.
+async fn defrag(cluster: &Cluster, rng: &mut impl Rng) -> anyhow::Result<String> {
+    let n = cluster.size();
+    let members: Vec<usize> = if rng.random_bool(0.75) {
+        vec![rng.random_range(0..n)]
+    } else {
+        (0..n).collect()
+    };
+    let mut outcomes = Vec::new();
+    for &m in &members {
+        let mut admin = AdminClient::new(&cluster.client_url(m), ADMIN_TIMEOUT)?;
+        outcomes.push(match admin.defragment().await {
+            Ok(()) => format!("n{m} ok"),
+            Err(e) => format!("n{m} {e:#}"),
+        });
+    }
+    Ok(format!("defrag {}", outcomes.join(", ")))
+}
+
 /// Whom `kill` and `pause` hit: the leader (40 % when one is known), one random member (30 %),
 /// a random minority (20 %), or every member (10 %).
 fn targets(leader: Option<usize>, n: usize, rng: &mut impl Rng) -> Vec<usize> {
@@ -186,6 +279,8 @@ async fn start(
     cluster: &mut Cluster,
     fault: Fault,
     rng: &mut impl Rng,
+    recorder: &Recorder,
+    round: u64,
 ) -> anyhow::Result<(Active, String)> {
     let leader = cluster.leader().await;
     let n = cluster.size();
@@ -262,11 +357,26 @@ async fn start(
                 .degrade(links.into_iter().map(|link| (link, fault)).collect());
             (Active::Degraded(text.clone()), text)
         }
+        Fault::Compact => (Active::Done, compact(cluster, rng, recorder, round).await?),
+        Fault::TransferLeader => (Active::Done, transfer_leader(cluster, leader, rng).await?),
+        Fault::Defrag => (Active::Done, defrag(cluster, rng).await?),
+        Fault::MemberReplace => {
+            let member = match leader {
+                Some(leader) if rng.random_bool(0.3) => leader,
+                _ => rng.random_range(0..n),
+            };
+            let id = cluster.remove(member).await?;
+            (
+                Active::Removed(member),
+                format!("member-replace: removed n{member} (id {id:x}), data wiped"),
+            )
+        }
     })
 }
 
-fn stop(cluster: &mut Cluster, active: Active) -> anyhow::Result<String> {
-    Ok(match active {
+/// Undoes `active`; the text to record, if there was anything to undo.
+async fn stop(cluster: &mut Cluster, active: Active) -> anyhow::Result<Option<String>> {
+    Ok(Some(match active {
         Active::Killed(members) => {
             for &m in &members {
                 cluster.restart(m)?;
@@ -287,7 +397,12 @@ fn stop(cluster: &mut Cluster, active: Active) -> anyhow::Result<String> {
             cluster.network().heal();
             format!("heal {text}")
         }
-    })
+        Active::Removed(member) => {
+            let id = cluster.rejoin(member).await?;
+            format!("member-replace: added n{member} back as a new member (id {id:x})")
+        }
+        Active::Done => return Ok(None),
+    }))
 }
 
 /// Runs the schedule until `end`, leaving no fault active, and returns the cluster.
@@ -307,13 +422,15 @@ pub async fn run(
         return (cluster, Ok(()));
     }
     let jittered = |rng: &mut dyn rand::RngCore| interval.mul_f64(rng.random_range(0.8..1.2));
+    let mut round = 0;
     loop {
+        round += 1;
         tokio::time::sleep_until(end.min(Instant::now() + jittered(&mut rng))).await;
         if Instant::now() >= end {
             return (cluster, Ok(()));
         }
         let fault = *faults.choose(&mut rng).expect("faults is not empty");
-        let active = match start(&mut cluster, fault, &mut rng).await {
+        let active = match start(&mut cluster, fault, &mut rng, &recorder, round).await {
             Ok((active, text)) => {
                 note(format!("start {text}"));
                 active
@@ -321,8 +438,9 @@ pub async fn run(
             Err(e) => return (cluster, Err(e.context(format!("starting {fault:?}")))),
         };
         tokio::time::sleep_until(end.min(Instant::now() + jittered(&mut rng))).await;
-        match stop(&mut cluster, active) {
-            Ok(text) => note(format!("stop {text}")),
+        match stop(&mut cluster, active).await {
+            Ok(Some(text)) => note(format!("stop {text}")),
+            Ok(None) => {}
             Err(e) => return (cluster, Err(e.context(format!("stopping {fault:?}")))),
         }
     }
