@@ -68,7 +68,10 @@ impl AdminClient {
             is_learner: false,
         });
         let response = self.deadline("MemberAdd", request).await?;
-        Ok(response.member.context("MemberAdd: no member in the answer")?.id)
+        Ok(response
+            .member
+            .context("MemberAdd: no member in the answer")?
+            .id)
     }
 
     /// Removes member `id` from the cluster.

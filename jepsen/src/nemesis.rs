@@ -18,8 +18,8 @@ use crate::admin::AdminClient;
 use crate::client::EtcdClient;
 use crate::cluster::Cluster;
 use crate::history::{Actor, Call, EventKind, Recorder};
-use crate::workload::{self, ReadMode};
 use crate::proxy::{Blocked, Link, LinkFault};
+use crate::workload::{self, ReadMode};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -201,7 +201,9 @@ async fn compact(
         other => format!("{other:?}"),
     };
     recorder.record(actor, Some(node), completion);
-    Ok(format!("compact at {revision} on n{node} (head {current}): {outcome}"))
+    Ok(format!(
+        "compact at {revision} on n{node} (head {current}): {outcome}"
+    ))
 }
 
 /// The `transfer-leader` fault: MoveLeader from the leader to another random member.

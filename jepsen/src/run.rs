@@ -503,6 +503,7 @@ pub async fn run(mut options: RunOptions) -> anyhow::Result<(PathBuf, Results)> 
     let (identified, unidentified) = cluster.network().connection_counts();
     results.stats["peer_connections"] = identified.into();
     results.stats["peer_connections_unidentified"] = unidentified.into();
+    results.stats["peer_resets"] = cluster.network().resets().into();
     std::fs::write(
         dir.join("results.json"),
         serde_json::to_vec_pretty(&results)?,

@@ -8,6 +8,7 @@
 //! --workspace`); each half is skipped, with the reason printed, otherwise.
 
 mod common;
+mod nemesis_common;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -66,7 +67,10 @@ async fn replace_a_member(bin: PathBuf) {
         put_somewhere(&cluster, &all, &format!("before/{k}"), b"v").await;
     }
     // Replace the leader: the hardest case (it must hand over before it leaves).
-    let target = cluster.leader().await.expect("a fresh cluster has a leader");
+    let target = cluster
+        .leader()
+        .await
+        .expect("a fresh cluster has a leader");
     let others: Vec<usize> = all.iter().copied().filter(|&m| m != target).collect();
     let old_id = cluster.remove(target).await.unwrap();
     assert_eq!(cluster.state(target), MemberState::Removed);
@@ -80,10 +84,18 @@ async fn replace_a_member(bin: PathBuf) {
     assert_ne!(new_id, old_id, "the replacement kept the old id");
     cluster.wait_healthy(CONVERGE_TIMEOUT).await.unwrap();
     assert!(cluster.data_dir(target).exists());
-    let mut expected = vec![new_id, cluster.member_id(others[0]), cluster.member_id(others[1])];
+    let mut expected = vec![
+        new_id,
+        cluster.member_id(others[0]),
+        cluster.member_id(others[1]),
+    ];
     expected.sort_unstable();
     for m in 0..3 {
-        assert_eq!(member_ids(&cluster, m).await, expected, "member list on n{m}");
+        assert_eq!(
+            member_ids(&cluster, m).await,
+            expected,
+            "member list on n{m}"
+        );
     }
     // Its own state (a serializable read) has everything written while it was away.
     let start = Instant::now();
@@ -100,7 +112,10 @@ async fn replace_a_member(bin: PathBuf) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let first = client(&cluster, target).get("before/0", true).await.unwrap();
+    let first = client(&cluster, target)
+        .get("before/0", true)
+        .await
+        .unwrap();
     assert!(first.kv.is_some(), "the new member lacks the early writes");
     // And it is a voting member: the cluster still takes writes with another member down.
     cluster.kill(others[0]).await.unwrap();
@@ -119,4 +134,39 @@ async fn a_replaced_cairn_member_rejoins_with_a_new_id_and_a_wiped_dir() {
     if let Some(cairn) = common::cairn() {
         replace_a_member(cairn).await;
     }
+}
+
+/// A register run on Cairn under member replacement and the admin faults, with snapshots every
+/// 50 entries so rejoining members are sent one: it must stay valid, and the faults must have
+/// happened (a member was added back, and the admin calls succeeded).
+#[test]
+fn cairn_stays_valid_under_member_replacement_and_admin_faults() {
+    let Some(cairn) = common::cairn() else {
+        return;
+    };
+    let store = tempfile::tempdir().unwrap();
+    let (code, results) = common::run(
+        &cairn,
+        store.path(),
+        &[
+            "--nemesis=member-replace,transfer-leader,compact,defrag",
+            "--member-arg=--snapshot-count=50",
+            "--nemesis-interval-s=2",
+            "--time-limit-s=20",
+            "--seed=3",
+        ],
+    );
+    assert_eq!(code, 0, "{results:#}");
+    assert!(common::stat(&results, "nemesis_events") >= 5, "{results:#}");
+    let history = nemesis_common::nemesis_actions(store.path());
+    for done in ["added n", "transfer-leader n", "compact at", "defrag n"] {
+        assert!(
+            history.iter().any(|action| action.contains(done)),
+            "no nemesis event with {done:?}: {history:#?}"
+        );
+    }
+    assert!(
+        !history.iter().any(|action| action.contains("failed")),
+        "{history:#?}"
+    );
 }
