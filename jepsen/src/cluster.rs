@@ -22,6 +22,7 @@ use tokio::process::{Child, Command};
 use crate::admin::AdminClient;
 use crate::client::EtcdClient;
 use crate::proxy::{Network, PeerProxy};
+use crate::shim::{self, ShimConfig};
 
 /// How long a freshly started cluster may take to answer a linearizable read on every member.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -81,6 +82,8 @@ struct Member {
     state: MemberState,
     /// Started with `--initial-cluster-state=existing`: it joined a running cluster.
     joined: bool,
+    /// Started with the LD_PRELOAD shim, configured so (clock skew, failing fsyncs).
+    shim: Option<ShimConfig>,
 }
 
 /// A running cluster. Dropping it kills every member and deletes its directory.
@@ -92,9 +95,11 @@ pub struct Cluster {
     initial_cluster: String,
     /// Each member's raft id, as its Status reports it; learned at startup.
     member_ids: Vec<u64>,
+    /// The LD_PRELOAD shim, once built (see `shim`).
+    shim_library: Option<PathBuf>,
     /// Data directories and logs. Held only to be deleted on drop; declared last so it goes
     /// after the members' processes.
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 /// Free loopback ports, all distinct: every listener is held until all are chosen.
@@ -158,6 +163,7 @@ impl Cluster {
                 child: None,
                 state: MemberState::Killed,
                 joined: false,
+                shim: None,
             });
         }
         let initial_cluster = members
@@ -173,7 +179,8 @@ impl Cluster {
             network,
             initial_cluster,
             member_ids: Vec::new(),
-            _dir: dir,
+            shim_library: None,
+            dir,
         };
         for i in 0..n {
             cluster.spawn(i)?;
@@ -219,6 +226,13 @@ impl Cluster {
             })
             .arg("--initial-cluster-token=cairn-jepsen")
             .args(&self.spec.extra_args)
+            .envs(
+                member
+                    .shim
+                    .iter()
+                    .zip(&self.shim_library)
+                    .flat_map(|(config, library)| config.env(library)),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -288,6 +302,65 @@ impl Cluster {
             "member {i} is not killed"
         );
         self.spawn(i)
+    }
+
+    /// Sets the LD_PRELOAD shim member `i` starts with from its next restart on (`None`: none).
+    /// The member must be killed: clock skew is applied by restarting.
+    pub fn set_shim(&mut self, i: usize, config: Option<ShimConfig>) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.members[i].state == MemberState::Killed,
+            "member {i} must be killed to change its shim"
+        );
+        if config.is_some() && self.shim_library.is_none() {
+            self.shim_library = Some(shim::build(self.dir.path())?);
+        }
+        self.members[i].shim = config;
+        Ok(())
+    }
+
+    /// Where the shim of member `i` looks for its fsync-fail switch, and notes that it failed
+    /// one: (fail file, tripped file).
+    pub fn fsync_files(&self, i: usize) -> (PathBuf, PathBuf) {
+        let dir = self.dir.path();
+        (
+            dir.join(format!("n{i}.fsync-fail")),
+            dir.join(format!("n{i}.fsync-tripped")),
+        )
+    }
+
+    /// Waits up to `timeout` for member `i`'s process to exit by itself. If it did, the member
+    /// counts as killed (it can be restarted) and its exit status and last log lines are
+    /// returned.
+    pub async fn wait_exited(
+        &mut self,
+        i: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<Option<String>> {
+        let start = Instant::now();
+        loop {
+            if let Err(e) = self.fail_if_exited(i) {
+                if !e.is::<MemberExited>() {
+                    return Err(e);
+                }
+                self.members[i].child = None;
+                self.members[i].state = MemberState::Killed;
+                self.network.set_pid(i, None);
+                return Ok(Some(e.to_string()));
+            }
+            if start.elapsed() > timeout {
+                return Ok(None);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Moves member `i`'s log aside (to `n<i>.<suffix>.log`, kept in the cluster's directory)
+    /// so the server-logs check does not read a crash the harness caused on purpose.
+    pub fn set_log_aside(&self, i: usize, suffix: &str) -> anyhow::Result<PathBuf> {
+        let member = &self.members[i];
+        let aside = member.log_path.with_extension(format!("{suffix}.log"));
+        std::fs::rename(&member.log_path, &aside)?;
+        Ok(aside)
     }
 
     /// Stops member `i` with SIGSTOP.
@@ -428,6 +501,23 @@ impl Cluster {
             }
         }
         Ok(())
+    }
+
+    /// Waits until member `i` answers a serializable read, or fails after `timeout` or as soon
+    /// as its process has exited by itself.
+    pub async fn wait_member_healthy(&mut self, i: usize, timeout: Duration) -> anyhow::Result<()> {
+        let start = Instant::now();
+        loop {
+            self.fail_if_exited(i)?;
+            let mut client = EtcdClient::new(&self.client_url(i), PROBE_TIMEOUT)?;
+            match client.get("cairn-jepsen/health", true).await {
+                Ok(_) => return Ok(()),
+                Err(e) if start.elapsed() > timeout => {
+                    anyhow::bail!("n{i} not serving after {timeout:?}: {e}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
     }
 
     /// Waits until every member answers a linearizable read, or fails after `timeout`, or as

@@ -12,6 +12,7 @@ pub mod history;
 pub mod nemesis;
 pub mod proxy;
 pub mod run;
+pub mod shim;
 pub mod smoke;
 pub mod watcher;
 pub mod workload;

@@ -16,9 +16,10 @@ use tokio::time::Instant;
 
 use crate::admin::AdminClient;
 use crate::client::EtcdClient;
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, MemberState};
 use crate::history::{Actor, Call, EventKind, Recorder};
 use crate::proxy::{Blocked, Link, LinkFault};
+use crate::shim::ShimConfig;
 use crate::workload::{self, ReadMode};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -52,6 +53,16 @@ pub enum Fault {
     /// stops, add it back as a new member (MemberAdd, a new id) and start it empty with
     /// `--initial-cluster-state=existing`.
     MemberReplace,
+    /// Restart a member (the leader or a random one) with a skewed, drifting clock: its wall
+    /// clock 1 s–10 min ahead or behind, and half the time every clock running 1–5 % fast or
+    /// slow; restart it with the real clock when the fault stops. Through the LD_PRELOAD shim,
+    /// so Cairn only (etcd's Go runtime bypasses libc's clocks).
+    ClockSkew,
+    /// Restart a member with the LD_PRELOAD shim, make its fsyncs fail, and check that it
+    /// exits by itself within 10 s (fail-stop; a member that keeps running after a failed fsync
+    /// is an anomaly); restart it with working fsyncs when the fault stops. Cairn only, as
+    /// `clock-skew`.
+    FsyncFail,
 }
 
 /// A fault in progress, with what is needed to undo it.
@@ -62,6 +73,12 @@ enum Active {
     Partitioned(String),
     Degraded(String),
     Removed(usize),
+    /// Members restarted with the shim: to restart without it (`crashed`: the log of the run
+    /// that crashed on purpose is set aside first).
+    Shimmed {
+        member: usize,
+        crashed: bool,
+    },
     /// An instantaneous fault: nothing to undo.
     Done,
 }
@@ -244,6 +261,101 @@ async fn defrag(cluster: &Cluster, rng: &mut impl Rng) -> anyhow::Result<String>
     Ok(format!("defrag {}", outcomes.join(", ")))
 }
 
+/// How long a member whose fsyncs fail may keep running.
+const FAIL_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a member restarted with the shim may take to serve before its fsyncs are failed.
+const SHIM_START_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Nemesis actions that start with this make the `faults` checker report an anomaly.
+pub const ANOMALY_PREFIX: &str = "anomaly: ";
+
+/// A skewed clock: the wall clock 1 s–10 min ahead or behind, and half the time every clock
+/// 1–5 % fast or slow.
+fn clock_skew(rng: &mut impl Rng) -> ShimConfig {
+    let offset_ms = rng.random_range(1_000..=600_000) * if rng.random_bool(0.5) { 1 } else { -1 };
+    let clock_rate = if rng.random_bool(0.5) {
+        1.0
+    } else {
+        let drift = rng.random_range(0.01..=0.05);
+        if rng.random_bool(0.5) {
+            1.0 + drift
+        } else {
+            1.0 - drift
+        }
+    };
+    ShimConfig {
+        clock_offset_ms: offset_ms,
+        clock_rate,
+        ..ShimConfig::default()
+    }
+}
+
+/// The leader 40 % of the time (when known), else a random member.
+fn one_target(leader: Option<usize>, n: usize, rng: &mut impl Rng) -> usize {
+    match leader {
+        Some(leader) if rng.random_bool(0.4) => leader,
+        _ => rng.random_range(0..n),
+    }
+}
+
+/// Restarts member `i` with `config` preloaded.
+async fn restart_with_shim(
+    cluster: &mut Cluster,
+    i: usize,
+    config: Option<ShimConfig>,
+) -> anyhow::Result<()> {
+    if cluster.state(i) != MemberState::Killed {
+        cluster.kill(i).await?;
+    }
+    cluster.set_shim(i, config)?;
+    cluster.restart(i)
+}
+
+/// The `fsync-fail` fault on member `i`: restarts it with the shim, waits until it serves,
+/// fails its fsyncs and waits for it to exit. Returns whether it crashed, and what to record.
+async fn fsync_fail(cluster: &mut Cluster, i: usize) -> anyhow::Result<(bool, String)> {
+    let (fail, tripped) = cluster.fsync_files(i);
+    restart_with_shim(
+        cluster,
+        i,
+        Some(ShimConfig {
+            fsync_fail_file: Some(fail.clone()),
+            fsync_tripped_file: Some(tripped.clone()),
+            ..ShimConfig::default()
+        }),
+    )
+    .await?;
+    if let Err(e) = cluster.wait_member_healthy(i, SHIM_START_TIMEOUT).await {
+        return Ok((
+            false,
+            format!("fsync-fail n{i}: not serving before the fault ({e:#})"),
+        ));
+    }
+    std::fs::write(&fail, b"")?;
+    let exited = cluster.wait_exited(i, FAIL_STOP_TIMEOUT).await?;
+    std::fs::remove_file(&fail)?;
+    Ok(match (exited, tripped.exists()) {
+        (Some(how), _) => {
+            let last = how.lines().find(|l| l.contains("panicked") || l.contains("fsync"));
+            let why = last.unwrap_or_else(|| how.lines().next().unwrap_or_default());
+            (true, format!("fsync-fail n{i}: exited by itself after failing fsyncs: {why}"))
+        }
+        (None, true) => (
+            false,
+            format!(
+                "{ANOMALY_PREFIX}fsync-fail n{i}: still running {FAIL_STOP_TIMEOUT:?} after an fsync failed"
+            ),
+        ),
+        (None, false) => (
+            false,
+            format!(
+                "fsync-fail n{i}: no fsync went through the shim in {FAIL_STOP_TIMEOUT:?} (a Go binary, or no writes)"
+            ),
+        ),
+    })
+}
+
 /// Whom `kill` and `pause` hit: the leader (40 % when one is known), one random member (30 %),
 /// a random minority (20 %), or every member (10 %).
 fn targets(leader: Option<usize>, n: usize, rng: &mut impl Rng) -> Vec<usize> {
@@ -368,16 +480,38 @@ async fn start(
                 _ => rng.random_range(0..n),
             };
             let id = cluster.remove(member).await?;
+
             (
                 Active::Removed(member),
                 format!("member-replace: removed n{member} (id {id:x}), data wiped"),
             )
         }
+        Fault::ClockSkew => {
+            let member = one_target(leader, n, rng);
+            let skew = clock_skew(rng);
+            let text = format!(
+                "clock-skew n{member}: wall clock {:+} ms, clocks at {:.3}x",
+                skew.clock_offset_ms, skew.clock_rate
+            );
+            restart_with_shim(cluster, member, Some(skew)).await?;
+            (
+                Active::Shimmed {
+                    member,
+                    crashed: false,
+                },
+                text,
+            )
+        }
+        Fault::FsyncFail => {
+            let member = one_target(leader, n, rng);
+            let (crashed, text) = fsync_fail(cluster, member).await?;
+            (Active::Shimmed { member, crashed }, text)
+        }
     })
 }
 
 /// Undoes `active`; the text to record, if there was anything to undo.
-async fn stop(cluster: &mut Cluster, active: Active) -> anyhow::Result<Option<String>> {
+async fn stop(cluster: &mut Cluster, active: Active, round: u64) -> anyhow::Result<Option<String>> {
     Ok(Some(match active {
         Active::Killed(members) => {
             for &m in &members {
@@ -402,6 +536,17 @@ async fn stop(cluster: &mut Cluster, active: Active) -> anyhow::Result<Option<St
         Active::Removed(member) => {
             let id = cluster.rejoin(member).await?;
             format!("member-replace: added n{member} back as a new member (id {id:x})")
+        }
+        Active::Shimmed { member, crashed } => {
+            if crashed {
+                let aside = cluster.set_log_aside(member, &format!("fsync-fail-{round}"))?;
+                eprintln!(
+                    "cairn-jepsen: n{member}'s log up to its fsync-fail crash: {}",
+                    aside.display()
+                );
+            }
+            restart_with_shim(cluster, member, None).await?;
+            format!("restart n{member} without the shim")
         }
         Active::Done => return Ok(None),
     }))
@@ -440,7 +585,7 @@ pub async fn run(
             Err(e) => return (cluster, Err(e.context(format!("starting {fault:?}")))),
         };
         tokio::time::sleep_until(end.min(Instant::now() + jittered(&mut rng))).await;
-        match stop(&mut cluster, active).await {
+        match stop(&mut cluster, active, round).await {
             Ok(Some(text)) => note(format!("stop {text}")),
             Ok(None) => {}
             Err(e) => return (cluster, Err(e.context(format!("stopping {fault:?}")))),

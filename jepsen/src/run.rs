@@ -133,7 +133,11 @@ pub fn check_history(workload: Workload, events: &[history::Event]) -> anyhow::R
         Workload::Append => checker::elle::check(&ops),
         Workload::Watch => checker::watch::check(events, &ops),
     };
-    let checkers = vec![workload_result, checker::revision::check(&ops)];
+    let checkers = vec![
+        workload_result,
+        checker::revision::check(&ops),
+        checker::faults::check(events),
+    ];
     Ok(Results {
         verdict: checkers
             .iter()

@@ -38,6 +38,7 @@ pub fn etcd() -> Option<PathBuf> {
 }
 
 /// Runs `cairn-jepsen test` and returns its exit code and `results.json`.
+#[allow(dead_code)] // not every test file runs the harness
 pub fn run(bin: &Path, store: &Path, args: &[&str]) -> (i32, serde_json::Value) {
     let output = Command::new(env!("CARGO_BIN_EXE_cairn-jepsen"))
         .arg("test")
@@ -60,6 +61,7 @@ pub fn run(bin: &Path, store: &Path, args: &[&str]) -> (i32, serde_json::Value) 
     )
 }
 
+#[allow(dead_code)] // not every test file runs the harness
 pub fn stat(results: &serde_json::Value, name: &str) -> u64 {
     results["stats"][name].as_u64().unwrap_or(0)
 }
