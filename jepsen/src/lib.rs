@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod history;
 pub mod nemesis;
 pub mod proxy;
+pub mod report;
 pub mod run;
 pub mod shim;
 pub mod smoke;

@@ -7,6 +7,7 @@
 //!   test.json      options and seed
 //!   history.jsonl  every event (see `history`)
 //!   results.json   every checker's result and the verdict
+//!   report.html    timeline, latency and throughput plots with the faults (see `report`)
 //!   nodes/n<i>.log member logs, only when the verdict is not valid
 //! ```
 //!
@@ -27,6 +28,7 @@ use crate::client::EtcdClient;
 use crate::cluster::{Cluster, ClusterSpec};
 use crate::history::{self, Actor, Call, EventKind, Recorder, WatchRecord};
 use crate::nemesis::{self, Fault};
+use crate::report;
 use crate::watcher::{self, CompactAt, CompactorSpec, Watchers, WatchersSpec};
 use crate::workload::{self, Generator, ReadMode, Workload};
 
@@ -512,6 +514,7 @@ pub async fn run(mut options: RunOptions) -> anyhow::Result<(PathBuf, Results)> 
         dir.join("results.json"),
         serde_json::to_vec_pretty(&results)?,
     )?;
+    write_report(&dir, &events, &results)?;
     if results.verdict != Verdict::Valid {
         let nodes = dir.join("nodes");
         std::fs::create_dir_all(&nodes)?;
@@ -544,7 +547,26 @@ pub fn check_dir(dir: &Path) -> anyhow::Result<Results> {
     let workload: Workload = serde_json::from_value(test["options"]["workload"].clone())
         .context("test.json: options.workload")?;
     let events = history::read_jsonl(&dir.join("history.jsonl"))?;
-    check_history(workload, &events)
+    let results = check_history(workload, &events)?;
+    write_report(dir, &events, &results)?;
+    Ok(results)
+}
+
+/// Writes `report.html` (see `report`) with the verdict and every checker's answer.
+fn write_report(dir: &Path, events: &[history::Event], results: &Results) -> anyhow::Result<()> {
+    let mut summary = format!("VERDICT: {:?}\n", results.verdict);
+    for checker in &results.checkers {
+        summary += &format!(
+            "{:<14} {:?} {}\n",
+            checker.checker, checker.verdict, checker.stats
+        );
+        for anomaly in &checker.anomalies {
+            summary += &format!("    {anomaly}\n");
+        }
+    }
+    summary += &format!("ops: {}", results.stats);
+    let title = dir.file_name().unwrap_or_default().to_string_lossy();
+    report::write(dir, events, &title, &summary).context("writing report.html")
 }
 
 #[cfg(test)]
