@@ -102,11 +102,33 @@ pub struct Cluster {
     dir: tempfile::TempDir,
 }
 
-/// Free loopback ports, all distinct: every listener is held until all are chosen.
+/// First port members listen on: below the kernel's ephemeral range (32768+), where an
+/// outgoing connection could take a member's port while it is down between a kill and its
+/// restart. (Proxies keep their listeners for the whole run, so the kernel may choose theirs.)
+const MEMBER_PORT_FIRST: u32 = 20_000;
+
+/// Ports in the member range.
+const MEMBER_PORT_COUNT: u32 = 12_000;
+
+/// Free loopback ports in the member range, all distinct: every listener is held until all are
+/// chosen. Each call walks the range from its own starting point, skipping ports in use.
 fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
-    let listeners = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()?;
+    let seed = std::process::id().wrapping_mul(7919)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .subsec_nanos();
+    let mut listeners = Vec::with_capacity(n);
+    for offset in 0..MEMBER_PORT_COUNT {
+        if listeners.len() == n {
+            break;
+        }
+        let port = (MEMBER_PORT_FIRST + (seed.wrapping_add(offset)) % MEMBER_PORT_COUNT) as u16;
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            listeners.push(listener);
+        }
+    }
+    anyhow::ensure!(listeners.len() == n, "fewer than {n} free member ports");
     Ok(listeners
         .iter()
         .map(|l| l.local_addr().expect("bound").port())
@@ -643,5 +665,22 @@ fn wait_stopped(pid: u32, timeout: Duration) -> anyhow::Result<()> {
             "process {pid} did not stop within {timeout:?}"
         );
         std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_ports_are_distinct_and_below_the_ephemeral_range() {
+        let ports = free_ports(10).unwrap();
+        let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), 10);
+        let range = MEMBER_PORT_FIRST..MEMBER_PORT_FIRST + MEMBER_PORT_COUNT;
+        assert!(
+            ports.iter().all(|&p| range.contains(&u32::from(p))),
+            "{ports:?}"
+        );
     }
 }
