@@ -316,6 +316,11 @@ async fn restart_with_shim(
 /// fails its fsyncs and waits for it to exit. Returns whether it crashed, and what to record.
 async fn fsync_fail(cluster: &mut Cluster, i: usize) -> anyhow::Result<(bool, String)> {
     let (fail, tripped) = cluster.fsync_files(i);
+    // An earlier round on this member may have left its note behind.
+    match std::fs::remove_file(&tripped) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+        _ => {}
+    }
     restart_with_shim(
         cluster,
         i,
