@@ -376,13 +376,13 @@ impl Cluster {
         }
     }
 
-    /// Moves member `i`'s log aside (to `n<i>.<suffix>.log`, kept in the cluster's directory)
-    /// so the server-logs check does not read a crash the harness caused on purpose.
-    pub fn set_log_aside(&self, i: usize, suffix: &str) -> anyhow::Result<PathBuf> {
+    /// Moves member `i`'s log aside (to `n<i>.<suffix>.log` in the cluster's directory, deleted
+    /// with it) so the server-logs check does not read a crash the harness caused on purpose.
+    pub fn set_log_aside(&self, i: usize, suffix: &str) -> anyhow::Result<()> {
         let member = &self.members[i];
         let aside = member.log_path.with_extension(format!("{suffix}.log"));
         std::fs::rename(&member.log_path, &aside)?;
-        Ok(aside)
+        Ok(())
     }
 
     /// Stops member `i` with SIGSTOP.

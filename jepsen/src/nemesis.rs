@@ -342,8 +342,11 @@ async fn fsync_fail(cluster: &mut Cluster, i: usize) -> anyhow::Result<(bool, St
     std::fs::remove_file(&fail)?;
     Ok(match (exited, tripped.exists()) {
         (Some(how), _) => {
-            let last = how.lines().find(|l| l.contains("panicked") || l.contains("fsync"));
-            let why = last.unwrap_or_else(|| how.lines().next().unwrap_or_default());
+            let line = |pattern: &str| how.lines().find(|l| l.contains(pattern));
+            let why = line("fail-stop")
+                .or_else(|| line("fsync"))
+                .or_else(|| line("panicked"))
+                .unwrap_or_else(|| how.lines().next().unwrap_or_default());
             (true, format!("fsync-fail n{i}: exited by itself after failing fsyncs: {why}"))
         }
         (None, true) => (
@@ -544,11 +547,7 @@ async fn stop(cluster: &mut Cluster, active: Active, round: u64) -> anyhow::Resu
         }
         Active::Shimmed { member, crashed } => {
             if crashed {
-                let aside = cluster.set_log_aside(member, &format!("fsync-fail-{round}"))?;
-                eprintln!(
-                    "cairn-jepsen: n{member}'s log up to its fsync-fail crash: {}",
-                    aside.display()
-                );
+                cluster.set_log_aside(member, &format!("fsync-fail-{round}"))?;
             }
             restart_with_shim(cluster, member, None).await?;
             format!("restart n{member} without the shim")
