@@ -170,3 +170,63 @@ fn cairn_stays_valid_under_member_replacement_and_admin_faults() {
         "{history:#?}"
     );
 }
+
+/// Removing a Cairn leader while it is busy appending must not crash it: it applies its own
+/// removal while writes are still being persisted. Regression test: raft-rs kept the removed
+/// member leader, and the next persisted write panicked it (`Raft::on_persist_entries`, its own
+/// progress gone: raft.rs:1055 in raft 0.7).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_cairn_leader_removed_from_the_cluster_stops_cleanly() {
+    let Some(cairn) = common::cairn() else {
+        return;
+    };
+    for round in 0..ROUNDS {
+        let mut cluster = Cluster::start(ClusterSpec {
+            bin: cairn.clone(),
+            members: 3,
+            extra_args: vec![],
+        })
+        .await
+        .unwrap();
+        let leader = cluster
+            .leader()
+            .await
+            .expect("a fresh cluster has a leader");
+        let mut writers = tokio::task::JoinSet::new();
+        for w in 0..WRITERS {
+            let url = cluster.client_url(leader);
+            writers.spawn(async move {
+                let mut client = EtcdClient::new(&url, REQUEST_TIMEOUT).unwrap();
+                for k in 0u64.. {
+                    if client.put(&format!("w{w}/{}", k % 16), b"v").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        let other = (leader + 1) % 3;
+        put_somewhere(&cluster, &[other], "warm", b"v").await;
+        // Like etcd 3.4 (--strict-reconfig-check), Cairn refuses a removal until the peers left
+        // have been connected for a while.
+        let mut admin = AdminClient::new(&cluster.client_url(other), REQUEST_TIMEOUT).unwrap();
+        let start = Instant::now();
+        while let Err(e) = admin.member_remove(cluster.member_id(leader)).await {
+            assert!(start.elapsed() < CONVERGE_TIMEOUT, "{e:#}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let exit = cluster
+            .wait_exited(leader, CONVERGE_TIMEOUT)
+            .await
+            .unwrap()
+            .expect("a removed member stops by itself");
+        writers.abort_all();
+        let log = std::fs::read_to_string(&cluster.log_paths()[leader]).unwrap();
+        assert!(
+            !log.contains("panicked"),
+            "round {round}: the removed leader crashed: {exit}"
+        );
+    }
+}
+
+const ROUNDS: usize = 3;
+const WRITERS: usize = 4;
