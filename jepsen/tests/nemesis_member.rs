@@ -1,8 +1,10 @@
 //! The `member-replace` fault really replaces a member, on real etcd 3.4 and on Cairn: the
 //! removed member leaves the member list and its data directory is gone; the cluster keeps
 //! taking writes without it; added back, it has a new id, starts from an empty directory with
-//! `--initial-cluster-state=existing`, and catches up, through a snapshot since
-//! `--snapshot-count=20` has compacted the leader's log past what it needs.
+//! `--initial-cluster-state=existing`, and catches up through a snapshot: with
+//! `--snapshot-count=20`, the 5,200 writes made while it was away take the leader's log past
+//! the 5,000 entries it keeps for slow followers (etcd's `SnapshotCatchUpEntries`, which Cairn
+//! mirrors), so the log it would need is gone.
 //!
 //! etcd must be at `/usr/bin/etcd` and Cairn built next to this test (`cargo test
 //! --workspace`); each half is skipped, with the reason printed, otherwise.
@@ -20,8 +22,18 @@ use cairn_jepsen::cluster::{Cluster, ClusterSpec, MemberState};
 const REQUEST_TIMEOUT: Duration = Duration::from_millis(1500);
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Writes before the removal and while the member is away: each well past `--snapshot-count`.
+/// Writes before the removal: well past `--snapshot-count`.
 const WRITES: usize = 60;
+
+/// Writes while the member is away: past `--snapshot-count` plus the 5,000 entries a leader
+/// keeps behind its log truncation, so the rejoining member must be sent a snapshot.
+const AWAY_WRITES: usize = 5_200;
+
+/// How long the away writes may take.
+const AWAY_WRITES_TIMEOUT: Duration = Duration::from_secs(45);
+
+/// Concurrent writers of the away writes.
+const AWAY_WRITERS: usize = 32;
 
 fn client(cluster: &Cluster, member: usize) -> EtcdClient {
     EtcdClient::new(&cluster.client_url(member), REQUEST_TIMEOUT).unwrap()
@@ -54,6 +66,9 @@ async fn member_ids(cluster: &Cluster, via: usize) -> Vec<u64> {
     ids
 }
 
+/// What Cairn and etcd 3.4 log when a follower has installed a snapshot from its leader.
+const SNAPSHOT_INSTALLED: [&str; 2] = ["snapshot installed", "applying snapshot"];
+
 async fn replace_a_member(bin: PathBuf) {
     let mut cluster = Cluster::start(ClusterSpec {
         bin,
@@ -77,9 +92,34 @@ async fn replace_a_member(bin: PathBuf) {
     assert!(!cluster.data_dir(target).exists(), "the data was not wiped");
     assert!(!member_ids(&cluster, others[0]).await.contains(&old_id));
 
-    for k in 0..WRITES {
-        put_somewhere(&cluster, &others, &format!("away/{k}"), b"v").await;
+    let mut writers = tokio::task::JoinSet::new();
+    for w in 0..AWAY_WRITERS {
+        let urls: Vec<String> = others.iter().map(|&m| cluster.client_url(m)).collect();
+        writers.spawn(async move {
+            let start = Instant::now();
+            let mut written = 0;
+            let mut attempt = 0usize;
+            while written < AWAY_WRITES / AWAY_WRITERS {
+                assert!(
+                    start.elapsed() < AWAY_WRITES_TIMEOUT,
+                    "writer {w}: {written} writes in {AWAY_WRITES_TIMEOUT:?}"
+                );
+                let url = &urls[attempt % urls.len()];
+                let mut client = EtcdClient::new(url, REQUEST_TIMEOUT).unwrap();
+                match client
+                    .put(&format!("away/{w}/{}", written % 50), b"v")
+                    .await
+                {
+                    Ok(_) => written += 1,
+                    Err(_) => attempt += 1,
+                }
+            }
+        });
     }
+    while let Some(done) = writers.join_next().await {
+        done.unwrap();
+    }
+    put_somewhere(&cluster, &others, "away/last", b"v").await;
     let new_id = cluster.rejoin(target).await.unwrap();
     assert_ne!(new_id, old_id, "the replacement kept the old id");
     cluster.wait_healthy(CONVERGE_TIMEOUT).await.unwrap();
@@ -100,9 +140,7 @@ async fn replace_a_member(bin: PathBuf) {
     // Its own state (a serializable read) has everything written while it was away.
     let start = Instant::now();
     loop {
-        let local = client(&cluster, target)
-            .get(&format!("away/{}", WRITES - 1), true)
-            .await;
+        let local = client(&cluster, target).get("away/last", true).await;
         if local.is_ok_and(|got| got.kv.is_some()) {
             break;
         }
@@ -117,6 +155,11 @@ async fn replace_a_member(bin: PathBuf) {
         .await
         .unwrap();
     assert!(first.kv.is_some(), "the new member lacks the early writes");
+    let log = std::fs::read_to_string(&cluster.log_paths()[target]).unwrap();
+    assert!(
+        SNAPSHOT_INSTALLED.iter().any(|line| log.contains(line)),
+        "the new member caught up without a snapshot"
+    );
     // And it is a voting member: the cluster still takes writes with another member down.
     cluster.kill(others[0]).await.unwrap();
     put_somewhere(&cluster, &[target, others[1]], "after", b"v").await;
