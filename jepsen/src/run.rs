@@ -514,7 +514,7 @@ pub async fn run(mut options: RunOptions) -> anyhow::Result<(PathBuf, Results)> 
         dir.join("results.json"),
         serde_json::to_vec_pretty(&results)?,
     )?;
-    write_report(&dir, &events, &results)?;
+    write_report(&dir, &events, &results);
     if results.verdict != Verdict::Valid {
         let nodes = dir.join("nodes");
         std::fs::create_dir_all(&nodes)?;
@@ -548,12 +548,13 @@ pub fn check_dir(dir: &Path) -> anyhow::Result<Results> {
         .context("test.json: options.workload")?;
     let events = history::read_jsonl(&dir.join("history.jsonl"))?;
     let results = check_history(workload, &events)?;
-    write_report(dir, &events, &results)?;
+    write_report(dir, &events, &results);
     Ok(results)
 }
 
-/// Writes `report.html` (see `report`) with the verdict and every checker's answer.
-fn write_report(dir: &Path, events: &[history::Event], results: &Results) -> anyhow::Result<()> {
+/// Writes `report.html` (see `report`) with the verdict and every checker's answer. A report
+/// that cannot be written (say, a read-only store) is a warning: the verdict stands without it.
+fn write_report(dir: &Path, events: &[history::Event], results: &Results) {
     let mut summary = format!("VERDICT: {:?}\n", results.verdict);
     for checker in &results.checkers {
         summary += &format!(
@@ -566,7 +567,12 @@ fn write_report(dir: &Path, events: &[history::Event], results: &Results) -> any
     }
     summary += &format!("ops: {}", results.stats);
     let title = dir.file_name().unwrap_or_default().to_string_lossy();
-    report::write(dir, events, &title, &summary).context("writing report.html")
+    if let Err(e) = report::write(dir, events, &title, &summary) {
+        eprintln!(
+            "cairn-jepsen: warning: cannot write {}: {e}",
+            dir.join("report.html").display()
+        );
+    }
 }
 
 #[cfg(test)]
