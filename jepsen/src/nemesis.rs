@@ -1,7 +1,8 @@
 //! The nemesis: a schedule of faults against the cluster, Jepsen style. Every interval (±20 %
 //! jitter) it picks one enabled fault class, starts it against its targets (see [`Fault`]),
-//! holds it for one interval, and undoes it. It records a
-//! `nemesis` event in the history at every start and stop.
+//! holds it for one interval, and undoes it (compaction, leader transfer and defragmentation are
+//! instantaneous: nothing to undo). It records a `nemesis` event in the history at every start
+//! and stop, saying exactly what was done.
 //!
 //! It owns the [`Cluster`] for the duration of the run and hands it back when done, so the
 //! runner can heal it; nothing else signals members meanwhile.
@@ -685,5 +686,29 @@ mod tests {
             let flaky = flaky_fault(&mut rng);
             assert!((0.02..0.10).contains(&flaky.reset_probability));
         }
+    }
+
+    #[test]
+    fn clock_skews_stay_in_their_ranges_and_targets_include_the_leader() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let mut signs = BTreeSet::new();
+        let mut drifting = 0;
+        for _ in 0..200 {
+            let skew = clock_skew(&mut rng);
+            let offset = skew.clock_offset_ms.abs();
+            assert!((1_000..=600_000).contains(&offset), "{skew:?}");
+            signs.insert(skew.clock_offset_ms.signum());
+            if skew.clock_rate != 1.0 {
+                drifting += 1;
+                let drift = (skew.clock_rate - 1.0).abs();
+                assert!((0.01 - 1e-9..=0.05 + 1e-9).contains(&drift), "{skew:?}");
+            }
+            assert_eq!(skew.fsync_fail_file, None);
+        }
+        assert_eq!(signs, BTreeSet::from([-1, 1]));
+        assert!((50..150).contains(&drifting), "{drifting} of 200 drift");
+        let picks: BTreeSet<usize> = (0..100).map(|_| one_target(Some(4), 5, &mut rng)).collect();
+        assert_eq!(picks, (0..5).collect());
+        assert!((0..100).all(|_| one_target(None, 3, &mut rng) < 3));
     }
 }
