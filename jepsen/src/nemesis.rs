@@ -1,5 +1,6 @@
 //! The nemesis: a schedule of faults against the cluster, Jepsen style. Every interval (±20 %
-//! jitter) it picks one enabled fault class, starts it against its targets (see [`Fault`]),
+//! jitter) it takes the next enabled fault class (each class once per cycle, in a fresh random
+//! order per cycle), starts it against its targets (see [`Fault`]),
 //! holds it for one interval, and undoes it (compaction, leader transfer and defragmentation are
 //! instantaneous: nothing to undo). It records a `nemesis` event in the history at every start
 //! and stop, saying exactly what was done.
@@ -557,6 +558,17 @@ async fn stop(cluster: &mut Cluster, active: Active, round: u64) -> anyhow::Resu
     }))
 }
 
+/// The next fault class: the enabled classes are dealt in a fresh random order each cycle, so
+/// every one fires once before any fires twice (a short run with several classes still sees
+/// them all, and no class starves).
+fn next_fault(deck: &mut Vec<Fault>, faults: &[Fault], rng: &mut impl Rng) -> Fault {
+    if deck.is_empty() {
+        deck.extend_from_slice(faults);
+        deck.shuffle(rng);
+    }
+    deck.pop().expect("faults is not empty")
+}
+
 /// Runs the schedule until `end`, leaving no fault active, and returns the cluster.
 pub async fn run(
     mut cluster: Cluster,
@@ -574,6 +586,7 @@ pub async fn run(
         return (cluster, Ok(()));
     }
     let jittered = |rng: &mut dyn rand::RngCore| interval.mul_f64(rng.random_range(0.8..1.2));
+    let mut deck = Vec::new();
     let mut round = 0;
     loop {
         round += 1;
@@ -581,7 +594,7 @@ pub async fn run(
         if Instant::now() >= end {
             return (cluster, Ok(()));
         }
-        let fault = *faults.choose(&mut rng).expect("faults is not empty");
+        let fault = next_fault(&mut deck, &faults, &mut rng);
         let active = match start(&mut cluster, fault, &mut rng, &recorder, round).await {
             Ok((active, text)) => {
                 note(format!("start {text}"));
@@ -710,5 +723,30 @@ mod tests {
         let picks: BTreeSet<usize> = (0..100).map(|_| one_target(Some(4), 5, &mut rng)).collect();
         assert_eq!(picks, (0..5).collect());
         assert!((0..100).all(|_| one_target(None, 3, &mut rng) < 3));
+    }
+
+    #[test]
+    fn every_enabled_fault_fires_once_per_cycle() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(10);
+        let faults = [
+            Fault::Kill,
+            Fault::Slow,
+            Fault::Compact,
+            Fault::MemberReplace,
+        ];
+        let mut deck = Vec::new();
+        let mut orders = BTreeSet::new();
+        for _ in 0..20 {
+            let cycle: Vec<Fault> = (0..faults.len())
+                .map(|_| next_fault(&mut deck, &faults, &mut rng))
+                .collect();
+            let mut sorted = cycle.clone();
+            sorted.sort_by_key(|f| format!("{f:?}"));
+            let mut expected = faults.to_vec();
+            expected.sort_by_key(|f| format!("{f:?}"));
+            assert_eq!(sorted, expected);
+            orders.insert(format!("{cycle:?}"));
+        }
+        assert!(orders.len() > 1, "the order never changes");
     }
 }
