@@ -1,6 +1,6 @@
 //! The cluster driver: starts N members of any binary that takes etcd's flags (real etcd, or
 //! `cairn`) on 127.0.0.1, each with its own data directory and log, and crashes, restarts,
-//! pauses and resumes them.
+//! pauses and resumes them, and replaces them by wiped new members (remove, wipe, add, join).
 //!
 //! Owns the member processes and their directories. Peer traffic goes through one
 //! [`PeerProxy`] per member (see `proxy` for the topology); client traffic goes straight to
@@ -19,8 +19,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio::process::{Child, Command};
 
+use crate::admin::AdminClient;
 use crate::client::EtcdClient;
 use crate::proxy::{Network, PeerProxy};
+use crate::shim::{self, ShimConfig};
 
 /// How long a freshly started cluster may take to answer a linearizable read on every member.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -40,6 +42,9 @@ impl std::fmt::Display for MemberExited {
 
 impl std::error::Error for MemberExited {}
 
+/// How long a membership change (remove or add) may keep failing before the fault gives up.
+const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Lines of a member's log quoted when it exits by itself.
 const LOG_TAIL_LINES: usize = 20;
 
@@ -57,12 +62,14 @@ pub struct ClusterSpec {
     pub extra_args: Vec<String>,
 }
 
-/// Whether a member process is running, stopped by SIGSTOP, or killed.
+/// Whether a member process is running, stopped by SIGSTOP, killed, or removed from the
+/// cluster (killed, its data wiped, waiting to be added back as a new member).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MemberState {
     Running,
     Paused,
     Killed,
+    Removed,
 }
 
 struct Member {
@@ -73,6 +80,10 @@ struct Member {
     log_path: PathBuf,
     child: Option<Child>,
     state: MemberState,
+    /// Started with `--initial-cluster-state=existing`: it joined a running cluster.
+    joined: bool,
+    /// Started with the LD_PRELOAD shim, configured so (clock skew, failing fsyncs).
+    shim: Option<ShimConfig>,
 }
 
 /// A running cluster. Dropping it kills every member and deletes its directory.
@@ -84,16 +95,40 @@ pub struct Cluster {
     initial_cluster: String,
     /// Each member's raft id, as its Status reports it; learned at startup.
     member_ids: Vec<u64>,
+    /// The LD_PRELOAD shim, once built (see `shim`).
+    shim_library: Option<PathBuf>,
     /// Data directories and logs. Held only to be deleted on drop; declared last so it goes
     /// after the members' processes.
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
-/// Free loopback ports, all distinct: every listener is held until all are chosen.
+/// First port members listen on: below the kernel's ephemeral range (32768+), where an
+/// outgoing connection could take a member's port while it is down between a kill and its
+/// restart. (Proxies keep their listeners for the whole run, so the kernel may choose theirs.)
+const MEMBER_PORT_FIRST: u32 = 20_000;
+
+/// Ports in the member range.
+const MEMBER_PORT_COUNT: u32 = 12_000;
+
+/// Free loopback ports in the member range, all distinct: every listener is held until all are
+/// chosen. Each call walks the range from its own starting point, skipping ports in use.
 fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
-    let listeners = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()?;
+    let seed = std::process::id().wrapping_mul(7919)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .subsec_nanos();
+    let mut listeners = Vec::with_capacity(n);
+    for offset in 0..MEMBER_PORT_COUNT {
+        if listeners.len() == n {
+            break;
+        }
+        let port = (MEMBER_PORT_FIRST + (seed.wrapping_add(offset)) % MEMBER_PORT_COUNT) as u16;
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            listeners.push(listener);
+        }
+    }
+    anyhow::ensure!(listeners.len() == n, "fewer than {n} free member ports");
     Ok(listeners
         .iter()
         .map(|l| l.local_addr().expect("bound").port())
@@ -149,6 +184,8 @@ impl Cluster {
                 log_path: dir.path().join(format!("n{i}.log")),
                 child: None,
                 state: MemberState::Killed,
+                joined: false,
+                shim: None,
             });
         }
         let initial_cluster = members
@@ -164,7 +201,8 @@ impl Cluster {
             network,
             initial_cluster,
             member_ids: Vec::new(),
-            _dir: dir,
+            shim_library: None,
+            dir,
         };
         for i in 0..n {
             cluster.spawn(i)?;
@@ -203,9 +241,20 @@ impl Cluster {
             .arg(format!("--listen-peer-urls=http://{}", member.peer_addr))
             .arg(format!("--initial-advertise-peer-urls=http://{advertised}"))
             .arg(format!("--initial-cluster={}", self.initial_cluster))
-            .arg("--initial-cluster-state=new")
+            .arg(if member.joined {
+                "--initial-cluster-state=existing"
+            } else {
+                "--initial-cluster-state=new"
+            })
             .arg("--initial-cluster-token=cairn-jepsen")
             .args(&self.spec.extra_args)
+            .envs(
+                member
+                    .shim
+                    .iter()
+                    .zip(&self.shim_library)
+                    .flat_map(|(config, library)| config.env(library)),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -277,6 +326,65 @@ impl Cluster {
         self.spawn(i)
     }
 
+    /// Sets the LD_PRELOAD shim member `i` starts with from its next restart on (`None`: none).
+    /// The member must be killed: clock skew is applied by restarting.
+    pub fn set_shim(&mut self, i: usize, config: Option<ShimConfig>) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.members[i].state == MemberState::Killed,
+            "member {i} must be killed to change its shim"
+        );
+        if config.is_some() && self.shim_library.is_none() {
+            self.shim_library = Some(shim::build(self.dir.path())?);
+        }
+        self.members[i].shim = config;
+        Ok(())
+    }
+
+    /// Where the shim of member `i` looks for its fsync-fail switch, and notes that it failed
+    /// one: (fail file, tripped file).
+    pub fn fsync_files(&self, i: usize) -> (PathBuf, PathBuf) {
+        let dir = self.dir.path();
+        (
+            dir.join(format!("n{i}.fsync-fail")),
+            dir.join(format!("n{i}.fsync-tripped")),
+        )
+    }
+
+    /// Waits up to `timeout` for member `i`'s process to exit by itself. If it did, the member
+    /// counts as killed (it can be restarted) and its exit status and last log lines are
+    /// returned.
+    pub async fn wait_exited(
+        &mut self,
+        i: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<Option<String>> {
+        let start = Instant::now();
+        loop {
+            if let Err(e) = self.fail_if_exited(i) {
+                if !e.is::<MemberExited>() {
+                    return Err(e);
+                }
+                self.members[i].child = None;
+                self.members[i].state = MemberState::Killed;
+                self.network.set_pid(i, None);
+                return Ok(Some(e.to_string()));
+            }
+            if start.elapsed() > timeout {
+                return Ok(None);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Moves member `i`'s log aside (to `n<i>.<suffix>.log` in the cluster's directory, deleted
+    /// with it) so the server-logs check does not read a crash the harness caused on purpose.
+    pub fn set_log_aside(&self, i: usize, suffix: &str) -> anyhow::Result<()> {
+        let member = &self.members[i];
+        let aside = member.log_path.with_extension(format!("{suffix}.log"));
+        std::fs::rename(&member.log_path, &aside)?;
+        Ok(())
+    }
+
     /// Stops member `i` with SIGSTOP.
     pub fn pause(&mut self, i: usize) -> anyhow::Result<()> {
         self.signal(i, libc::SIGSTOP)?;
@@ -296,6 +404,111 @@ impl Cluster {
         Ok(())
     }
 
+    /// Removes member `i` from the cluster (MemberRemove through another running member), kills
+    /// it and wipes its data directory. Returns the removed member's id.
+    pub async fn remove(&mut self, i: usize) -> anyhow::Result<u64> {
+        anyhow::ensure!(
+            self.members[i].state == MemberState::Running,
+            "member {i} is not running"
+        );
+        let id = self.member_ids[i];
+        // A retry after an answer was lost finds the member gone: that is success.
+        self.with_admin(i, "MemberRemove", |mut admin| async move {
+            match admin.member_remove(id).await {
+                Err(e) if !admin.member_list().await?.iter().any(|m| m.id == id) => {
+                    eprintln!("cairn-jepsen: MemberRemove {id:x} failed ({e:#}) but it is gone");
+                    Ok(())
+                }
+                result => result,
+            }
+        })
+        .await?;
+        self.kill(i).await?;
+        let data_dir = &self.members[i].data_dir;
+        match std::fs::remove_dir_all(data_dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(anyhow::Error::from(e).context(format!("wiping {}", data_dir.display())))
+            }
+            _ => {}
+        }
+        self.members[i].state = MemberState::Removed;
+        Ok(id)
+    }
+
+    /// Adds removed member `i` back as a new member (MemberAdd with its old peer URL, through
+    /// another running member) and starts it on an empty data directory with
+    /// `--initial-cluster-state=existing`. Returns its new id.
+    pub async fn rejoin(&mut self, i: usize) -> anyhow::Result<u64> {
+        anyhow::ensure!(
+            self.members[i].state == MemberState::Removed,
+            "member {i} is not removed"
+        );
+        let peer_url = format!("http://{}", self.proxies[i].addr());
+        let id = self
+            .with_admin(i, "MemberAdd", |mut admin| {
+                let peer_url = peer_url.clone();
+                // A retry after an answer was lost finds the member added: that is success.
+                async move {
+                    match admin.member_add(&peer_url).await {
+                        Err(e) => admin
+                            .member_list()
+                            .await?
+                            .iter()
+                            .find(|m| m.peer_ur_ls.contains(&peer_url))
+                            .map(|m| m.id)
+                            .ok_or(e),
+                        result => result,
+                    }
+                }
+            })
+            .await?;
+        self.member_ids[i] = id;
+        self.members[i].joined = true;
+        self.spawn(i)?;
+        Ok(id)
+    }
+
+    /// Runs `call` on the running members other than `except`, in turn, until one succeeds or
+    /// [`MEMBERSHIP_TIMEOUT`] passes.
+    async fn with_admin<T, F, Fut>(&self, except: usize, what: &str, call: F) -> anyhow::Result<T>
+    where
+        F: Fn(AdminClient) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<T>>,
+    {
+        let start = Instant::now();
+        let mut last_error = anyhow::anyhow!("no running member to ask");
+        loop {
+            for m in 0..self.members.len() {
+                if m == except || self.members[m].state != MemberState::Running {
+                    continue;
+                }
+                match call(AdminClient::new(&self.client_url(m), PROBE_TIMEOUT)?).await {
+                    Ok(answer) => return Ok(answer),
+                    Err(e) => last_error = e.context(format!("asking n{m}")),
+                }
+            }
+            if start.elapsed() > MEMBERSHIP_TIMEOUT {
+                return Err(last_error.context(format!("{what} failed for {MEMBERSHIP_TIMEOUT:?}")));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Member `i`'s current raft id (a new one after [`Cluster::rejoin`]).
+    pub fn member_id(&self, i: usize) -> u64 {
+        self.member_ids[i]
+    }
+
+    /// Member `i`'s state.
+    pub fn state(&self, i: usize) -> MemberState {
+        self.members[i].state
+    }
+
+    /// Member `i`'s data directory.
+    pub fn data_dir(&self, i: usize) -> &std::path::Path {
+        &self.members[i].data_dir
+    }
+
     /// Undoes every fault: heals the network, resumes paused and restarts killed members.
     pub fn heal_all(&mut self) -> anyhow::Result<()> {
         self.network.heal();
@@ -304,9 +517,29 @@ impl Cluster {
                 MemberState::Paused => self.resume(i)?,
                 MemberState::Killed => self.restart(i)?,
                 MemberState::Running => {}
+                MemberState::Removed => {
+                    anyhow::bail!("member {i} is removed; add it back with `rejoin`")
+                }
             }
         }
         Ok(())
+    }
+
+    /// Waits until member `i` answers a serializable read, or fails after `timeout` or as soon
+    /// as its process has exited by itself.
+    pub async fn wait_member_healthy(&mut self, i: usize, timeout: Duration) -> anyhow::Result<()> {
+        let start = Instant::now();
+        loop {
+            self.fail_if_exited(i)?;
+            let mut client = EtcdClient::new(&self.client_url(i), PROBE_TIMEOUT)?;
+            match client.get("cairn-jepsen/health", true).await {
+                Ok(_) => return Ok(()),
+                Err(e) if start.elapsed() > timeout => {
+                    anyhow::bail!("n{i} not serving after {timeout:?}: {e}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
     }
 
     /// Waits until every member answers a linearizable read, or fails after `timeout`, or as
@@ -432,5 +665,22 @@ fn wait_stopped(pid: u32, timeout: Duration) -> anyhow::Result<()> {
             "process {pid} did not stop within {timeout:?}"
         );
         std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_ports_are_distinct_and_below_the_ephemeral_range() {
+        let ports = free_ports(10).unwrap();
+        let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), 10);
+        let range = MEMBER_PORT_FIRST..MEMBER_PORT_FIRST + MEMBER_PORT_COUNT;
+        assert!(
+            ports.iter().all(|&p| range.contains(&u32::from(p))),
+            "{ports:?}"
+        );
     }
 }

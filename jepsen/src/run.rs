@@ -7,6 +7,7 @@
 //!   test.json      options and seed
 //!   history.jsonl  every event (see `history`)
 //!   results.json   every checker's result and the verdict
+//!   report.html    timeline, latency and throughput plots with the faults (see `report`)
 //!   nodes/n<i>.log member logs, only when the verdict is not valid
 //! ```
 //!
@@ -27,6 +28,7 @@ use crate::client::EtcdClient;
 use crate::cluster::{Cluster, ClusterSpec};
 use crate::history::{self, Actor, Call, EventKind, Recorder, WatchRecord};
 use crate::nemesis::{self, Fault};
+use crate::report;
 use crate::watcher::{self, CompactAt, CompactorSpec, Watchers, WatchersSpec};
 use crate::workload::{self, Generator, ReadMode, Workload};
 
@@ -133,7 +135,11 @@ pub fn check_history(workload: Workload, events: &[history::Event]) -> anyhow::R
         Workload::Append => checker::elle::check(&ops),
         Workload::Watch => checker::watch::check(events, &ops),
     };
-    let checkers = vec![workload_result, checker::revision::check(&ops)];
+    let checkers = vec![
+        workload_result,
+        checker::revision::check(&ops),
+        checker::faults::check(events),
+    ];
     Ok(Results {
         verdict: checkers
             .iter()
@@ -503,10 +509,12 @@ pub async fn run(mut options: RunOptions) -> anyhow::Result<(PathBuf, Results)> 
     let (identified, unidentified) = cluster.network().connection_counts();
     results.stats["peer_connections"] = identified.into();
     results.stats["peer_connections_unidentified"] = unidentified.into();
+    results.stats["peer_resets"] = cluster.network().resets().into();
     std::fs::write(
         dir.join("results.json"),
         serde_json::to_vec_pretty(&results)?,
     )?;
+    write_report(&dir, &events, &results);
     if results.verdict != Verdict::Valid {
         let nodes = dir.join("nodes");
         std::fs::create_dir_all(&nodes)?;
@@ -539,7 +547,32 @@ pub fn check_dir(dir: &Path) -> anyhow::Result<Results> {
     let workload: Workload = serde_json::from_value(test["options"]["workload"].clone())
         .context("test.json: options.workload")?;
     let events = history::read_jsonl(&dir.join("history.jsonl"))?;
-    check_history(workload, &events)
+    let results = check_history(workload, &events)?;
+    write_report(dir, &events, &results);
+    Ok(results)
+}
+
+/// Writes `report.html` (see `report`) with the verdict and every checker's answer. A report
+/// that cannot be written (say, a read-only store) is a warning: the verdict stands without it.
+fn write_report(dir: &Path, events: &[history::Event], results: &Results) {
+    let mut summary = format!("VERDICT: {:?}\n", results.verdict);
+    for checker in &results.checkers {
+        summary += &format!(
+            "{:<14} {:?} {}\n",
+            checker.checker, checker.verdict, checker.stats
+        );
+        for anomaly in &checker.anomalies {
+            summary += &format!("    {anomaly}\n");
+        }
+    }
+    summary += &format!("ops: {}", results.stats);
+    let title = dir.file_name().unwrap_or_default().to_string_lossy();
+    if let Err(e) = report::write(dir, events, &title, &summary) {
+        eprintln!(
+            "cairn-jepsen: warning: cannot write {}: {e}",
+            dir.join("report.html").display()
+        );
+    }
 }
 
 #[cfg(test)]

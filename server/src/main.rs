@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use cairn_server::config::Config;
+use cairn_server::server::Departure;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -39,11 +40,21 @@ fn main() -> ExitCode {
 
 async fn run(cfg: Config) -> anyhow::Result<()> {
     let server = cairn_server::server::start(&cfg).await?;
-    tokio::select! {
-        _ = shutdown_signal() => tracing::info!("received shutdown signal; stopping"),
-        _ = server.removed() => tracing::warn!("this member was removed from the cluster; stopping"),
+    let departure = tokio::select! {
+        _ = shutdown_signal() => {
+            tracing::info!("received shutdown signal; stopping");
+            None
+        }
+        departure = server.departure() => Some(departure),
+    };
+    if departure == Some(Departure::Removed) {
+        tracing::warn!("this member was removed from the cluster; stopping");
     }
     server.stop().await;
+    anyhow::ensure!(
+        departure != Some(Departure::RaftStopped),
+        "the raft loop stopped after a fatal error (fail-stop, see above); exiting"
+    );
     Ok(())
 }
 

@@ -51,17 +51,34 @@ pub struct Server {
     snapshot_saves: Arc<api::SnapshotSaves>,
 }
 
+/// Why a member stops by itself (see [`Server::departure`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Departure {
+    /// Removed from the cluster: a clean stop.
+    Removed,
+    /// The raft loop ended after a fatal error: the process must exit with a failure, never
+    /// as if it had been removed (a supervisor must see the crash).
+    RaftStopped,
+}
+
 /// How long a clean stop waits for the raft loop and the apply worker to finish.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Server {
-    /// Returns once this member has been removed from the cluster (it should then stop).
-    pub async fn removed(&self) {
+    /// Returns once this member must stop by itself: it was removed from the cluster, or its
+    /// raft loop ended, which only a fail-stop error (a failed raft log write or fsync, logged
+    /// by the thread that hit it) makes it do while the server runs.
+    pub async fn departure(&self) -> Departure {
         let mut membership = self.membership.clone();
         let id = self.member_id;
-        tokio::select! {
-            _ = membership.wait_for(|m| m.removed.contains(&id)) => {}
-            _ = self.raft.refused_as_removed() => {}
+        let removed = tokio::select! {
+            removed = async { membership.wait_for(|m| m.removed.contains(&id)).await.is_ok() } => removed,
+            refused = self.raft.refused_as_removed() => refused,
+        };
+        if removed {
+            Departure::Removed
+        } else {
+            Departure::RaftStopped
         }
     }
 

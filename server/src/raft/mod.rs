@@ -215,10 +215,12 @@ impl RaftHandle {
         self.send(Mailbox::TransferLeader(to))
     }
 
-    /// Returns once a peer has refused this member as removed from the cluster.
-    pub async fn refused_as_removed(&self) {
+    /// Returns `true` once a peer has refused this member as removed from the cluster, or
+    /// `false` if the transport is gone (it can no longer tell).
+    pub async fn refused_as_removed(&self) -> bool {
         let mut removed = self.removed.clone();
-        let _ = removed.wait_for(|&r| r).await;
+        let refused = removed.wait_for(|&r| r).await.is_ok();
+        refused
     }
 
     /// Since when this member's stream to peer `id` has been up; `None` when it is not connected.

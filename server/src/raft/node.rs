@@ -562,6 +562,16 @@ impl RaftNode {
             Err(e) => panic!("committed membership change at {index} cannot apply: {e}"),
         };
         tracing::info!(index, voters = ?cs.voters, learners = ?cs.learners, "raft configuration changed");
+        // raft-rs keeps a leader that removed itself in the leader role (the "step down" TODO in
+        // `Raft::post_conf_change`), and the next of its own writes to be persisted then finds no
+        // progress for itself and panics (`Raft::on_persist_entries`). Step down now, in the same
+        // term, as raft-rs's own check-quorum does; the member stops once it has applied its
+        // removal anyway.
+        let raft = &mut self.node.raft;
+        if raft.state == StateRole::Leader && !cs.voters.contains(&raft.id) {
+            let term = raft.term;
+            raft.become_follower(term, raft::INVALID_ID);
+        }
         let raft_state = self.node.mut_store().set_conf_state(cs);
         Committed::MemberChange {
             index,
