@@ -4,6 +4,7 @@
 //! answers [`Verdict::Unknown`], never a pass.
 
 pub mod elle;
+pub mod kv;
 pub mod linearizable;
 pub mod revision;
 pub mod set;

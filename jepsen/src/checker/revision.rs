@@ -69,6 +69,9 @@ pub fn check(history: &[Op]) -> CheckResult {
             // The watch workload's writes (a delete that deleted nothing makes no revision).
             (Call::Put { .. } | Call::PutTxn { .. }, _) => true,
             (Call::Delete { .. }, Reply::Delete { deleted }) => !deleted.is_empty(),
+            // kv-robust's conditional txn, and the lock workloads' write of the set.
+            (Call::KvCas { .. }, Reply::KvCas { succeeded, .. }) => *succeeded,
+            (Call::LockAdd { .. }, _) => true,
             _ => false,
         };
         acked.push((
