@@ -363,6 +363,7 @@ impl EtcdClient {
         key: &str,
         range_end: Option<&str>,
         revision_at: i64,
+        serializable: bool,
     ) -> Result<(Vec<KeyValue>, i64), ClientError> {
         let request = RangeRequest {
             key: key.as_bytes().to_vec().into(),
@@ -370,6 +371,7 @@ impl EtcdClient {
                 .map_or_else(Vec::new, |e| e.as_bytes().to_vec())
                 .into(),
             revision: revision_at,
+            serializable,
             ..Default::default()
         };
         let mut kv = self.kv.clone();

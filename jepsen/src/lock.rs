@@ -36,9 +36,11 @@ pub const LOCK_SET_KEY: &str = "jepsen/ls";
 /// TTL of a waiter's lease, seconds: etcd's minimum with its default timing (1.5 election
 /// timeouts of 1 s, rounded up).
 pub const LOCK_TTL_S: i64 = 2;
-/// A client pause, at most: long enough for the lease to expire (TTL, plus etcd's 500 ms expiry
-/// sweep, plus a leader change's lease extension), and for a waiter to take the lock and write.
-pub const CLIENT_PAUSE_MS: u64 = LOCK_TTL_S as u64 * 1000 + 6000;
+/// A client pause, at most: long enough for the lease to expire and a waiter to take the lock and
+/// write. The TTL alone is not: every leader change (member pauses cause them) extends every
+/// lease by an election timeout plus its TTL, as etcd's lessor does on promotion, so a lease can
+/// outlive its TTL by as long as the member faults go on.
+pub const CLIENT_PAUSE_MS: u64 = 15_000;
 /// A client pause, at least: past the TTL (until then nobody else can hold the lock).
 pub const CLIENT_PAUSE_MIN_MS: u64 = LOCK_TTL_S as u64 * 1000 + 1000;
 /// Between looks at the set's key during a client pause.
@@ -47,8 +49,9 @@ const PAUSE_POLL_INTERVAL: Duration = Duration::from_millis(100);
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_millis(500);
 /// Between polls of the lock prefix while waiting in line.
 const ACQUIRE_POLL_INTERVAL: Duration = Duration::from_millis(50);
-/// A waiter gives up (a definite failure: it wrote nothing) after this long.
-pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A waiter gives up (a definite failure: it wrote nothing) after this long: longer than a
+/// client pause, so waiters outlast a paused holder.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A held lock: the lease, the key and its `create_revision`, and the keep-alive task.
 struct Held {

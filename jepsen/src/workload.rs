@@ -701,7 +701,10 @@ pub async fn invoke(client: &mut EtcdClient, call: &Call, reads: ReadMode) -> Ev
             key,
             range_end,
             revision,
-        } => match client.range_at(key, range_end.as_deref(), *revision).await {
+        } => match client
+            .range_at(key, range_end.as_deref(), *revision, serializable)
+            .await
+        {
             Ok((kvs, revision)) => EventKind::Ok {
                 reply: Reply::Kvs {
                     kvs: kvs.iter().map(kv_of).collect(),
