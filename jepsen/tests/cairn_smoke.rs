@@ -11,6 +11,7 @@
 
 mod common;
 
+use std::io::Write;
 use std::process::Command;
 
 use common::cairn;
@@ -35,6 +36,9 @@ fn cairn_smoke_matrix_answers_as_expected() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     println!("{stdout}");
     let summary = stdout.lines().last().unwrap_or_default();
+    // Straight to the process's stderr, past the test harness's capture: the suite's log shows
+    // the smoke's count even when it passes.
+    writeln!(std::io::stderr(), "cairn smoke (matrix ci): {summary}").expect("stderr is open");
     assert!(
         output.status.success() && summary == "14 passed, 0 failed",
         "the Cairn smoke matrix answered unexpectedly ({summary}):\n{stdout}\n{}",
