@@ -2,7 +2,8 @@
 //! robustness suite), by replaying revisions instead of searching orders.
 //!
 //! etcd gives every write that changes something the next revision, and every reply names its
-//! revision, so the store itself says in which order the writes took effect. The checker takes
+//! revision, so the store itself says in which order the writes took effect. (The workload is the
+//! cluster's only writer and attaches no leases, so every revision after 1 is one of its writes.) The checker takes
 //! that order as the candidate linearization and verifies everything against it:
 //! - **One write per revision.** An acknowledged write that changed something owns its header
 //!   revision; an indeterminate write owns the `mod_revision` any read saw its (unique) value at.
