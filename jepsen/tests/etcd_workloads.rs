@@ -6,6 +6,13 @@
 
 mod common;
 
+use std::collections::HashMap;
+use std::path::Path;
+
+use cairn_jepsen::checker::Verdict;
+use cairn_jepsen::history::{self, Actor, Call, EventKind, Reply};
+use cairn_jepsen::run::check_history;
+use cairn_jepsen::workload::Workload;
 use common::{etcd, run, stat};
 
 /// kv-robust and lock-etcd-set must pass under every fault; lock-set, whose lock holders are
@@ -45,6 +52,7 @@ fn etcd_passes_kv_robust_and_the_fenced_lock_and_loses_updates_without_the_fence
         "{results:#}"
     );
     assert!(stat(&results, "compact_ok") >= 1, "{results:#}");
+    doctored_kv_histories_are_caught(store.path());
 
     let (code, results) = run(
         &etcd,
@@ -73,4 +81,70 @@ fn etcd_passes_kv_robust_and_the_fenced_lock_and_loses_updates_without_the_fence
     let set = &results["checkers"][0];
     assert_eq!(set["checker"], "set-full");
     assert!(set["stats"]["lost"].as_u64().unwrap() >= 1, "{results:#}");
+}
+
+/// The kv checker on the real kv-robust history in `store`, doctored two ways: every range of all
+/// keys misses its first key-value, and every read of the past reports a version one too high.
+/// Each must be `Invalid`.
+fn doctored_kv_histories_are_caught(store: &Path) {
+    let dir = std::fs::read_dir(store)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| {
+            path.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("kvrobust-")
+        })
+        .expect("the kv-robust report");
+    let events = history::read_jsonl(&dir.join("history.jsonl")).unwrap();
+    let doctor = |change: &dyn Fn(&Call, &mut Reply) -> bool| {
+        let mut calls: HashMap<Actor, Call> = HashMap::new();
+        let mut doctored = events.clone();
+        let mut changed = 0;
+        for event in &mut doctored {
+            let reply = match &mut event.kind {
+                EventKind::Invoke { call } => {
+                    calls.insert(event.actor, call.clone());
+                    None
+                }
+                EventKind::Ok { reply, .. } => calls.get(&event.actor).map(|call| (call, reply)),
+                _ => None,
+            };
+            changed += usize::from(reply.is_some_and(|(call, reply)| change(call, reply)));
+        }
+        assert!(changed >= 5, "only {changed} replies to doctor");
+        check_history(Workload::KvRobust, &doctored).unwrap()
+    };
+    let missing = doctor(&|call, reply| match (call, reply) {
+        (
+            Call::KvRange {
+                range_end: Some(_), ..
+            },
+            Reply::Kvs { kvs },
+        ) if !kvs.is_empty() => {
+            kvs.remove(0);
+            true
+        }
+        _ => false,
+    });
+    assert_eq!(
+        missing.checkers[0].verdict,
+        Verdict::Invalid,
+        "{missing:#?}"
+    );
+    let versions = doctor(&|call, reply| match (call, reply) {
+        (Call::KvRange { revision, .. }, Reply::Kvs { kvs })
+            if *revision > 0 && !kvs.is_empty() =>
+        {
+            kvs[0].version += 1;
+            true
+        }
+        _ => false,
+    });
+    assert_eq!(
+        versions.checkers[0].verdict,
+        Verdict::Invalid,
+        "{versions:#?}"
+    );
 }
