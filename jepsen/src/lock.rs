@@ -17,8 +17,9 @@
 //! control). Like a nemesis timing its fault, the pause lasts until the set's key has changed
 //! since the holder read it (someone else wrote under the lock), at most `pause_ms`: the harness
 //! watches the store for that, the paused client takes no part in the protocol meanwhile. So
-//! every pause produces the interleaving the lock exists to prevent, and `lock-set` is caught
-//! every time, not by chance. Everything here is bounded by the request deadline,
+//! every pause that ends before its bound produces the interleaving the lock exists to prevent,
+//! and `lock-set` is caught by design, not by chance. Everything here is bounded by the request
+//! deadline,
 //! [`ACQUIRE_TIMEOUT`] and the pause.
 
 use std::time::Duration;
