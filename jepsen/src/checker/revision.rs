@@ -333,6 +333,51 @@ mod tests {
         assert_eq!(result.stats["anomalies"], 2, "{result:?}");
     }
 
+    /// kv-robust's conditional txn writes only when it succeeded; a lock add always writes.
+    #[test]
+    fn a_successful_conditional_txn_and_a_lock_add_are_writes() {
+        let cas = |succeeded: bool, revision: i64, t0: u64, t1: u64| {
+            ok(
+                Call::KvCas {
+                    key: "k".into(),
+                    expect_mod_revision: 0,
+                    value: t0,
+                    delete: "j".into(),
+                },
+                Reply::KvCas {
+                    succeeded,
+                    deleted: vec![],
+                    current: None,
+                },
+                revision,
+                t0,
+                t1,
+            )
+        };
+        let failed_at_the_same_revision = vec![put(1, 5, 0, 1), cas(false, 5, 2, 3)];
+        assert_eq!(check(&failed_at_the_same_revision).verdict, Verdict::Valid);
+        let succeeded_at_the_same_revision = vec![put(1, 5, 0, 1), cas(true, 5, 2, 3)];
+        assert_eq!(
+            check(&succeeded_at_the_same_revision).verdict,
+            Verdict::Invalid
+        );
+        let lock_add = ok(
+            Call::LockAdd {
+                element: 7,
+                fenced: true,
+                pause_ms: 0,
+            },
+            Reply::Add,
+            5,
+            2,
+            3,
+        );
+        assert_eq!(
+            check(&[put(1, 5, 0, 1), lock_add]).verdict,
+            Verdict::Invalid
+        );
+    }
+
     #[test]
     fn a_reused_revision_is_caught_even_between_concurrent_writes() {
         let h = vec![put(1, 5, 0, 10), put(2, 5, 1, 11)];
