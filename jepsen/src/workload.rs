@@ -21,8 +21,8 @@
 //!   fault, lock holders are paused past their lease's TTL between their read and their write.
 //!   Checked by `checker::set`: `lock-etcd-set` must lose nothing; `lock-set` is the negative
 //!   control that must lose updates under pauses.
-//! - `kv-robust` (etcd's robustness traffic): gets and prefix ranges, half of them linearizable
-//!   and half at a recent past revision, puts, deletes of one key or a range, unconditional
+//! - `kv-robust` (etcd's robustness traffic): gets and prefix ranges, two thirds of them
+//!   linearizable and a third at a recent past revision, puts, deletes of one key or a range, unconditional
 //!   two-key txns and a conditional txn (`mod_revision` compare, put and delete, else get) on 6
 //!   keys, while a compactor compacts behind. Checked by `checker::kv`.
 //!
@@ -129,7 +129,8 @@ pub struct Generator {
     client_pauses: Option<ClientPauses>,
 }
 
-/// lock workloads: when the next lock holder pauses. One pause at a time, then `every` without.
+/// lock workloads: when the next lock holder pauses. After a pause is claimed, none is for the
+/// shortest pause plus `every`.
 struct ClientPauses {
     start: std::time::Instant,
     every_ms: u64,
@@ -862,5 +863,89 @@ mod tests {
     fn unparseable_values_never_match_a_written_value() {
         assert_eq!(parse_value(b"17"), 17);
         assert_eq!(parse_value(b"x"), u64::MAX);
+    }
+
+    #[test]
+    fn kv_robust_mixes_reads_of_now_and_the_past_with_writes_and_compares_last_seen() {
+        let generator = Generator::new(Workload::KvRobust, 4, 1, 1);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let done = EventKind::Ok {
+            reply: Reply::Kvs { kvs: vec![] },
+            revision: 500,
+        };
+        generator.observe(
+            0,
+            &Call::Put {
+                key: "jepsen/k/3".into(),
+                value: 1,
+            },
+            &done,
+        );
+        let calls: Vec<Call> = (0..400).map(|_| generator.next_call(0, &mut rng)).collect();
+        let past: Vec<i64> = calls
+            .iter()
+            .filter_map(|c| match c {
+                Call::KvRange { revision, .. } if *revision > 0 => Some(*revision),
+                _ => None,
+            })
+            .collect();
+        assert!(past.len() > 30, "{}", past.len());
+        assert!(past.iter().all(|r| (400..=500).contains(r)), "{past:?}");
+        assert!(calls.iter().any(|c| matches!(
+            c,
+            Call::Delete {
+                range_end: Some(_),
+                ..
+            }
+        )));
+        assert!(calls.iter().any(|c| matches!(c, Call::PutTxn { .. })));
+        let expects: Vec<i64> = calls
+            .iter()
+            .filter_map(|c| match c {
+                Call::KvCas {
+                    key,
+                    expect_mod_revision,
+                    delete,
+                    ..
+                } => {
+                    assert_ne!(key, delete);
+                    (key == "jepsen/k/3").then_some(*expect_mod_revision)
+                }
+                _ => None,
+            })
+            .collect();
+        assert!(
+            !expects.is_empty() && expects.iter().all(|&e| e == 500),
+            "{expects:?}"
+        );
+    }
+
+    #[test]
+    fn a_client_pause_goes_to_the_first_add_and_not_to_the_next() {
+        let generator =
+            Generator::new(Workload::LockEtcdSet, 2, 1, 1).client_pauses(Duration::from_secs(60));
+        let mut rng = rand::rngs::StdRng::seed_from_u64(6);
+        let pauses: Vec<u64> = (0..3)
+            .map(|_| match generator.next_call(1, &mut rng) {
+                Call::LockAdd {
+                    pause_ms, fenced, ..
+                } => {
+                    assert!(fenced);
+                    pause_ms
+                }
+                other => panic!("thread 1 adds, got {other:?}"),
+            })
+            .collect();
+        assert_eq!(pauses, [lock::CLIENT_PAUSE_MS, 0, 0]);
+        assert_eq!(generator.next_call(0, &mut rng), Call::LockRead);
+        let unpaused = Generator::new(Workload::LockSet, 2, 1, 1);
+        assert!(matches!(
+            unpaused.next_call(1, &mut rng),
+            Call::LockAdd {
+                pause_ms: 0,
+                fenced: false,
+                ..
+            }
+        ));
     }
 }
