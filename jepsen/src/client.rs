@@ -9,15 +9,16 @@ use std::time::Duration;
 
 use cairn_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use cairn_proto::etcdserverpb::kv_client::KvClient;
+use cairn_proto::etcdserverpb::lease_client::LeaseClient;
 use cairn_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use cairn_proto::etcdserverpb::request_op::Request;
 use cairn_proto::etcdserverpb::response_op::Response;
 use cairn_proto::etcdserverpb::watch_client::WatchClient;
 use cairn_proto::etcdserverpb::watch_request::RequestUnion;
 use cairn_proto::etcdserverpb::{
-    CompactionRequest, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp,
-    ResponseHeader, StatusRequest, TxnRequest, WatchCancelRequest, WatchCreateRequest,
-    WatchRequest, WatchResponse,
+    CompactionRequest, Compare, DeleteRangeRequest, LeaseGrantRequest, LeaseKeepAliveRequest,
+    LeaseRevokeRequest, PutRequest, RangeRequest, RequestOp, ResponseHeader, StatusRequest,
+    TxnRequest, WatchCancelRequest, WatchCreateRequest, WatchRequest, WatchResponse,
 };
 use cairn_proto::mvccpb::KeyValue;
 use tonic::transport::{Channel, Endpoint};
@@ -79,8 +80,28 @@ fn classify(status: &tonic::Status) -> ClientError {
 #[derive(Clone)]
 pub struct EtcdClient {
     kv: KvClient<Channel>,
+    lease: LeaseClient<Channel>,
     maintenance: MaintenanceClient<Channel>,
     timeout: Duration,
+}
+
+/// kv-robust's conditional txn: `if mod_revision(key) == expect then put key = value, delete
+/// other else get key`.
+pub struct Cas<'a> {
+    pub key: &'a str,
+    /// 0: the key must be absent.
+    pub expect_mod_revision: i64,
+    pub value: &'a [u8],
+    pub delete: &'a str,
+}
+
+/// What a [`Cas`] answered: whether the guard held, the key-values the delete removed (when it
+/// did), the key's current key-value (when it did not), and the revision.
+pub struct CasReply {
+    pub succeeded: bool,
+    pub deleted: Vec<KeyValue>,
+    pub current: Option<KeyValue>,
+    pub revision: i64,
 }
 
 /// The answer to a single-key get.
@@ -98,6 +119,7 @@ impl EtcdClient {
             .connect_lazy();
         Ok(EtcdClient {
             kv: KvClient::new(channel.clone()),
+            lease: LeaseClient::new(channel.clone()),
             maintenance: MaintenanceClient::new(channel),
             timeout,
         })
@@ -331,6 +353,165 @@ impl EtcdClient {
         let mut kv = self.kv.clone();
         let response = self.deadline(kv.compact(request)).await?;
         Ok(revision(response.header.as_ref()))
+    }
+
+    /// Ranges over `[key, range_end)` (only `key` without an end) at `revision` (0: the
+    /// current one); returns the key-values and the header revision (the member's current one,
+    /// whatever revision was asked for, as in etcd).
+    pub async fn range_at(
+        &mut self,
+        key: &str,
+        range_end: Option<&str>,
+        revision_at: i64,
+        serializable: bool,
+    ) -> Result<(Vec<KeyValue>, i64), ClientError> {
+        let request = RangeRequest {
+            key: key.as_bytes().to_vec().into(),
+            range_end: range_end
+                .map_or_else(Vec::new, |e| e.as_bytes().to_vec())
+                .into(),
+            revision: revision_at,
+            serializable,
+            ..Default::default()
+        };
+        let mut kv = self.kv.clone();
+        let response = self.deadline(kv.range(request)).await?;
+        Ok((response.kvs, revision(response.header.as_ref())))
+    }
+
+    /// Runs a [`Cas`] txn.
+    pub async fn cas_txn(&mut self, cas: &Cas<'_>) -> Result<CasReply, ClientError> {
+        let request = TxnRequest {
+            compare: vec![Compare {
+                result: CompareResult::Equal as i32,
+                target: CompareTarget::Mod as i32,
+                key: cas.key.as_bytes().to_vec().into(),
+                target_union: Some(TargetUnion::ModRevision(cas.expect_mod_revision)),
+                ..Default::default()
+            }],
+            success: vec![
+                RequestOp {
+                    request: Some(Request::RequestPut(PutRequest {
+                        key: cas.key.as_bytes().to_vec().into(),
+                        value: cas.value.to_vec().into(),
+                        ..Default::default()
+                    })),
+                },
+                RequestOp {
+                    request: Some(Request::RequestDeleteRange(DeleteRangeRequest {
+                        key: cas.delete.as_bytes().to_vec().into(),
+                        prev_kv: true,
+                        ..Default::default()
+                    })),
+                },
+            ],
+            failure: vec![RequestOp {
+                request: Some(Request::RequestRange(RangeRequest {
+                    key: cas.key.as_bytes().to_vec().into(),
+                    ..Default::default()
+                })),
+            }],
+        };
+        let mut kv = self.kv.clone();
+        let response = self.deadline(kv.txn(request)).await?;
+        let mut reply = CasReply {
+            succeeded: response.succeeded,
+            deleted: Vec::new(),
+            current: None,
+            revision: revision(response.header.as_ref()),
+        };
+        for op in response.responses {
+            match op.response {
+                Some(Response::ResponseDeleteRange(delete)) => reply.deleted = delete.prev_kvs,
+                Some(Response::ResponseRange(range)) => {
+                    reply.current = range.kvs.into_iter().next()
+                }
+                _ => {}
+            }
+        }
+        Ok(reply)
+    }
+
+    /// Grants a lease of `ttl_s` seconds; returns its id.
+    pub async fn lease_grant(&mut self, ttl_s: i64) -> Result<i64, ClientError> {
+        let mut lease = self.lease.clone();
+        let request = LeaseGrantRequest { ttl: ttl_s, id: 0 };
+        let response = self.deadline(lease.lease_grant(request)).await?;
+        Ok(response.id)
+    }
+
+    /// Refreshes lease `id` once (one `LeaseKeepAlive` stream, one request, one answer);
+    /// returns the TTL left (0 or less: the lease is gone).
+    pub async fn lease_keep_alive_once(&mut self, id: i64) -> Result<i64, ClientError> {
+        let mut lease = self.lease.clone();
+        let requests = tonic::codegen::tokio_stream::iter([LeaseKeepAliveRequest { id }]);
+        let mut responses = self.deadline(lease.lease_keep_alive(requests)).await?;
+        match tokio::time::timeout(self.timeout, responses.message()).await {
+            Ok(Ok(Some(response))) => Ok(response.ttl),
+            Ok(Ok(None)) => Err(ClientError::Indefinite("keep-alive stream ended".into())),
+            Ok(Err(status)) => Err(classify(&status)),
+            Err(_) => Err(ClientError::Indefinite(
+                "keep-alive deadline exceeded".into(),
+            )),
+        }
+    }
+
+    /// Revokes lease `id` (deleting its keys).
+    pub async fn lease_revoke(&mut self, id: i64) -> Result<(), ClientError> {
+        let mut lease = self.lease.clone();
+        self.deadline(lease.lease_revoke(LeaseRevokeRequest { id }))
+            .await
+            .map(|_| ())
+    }
+
+    /// Puts `value` attached to lease `lease_id`; returns the revision.
+    pub async fn put_with_lease(
+        &mut self,
+        key: &str,
+        value: &[u8],
+        lease_id: i64,
+    ) -> Result<i64, ClientError> {
+        let request = PutRequest {
+            key: key.as_bytes().to_vec().into(),
+            value: value.to_vec().into(),
+            lease: lease_id,
+            ..Default::default()
+        };
+        let mut kv = self.kv.clone();
+        let response = self.deadline(kv.put(request)).await?;
+        Ok(revision(response.header.as_ref()))
+    }
+
+    /// Txn: if `fence`'s `create_revision` is still `create_revision` (the lock key still
+    /// exists, the fencing token of clientv3's `concurrency.Mutex`), put `value`. Returns
+    /// whether it did, and the revision.
+    pub async fn fenced_put(
+        &mut self,
+        fence: &str,
+        create_revision: i64,
+        key: &str,
+        value: &[u8],
+    ) -> Result<(bool, i64), ClientError> {
+        let request = TxnRequest {
+            compare: vec![Compare {
+                result: CompareResult::Equal as i32,
+                target: CompareTarget::Create as i32,
+                key: fence.as_bytes().to_vec().into(),
+                target_union: Some(TargetUnion::CreateRevision(create_revision)),
+                ..Default::default()
+            }],
+            success: vec![RequestOp {
+                request: Some(Request::RequestPut(PutRequest {
+                    key: key.as_bytes().to_vec().into(),
+                    value: value.to_vec().into(),
+                    ..Default::default()
+                })),
+            }],
+            failure: vec![],
+        };
+        let mut kv = self.kv.clone();
+        let response = self.deadline(kv.txn(request)).await?;
+        Ok((response.succeeded, revision(response.header.as_ref())))
     }
 
     /// This member's id and the leader it knows of (0 if none).

@@ -56,6 +56,34 @@ pub enum Call {
     Compact { revision: i64 },
     /// watch: read every watched key (a range over the workload's prefix).
     ReadPrefix,
+    /// lock-set / lock-etcd-set: take the lock, read the set (one key holding a list), add
+    /// `element`, write the list back, release the lock. `fenced`: the write is a txn guarded
+    /// by the lock key's `create_revision`. `pause_ms` > 0: the client process stalls this long
+    /// between its read and its write, with its lease keep-alives stopped (a GC pause).
+    LockAdd {
+        element: Value,
+        fenced: bool,
+        #[serde(default)]
+        pause_ms: u64,
+    },
+    /// lock-set / lock-etcd-set: read the set's key (no lock).
+    LockRead,
+    /// kv-robust: a range over `[key, range_end)` (only `key` without an end) at `revision`
+    /// (0: linearizable, at the current revision; else a read of the past).
+    KvRange {
+        key: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        range_end: Option<String>,
+        revision: i64,
+    },
+    /// kv-robust: txn(if `mod_revision(key) == expect_mod_revision` (0: absent) then put
+    /// `key = value` and delete `delete` (with `prev_kv`) else get `key`).
+    KvCas {
+        key: String,
+        expect_mod_revision: i64,
+        value: Value,
+        delete: String,
+    },
 }
 
 /// A micro-operation of a list-append transaction.
@@ -88,7 +116,11 @@ impl Call {
             | Call::PutTxn { .. }
             | Call::Delete { .. }
             | Call::Compact { .. }
-            | Call::ReadPrefix => None,
+            | Call::ReadPrefix
+            | Call::LockAdd { .. }
+            | Call::LockRead
+            | Call::KvRange { .. }
+            | Call::KvCas { .. } => None,
         }
     }
 }
@@ -142,6 +174,18 @@ pub enum Reply {
     /// Every watched key-value, in key order.
     ReadPrefix {
         kvs: Vec<Kv>,
+    },
+    /// kv-robust: the key-values a range returned, in key order.
+    Kvs {
+        kvs: Vec<Kv>,
+    },
+    /// kv-robust: whether the guard held; the key-values the delete removed (when it held); the
+    /// key's key-value (when it did not).
+    KvCas {
+        succeeded: bool,
+        deleted: Vec<Kv>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        current: Option<Kv>,
     },
 }
 

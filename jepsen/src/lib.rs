@@ -9,6 +9,7 @@ pub mod checker;
 pub mod client;
 pub mod cluster;
 pub mod history;
+pub mod lock;
 pub mod nemesis;
 pub mod proxy;
 pub mod report;

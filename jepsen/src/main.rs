@@ -21,11 +21,12 @@ struct Cli {
 enum Command {
     /// Start a cluster, run a workload under faults, check the history.
     Test(RunOptions),
-    /// Run the smoke matrix: {register, set, append, watch} × {partition, kill, pause} must
-    /// pass, and serializable reads under partitions must be caught (register, set, append).
-    /// Other options apply to every run (their --workload, --nemesis and --reads are replaced).
-    /// Exit 0 iff all 15 answer as expected.
-    Smoke(RunOptions),
+    /// Run the smoke matrix (`--matrix full`: {register, set, append, watch, kv-robust,
+    /// lock-etcd-set} × {partition, kill, pause} must pass, serializable reads under partitions
+    /// and lock-set under pauses must be caught; `--matrix ci`: Cairn's CI smoke). Other options
+    /// apply to every run (their --workload, --nemesis and --reads are replaced). Exit 0 iff
+    /// every run answers as expected.
+    Smoke(smoke::SmokeOptions),
     /// Re-run the history checkers on a saved report directory.
     Check {
         /// A directory written by `test`.

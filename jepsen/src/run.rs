@@ -134,6 +134,8 @@ pub fn check_history(workload: Workload, events: &[history::Event]) -> anyhow::R
         Workload::Set => checker::set::check(&ops),
         Workload::Append => checker::elle::check(&ops),
         Workload::Watch => checker::watch::check(events, &ops),
+        Workload::LockSet | Workload::LockEtcdSet => checker::set::check(&ops),
+        Workload::KvRobust => checker::kv::check(&ops),
     };
     let checkers = vec![
         workload_result,
@@ -172,6 +174,12 @@ fn history_stats(events: &[history::Event]) -> serde_json::Value {
                     Call::Delete { .. } => "delete_range",
                     Call::Compact { .. } => "compact",
                     Call::ReadPrefix => "read_prefix",
+                    Call::LockAdd { pause_ms: 0, .. } => "lock_add",
+                    Call::LockAdd { .. } => "lock_add_paused",
+                    Call::LockRead => "lock_read",
+                    Call::KvRange { revision: 0, .. } => "range",
+                    Call::KvRange { .. } => "range_past",
+                    Call::KvCas { .. } => "kv_cas",
                 };
                 calls.insert(event.actor, name);
                 continue;
@@ -271,11 +279,12 @@ async fn client_thread(
     }
 }
 
-/// After healing: one successful read of the whole set from every member, each by a fresh
-/// process, so every acknowledged add has a read that began after it.
+/// After healing: one successful read of the whole set (`call`) from every member, each by a
+/// fresh process, so every acknowledged add has a read that began after it.
 async fn final_set_reads(
     cluster: &Cluster,
     recorder: &Recorder,
+    call: &Call,
     first_process: u64,
     timeout: Duration,
     reads: ReadMode,
@@ -285,14 +294,8 @@ async fn final_set_reads(
         let mut client = EtcdClient::new(&cluster.client_url(node), timeout)?;
         for _ in 0..FINAL_READ_ATTEMPTS_MAX {
             let actor = Actor::Client(process);
-            recorder.record(
-                actor,
-                Some(node),
-                EventKind::Invoke {
-                    call: Call::ReadSet,
-                },
-            );
-            let completion = workload::invoke(&mut client, &Call::ReadSet, reads).await;
+            recorder.record(actor, Some(node), EventKind::Invoke { call: call.clone() });
+            let completion = workload::invoke(&mut client, call, reads).await;
             let ok = matches!(completion, EventKind::Ok { .. });
             recorder.record(actor, Some(node), completion);
             if ok {
@@ -370,12 +373,18 @@ pub async fn run(mut options: RunOptions) -> anyhow::Result<(PathBuf, Results)> 
     })
     .await?;
     let recorder = Recorder::new();
-    let generator = Arc::new(Generator::new(
+    let mut generator = Generator::new(
         options.workload,
         options.concurrency,
         options.threads_per_key,
         options.ops_per_key,
-    ));
+    );
+    if matches!(options.workload, Workload::LockSet | Workload::LockEtcdSet)
+        && options.nemesis.contains(&Fault::Pause)
+    {
+        generator = generator.client_pauses(Duration::from_secs_f64(options.nemesis_interval_s));
+    }
+    let generator = Arc::new(generator);
     let end = Instant::now() + Duration::from_secs(options.time_limit_s);
     eprintln!(
         "cairn-jepsen: {:?} workload for {} s, faults {:?}, seed {seed}",
@@ -398,7 +407,9 @@ pub async fn run(mut options: RunOptions) -> anyhow::Result<(PathBuf, Results)> 
             recorder.clone(),
         )
     });
-    if options.workload == Workload::Watch && options.compact_interval_s > 0.0 {
+    if matches!(options.workload, Workload::Watch | Workload::KvRobust)
+        && options.compact_interval_s > 0.0
+    {
         clients.spawn(watcher::compactor(
             urls.clone(),
             CompactorSpec {
@@ -475,8 +486,16 @@ pub async fn run(mut options: RunOptions) -> anyhow::Result<(PathBuf, Results)> 
         }),
     };
     let first_process = options.concurrency as u64 * 1_000_000;
-    if options.workload == Workload::Set && settle.is_ok() {
-        final_set_reads(&cluster, &recorder, first_process, timeout, options.reads).await?;
+    if let (Some(call), true) = (workload::final_read_call(options.workload), settle.is_ok()) {
+        final_set_reads(
+            &cluster,
+            &recorder,
+            &call,
+            first_process,
+            timeout,
+            options.reads,
+        )
+        .await?;
     }
     if let Some(watchers) = watchers {
         let final_revision = if settle.is_ok() {

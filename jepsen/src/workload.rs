@@ -15,9 +15,21 @@
 //!   deletes and multi-key range deletes) while watchers (`crate::watcher`) watch the prefix on
 //!   every member and a compactor compacts behind them. Checked by `checker::watch`.
 //!
+//! - `lock-set` and `lock-etcd-set` (`crate::lock`): half the threads take an etcd lock (a lease
+//!   and a key, lowest `create_revision` first) and read-modify-write a set held in one key
+//!   under it, unfenced or fenced by the lock key; the others read the set. With the `pause`
+//!   fault, lock holders are paused past their lease's TTL between their read and their write.
+//!   Checked by `checker::set`: `lock-etcd-set` must lose nothing; `lock-set` is the negative
+//!   control that must lose updates under pauses.
+//! - `kv-robust` (etcd's robustness traffic): gets and prefix ranges, two thirds of them
+//!   linearizable and a third at a recent past revision, puts, deletes of one key or a range, unconditional
+//!   two-key txns and a conditional txn (`mod_revision` compare, put and delete, else get) on 6
+//!   keys, while a compactor compacts behind. Checked by `checker::kv`.
+//!
 //! Values are unique across the run, so a read identifies the write it observed.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -25,8 +37,9 @@ use serde::{Deserialize, Serialize};
 use cairn_proto::mvccpb::KeyValue;
 use rand::seq::SliceRandom;
 
-use crate::client::{ClientError, EtcdClient};
+use crate::client::{Cas, ClientError, EtcdClient};
 use crate::history::{Call, EventKind, Kv, Mop, Reply, Value, Versioned};
+use crate::lock;
 
 /// Prefix of the register keys.
 const REGISTER_PREFIX: &str = "jepsen/r/";
@@ -49,6 +62,14 @@ const WATCH_KEYS: usize = 8;
 const WATCH_TXN_PUTS_MAX: usize = 3;
 /// watch: keys a range delete spans, at most.
 const WATCH_DELETE_RANGE_KEYS_MAX: usize = 4;
+/// Prefix of the kv-robust keys.
+pub const KV_PREFIX: &str = "jepsen/k/";
+/// kv-robust: keys written (`jepsen/k/0` … `jepsen/k/5`), few, so that compares, deletes and
+/// past reads often meet other clients' writes.
+const KV_KEYS: usize = 6;
+/// kv-robust: a read of the past reads at most this many revisions behind the highest one
+/// acknowledged (some of them compacted).
+const KV_STALE_REVISIONS_MAX: i64 = 100;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -59,6 +80,13 @@ pub enum Workload {
     Append,
     /// Writers under a prefix while watchers on every member watch it (watch guarantees).
     Watch,
+    /// A set read-modified-written under an etcd lock without a fence (negative control: loses
+    /// updates when a lock holder pauses past its lease).
+    LockSet,
+    /// The same, with the write fenced by the lock key (must lose nothing).
+    LockEtcdSet,
+    /// etcd robustness's mixed KV traffic, with reads of the past and compaction.
+    KvRobust,
 }
 
 /// How reads are served.
@@ -94,6 +122,20 @@ pub struct Generator {
     /// watch: the highest revision of an acknowledged put or txn of puts (a revision without
     /// deletes, for the compactor).
     max_put_revision: AtomicI64,
+    /// kv-robust: the `mod_revision` each key last had, as far as this client saw (0: absent),
+    /// for the conditional txn's compare.
+    kv_mod_revisions: Vec<AtomicI64>,
+    /// lock workloads: client pauses, when enabled (see [`Generator::client_pauses`]).
+    client_pauses: Option<ClientPauses>,
+}
+
+/// lock workloads: when the next lock holder pauses. After a pause is claimed, none is for the
+/// shortest pause plus `every`.
+struct ClientPauses {
+    start: std::time::Instant,
+    every_ms: u64,
+    /// Milliseconds since `start` when the next add carries a pause.
+    next_ms: AtomicU64,
 }
 
 impl Generator {
@@ -119,6 +161,41 @@ impl Generator {
             txns: AtomicU64::new(0),
             max_revision: AtomicI64::new(1),
             max_put_revision: AtomicI64::new(0),
+            kv_mod_revisions: (0..KV_KEYS).map(|_| AtomicI64::new(0)).collect(),
+            client_pauses: None,
+        }
+    }
+
+    /// lock workloads: pause a lock holder between its read and its write (past its lease's
+    /// TTL, until another holder wrote, at most [`lock::CLIENT_PAUSE_MS`]; see `crate::lock`),
+    /// at the first add from now on, then again `every` after the shortest pause would end (the
+    /// `pause` fault's counterpart for clients).
+    pub fn client_pauses(mut self, every: Duration) -> Generator {
+        self.client_pauses = Some(ClientPauses {
+            start: std::time::Instant::now(),
+            every_ms: every.as_millis() as u64,
+            next_ms: AtomicU64::new(0),
+        });
+        self
+    }
+
+    /// The pause the next add carries, claiming it (0: none).
+    fn claim_client_pause(&self) -> u64 {
+        let Some(pauses) = &self.client_pauses else {
+            return 0;
+        };
+        let now = pauses.start.elapsed().as_millis() as u64;
+        let next = pauses.next_ms.load(Ordering::Relaxed);
+        let after = now + lock::CLIENT_PAUSE_MIN_MS + pauses.every_ms;
+        if now >= next
+            && pauses
+                .next_ms
+                .compare_exchange(next, after, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            lock::CLIENT_PAUSE_MS
+        } else {
+            0
         }
     }
 
@@ -145,8 +222,10 @@ impl Generator {
                 let size = self.threads_per_key.min(self.concurrency - start);
                 (thread - start, size)
             }
-            Workload::Set | Workload::Append => (thread, self.concurrency),
-            Workload::Watch => return false,
+            Workload::Set | Workload::Append | Workload::LockSet | Workload::LockEtcdSet => {
+                (thread, self.concurrency)
+            }
+            Workload::Watch | Workload::KvRobust => return false,
         };
         slot < size / 2
     }
@@ -155,6 +234,18 @@ impl Generator {
     pub fn next_call(&self, thread: usize, rng: &mut impl Rng) -> Call {
         match self.workload {
             Workload::Watch => self.next_watch_call(rng),
+            Workload::KvRobust => self.next_kv_call(rng),
+            Workload::LockSet | Workload::LockEtcdSet => {
+                if self.is_reader(thread) {
+                    Call::LockRead
+                } else {
+                    Call::LockAdd {
+                        element: self.fresh_value(),
+                        fenced: self.workload == Workload::LockEtcdSet,
+                        pause_ms: self.claim_client_pause(),
+                    }
+                }
+            }
             Workload::Append => {
                 let base = self.txns.fetch_add(1, Ordering::Relaxed) / APPEND_TXNS_PER_KEY_SHIFT;
                 let len = rng.random_range(1..=APPEND_TXN_MOPS_MAX);
@@ -245,6 +336,83 @@ impl Generator {
         }
     }
 
+    /// kv-robust: a linearizable get (20 %) or a get of the past (10 %) of one key, a range of
+    /// every key, now (10 %) or in the past (5 %), a put (20 %), a delete of one key (10 %) or a
+    /// range of 2–3 (5 %), an unconditional txn putting 2 keys (5 %), a conditional txn
+    /// (15 %).
+    fn next_kv_call(&self, rng: &mut impl Rng) -> Call {
+        let key = |k: usize| format!("{KV_PREFIX}{k}");
+        let head = self.max_revision();
+        let past = rng.random_range((head - KV_STALE_REVISIONS_MAX).max(1)..=head);
+        let all_end =
+            String::from_utf8(crate::client::prefix_end(KV_PREFIX.as_bytes())).expect("ASCII");
+        let k = rng.random_range(0..KV_KEYS);
+        match rng.random_range(0..20) {
+            0..=3 => Call::KvRange {
+                key: key(k),
+                range_end: None,
+                revision: 0,
+            },
+            4..=5 => Call::KvRange {
+                key: key(k),
+                range_end: None,
+                revision: past,
+            },
+            6..=7 => Call::KvRange {
+                key: KV_PREFIX.into(),
+                range_end: Some(all_end.clone()),
+                revision: 0,
+            },
+            8 => Call::KvRange {
+                key: KV_PREFIX.into(),
+                range_end: Some(all_end.clone()),
+                revision: past,
+            },
+            9..=12 => Call::Put {
+                key: key(k),
+                value: self.fresh_value(),
+            },
+            13..=14 => Call::Delete {
+                key: key(k),
+                range_end: None,
+            },
+            15 => {
+                let first = rng.random_range(0..KV_KEYS - 1);
+                let end = (first + rng.random_range(2..=3)).min(KV_KEYS);
+                Call::Delete {
+                    key: key(first),
+                    range_end: Some(key(end)),
+                }
+            }
+            16 => {
+                let other = (k + rng.random_range(1..KV_KEYS)) % KV_KEYS;
+                Call::PutTxn {
+                    puts: vec![
+                        (key(k), self.fresh_value()),
+                        (key(other), self.fresh_value()),
+                    ],
+                }
+            }
+            _ => Call::KvCas {
+                key: key(k),
+                expect_mod_revision: self.kv_mod_revisions[k].load(Ordering::Relaxed),
+                value: self.fresh_value(),
+                delete: key((k + rng.random_range(1..KV_KEYS)) % KV_KEYS),
+            },
+        }
+    }
+
+    /// kv-robust: remembers a key's `mod_revision` (0: absent).
+    fn saw_kv(&self, key: &str, mod_revision: i64) {
+        let slot = key
+            .strip_prefix(KV_PREFIX)
+            .and_then(|k| k.parse::<usize>().ok())
+            .and_then(|k| self.kv_mod_revisions.get(k));
+        if let Some(slot) = slot {
+            slot.store(mod_revision, Ordering::Relaxed);
+        }
+    }
+
     /// Learns from a completion (the value a register group last saw, for its next CAS; the
     /// highest revision seen).
     pub fn observe(&self, thread: usize, call: &Call, completion: &EventKind) {
@@ -255,6 +423,27 @@ impl Generator {
         if matches!(call, Call::Put { .. } | Call::PutTxn { .. }) {
             self.max_put_revision
                 .fetch_max(*revision, Ordering::Relaxed);
+        }
+        match (call, reply) {
+            (
+                Call::KvRange {
+                    key,
+                    revision: 0,
+                    range_end: None,
+                },
+                Reply::Kvs { kvs },
+            ) => self.saw_kv(key, kvs.first().map_or(0, |kv| kv.mod_revision)),
+            (Call::Put { key, .. }, _) => self.saw_kv(key, *revision),
+            (
+                Call::KvCas { key, .. },
+                Reply::KvCas {
+                    succeeded: true, ..
+                },
+            ) => self.saw_kv(key, *revision),
+            (Call::KvCas { key, .. }, Reply::KvCas { current, .. }) => {
+                self.saw_kv(key, current.as_ref().map_or(0, |kv| kv.mod_revision))
+            }
+            _ => {}
         }
         let seen = match (call, reply) {
             (
@@ -279,6 +468,16 @@ impl Generator {
     }
 }
 
+/// The read every member answers once more after healing, so that every acknowledged add has
+/// a read that began after it (set-checked workloads only).
+pub fn final_read_call(workload: Workload) -> Option<Call> {
+    match workload {
+        Workload::Set => Some(Call::ReadSet),
+        Workload::LockSet | Workload::LockEtcdSet => Some(Call::LockRead),
+        Workload::Register | Workload::Append | Workload::Watch | Workload::KvRobust => None,
+    }
+}
+
 /// A key-value as the history records it.
 pub fn kv_of(kv: &KeyValue) -> Kv {
     Kv {
@@ -300,7 +499,7 @@ fn parse_value(bytes: &[u8]) -> Value {
 }
 
 /// A list as stored: decimal values separated by commas.
-fn encode_list(list: &[Value]) -> Vec<u8> {
+pub(crate) fn encode_list(list: &[Value]) -> Vec<u8> {
     list.iter()
         .map(Value::to_string)
         .collect::<Vec<_>>()
@@ -308,7 +507,7 @@ fn encode_list(list: &[Value]) -> Vec<u8> {
         .into_bytes()
 }
 
-fn parse_list(bytes: &[u8]) -> Vec<Value> {
+pub(crate) fn parse_list(bytes: &[u8]) -> Vec<Value> {
     bytes
         .split(|&b| b == b',')
         .filter(|part| !part.is_empty())
@@ -493,6 +692,53 @@ pub async fn invoke(client: &mut EtcdClient, call: &Call, reads: ReadMode) -> Ev
             },
             Err(e) => write_error(e),
         },
+        Call::LockAdd {
+            element,
+            fenced,
+            pause_ms,
+        } => lock::invoke_add(client, *element, *fenced, *pause_ms).await,
+        Call::LockRead => lock::invoke_read(client).await,
+        Call::KvRange {
+            key,
+            range_end,
+            revision,
+        } => match client
+            .range_at(key, range_end.as_deref(), *revision, serializable)
+            .await
+        {
+            Ok((kvs, revision)) => EventKind::Ok {
+                reply: Reply::Kvs {
+                    kvs: kvs.iter().map(kv_of).collect(),
+                },
+                revision,
+            },
+            Err(e) => read_error(e),
+        },
+        Call::KvCas {
+            key,
+            expect_mod_revision,
+            value,
+            delete,
+        } => {
+            let value = value.to_string();
+            let cas = Cas {
+                key,
+                expect_mod_revision: *expect_mod_revision,
+                value: value.as_bytes(),
+                delete,
+            };
+            match client.cas_txn(&cas).await {
+                Ok(reply) => EventKind::Ok {
+                    reply: Reply::KvCas {
+                        succeeded: reply.succeeded,
+                        deleted: reply.deleted.iter().map(kv_of).collect(),
+                        current: reply.current.as_ref().map(kv_of),
+                    },
+                    revision: reply.revision,
+                },
+                Err(e) => write_error(e),
+            }
+        }
         Call::ReadPrefix => match client.get_prefix(WATCH_PREFIX, serializable).await {
             Ok((kvs, revision)) => EventKind::Ok {
                 reply: Reply::ReadPrefix {
@@ -617,5 +863,89 @@ mod tests {
     fn unparseable_values_never_match_a_written_value() {
         assert_eq!(parse_value(b"17"), 17);
         assert_eq!(parse_value(b"x"), u64::MAX);
+    }
+
+    #[test]
+    fn kv_robust_mixes_reads_of_now_and_the_past_with_writes_and_compares_last_seen() {
+        let generator = Generator::new(Workload::KvRobust, 4, 1, 1);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let done = EventKind::Ok {
+            reply: Reply::Kvs { kvs: vec![] },
+            revision: 500,
+        };
+        generator.observe(
+            0,
+            &Call::Put {
+                key: "jepsen/k/3".into(),
+                value: 1,
+            },
+            &done,
+        );
+        let calls: Vec<Call> = (0..400).map(|_| generator.next_call(0, &mut rng)).collect();
+        let past: Vec<i64> = calls
+            .iter()
+            .filter_map(|c| match c {
+                Call::KvRange { revision, .. } if *revision > 0 => Some(*revision),
+                _ => None,
+            })
+            .collect();
+        assert!(past.len() > 30, "{}", past.len());
+        assert!(past.iter().all(|r| (400..=500).contains(r)), "{past:?}");
+        assert!(calls.iter().any(|c| matches!(
+            c,
+            Call::Delete {
+                range_end: Some(_),
+                ..
+            }
+        )));
+        assert!(calls.iter().any(|c| matches!(c, Call::PutTxn { .. })));
+        let expects: Vec<i64> = calls
+            .iter()
+            .filter_map(|c| match c {
+                Call::KvCas {
+                    key,
+                    expect_mod_revision,
+                    delete,
+                    ..
+                } => {
+                    assert_ne!(key, delete);
+                    (key == "jepsen/k/3").then_some(*expect_mod_revision)
+                }
+                _ => None,
+            })
+            .collect();
+        assert!(
+            !expects.is_empty() && expects.iter().all(|&e| e == 500),
+            "{expects:?}"
+        );
+    }
+
+    #[test]
+    fn a_client_pause_goes_to_the_first_add_and_not_to_the_next() {
+        let generator =
+            Generator::new(Workload::LockEtcdSet, 2, 1, 1).client_pauses(Duration::from_secs(60));
+        let mut rng = rand::rngs::StdRng::seed_from_u64(6);
+        let pauses: Vec<u64> = (0..3)
+            .map(|_| match generator.next_call(1, &mut rng) {
+                Call::LockAdd {
+                    pause_ms, fenced, ..
+                } => {
+                    assert!(fenced);
+                    pause_ms
+                }
+                other => panic!("thread 1 adds, got {other:?}"),
+            })
+            .collect();
+        assert_eq!(pauses, [lock::CLIENT_PAUSE_MS, 0, 0]);
+        assert_eq!(generator.next_call(0, &mut rng), Call::LockRead);
+        let unpaused = Generator::new(Workload::LockSet, 2, 1, 1);
+        assert!(matches!(
+            unpaused.next_call(1, &mut rng),
+            Call::LockAdd {
+                pause_ms: 0,
+                fenced: false,
+                ..
+            }
+        ));
     }
 }

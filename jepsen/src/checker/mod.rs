@@ -5,6 +5,7 @@
 
 pub mod elle;
 pub mod faults;
+pub mod kv;
 pub mod linearizable;
 pub mod revision;
 pub mod set;

@@ -69,6 +69,9 @@ pub fn check(history: &[Op]) -> CheckResult {
             // The watch workload's writes (a delete that deleted nothing makes no revision).
             (Call::Put { .. } | Call::PutTxn { .. }, _) => true,
             (Call::Delete { .. }, Reply::Delete { deleted }) => !deleted.is_empty(),
+            // kv-robust's conditional txn, and the lock workloads' write of the set.
+            (Call::KvCas { .. }, Reply::KvCas { succeeded, .. }) => *succeeded,
+            (Call::LockAdd { .. }, _) => true,
             _ => false,
         };
         acked.push((
@@ -328,6 +331,51 @@ mod tests {
         assert_eq!(result.verdict, Verdict::Invalid);
         // Both the reuse and the real-time order are reported.
         assert_eq!(result.stats["anomalies"], 2, "{result:?}");
+    }
+
+    /// kv-robust's conditional txn writes only when it succeeded; a lock add always writes.
+    #[test]
+    fn a_successful_conditional_txn_and_a_lock_add_are_writes() {
+        let cas = |succeeded: bool, revision: i64, t0: u64, t1: u64| {
+            ok(
+                Call::KvCas {
+                    key: "k".into(),
+                    expect_mod_revision: 0,
+                    value: t0,
+                    delete: "j".into(),
+                },
+                Reply::KvCas {
+                    succeeded,
+                    deleted: vec![],
+                    current: None,
+                },
+                revision,
+                t0,
+                t1,
+            )
+        };
+        let failed_at_the_same_revision = vec![put(1, 5, 0, 1), cas(false, 5, 2, 3)];
+        assert_eq!(check(&failed_at_the_same_revision).verdict, Verdict::Valid);
+        let succeeded_at_the_same_revision = vec![put(1, 5, 0, 1), cas(true, 5, 2, 3)];
+        assert_eq!(
+            check(&succeeded_at_the_same_revision).verdict,
+            Verdict::Invalid
+        );
+        let lock_add = ok(
+            Call::LockAdd {
+                element: 7,
+                fenced: true,
+                pause_ms: 0,
+            },
+            Reply::Add,
+            5,
+            2,
+            3,
+        );
+        assert_eq!(
+            check(&[put(1, 5, 0, 1), lock_add]).verdict,
+            Verdict::Invalid
+        );
     }
 
     #[test]

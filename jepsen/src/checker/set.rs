@@ -1,4 +1,5 @@
-//! Jepsen's `set-full` checker, linearizable flavour: once an element is known to be in the set
+//! Jepsen's `set-full` checker, linearizable flavour (for `set`, and the lock workloads, whose
+//! `LockAdd`s and `LockRead`s are adds and reads of one set): once an element is known to be in the set
 //! (its add was acknowledged, or some read returned it), every read that *starts* afterwards must
 //! contain it.
 //!
@@ -39,7 +40,7 @@ pub fn check(history: &[Op]) -> CheckResult {
     let mut duplicated: BTreeSet<Value> = BTreeSet::new();
     for op in history {
         match (&op.call, &op.outcome) {
-            (Call::Add { element }, outcome) => {
+            (Call::Add { element } | Call::LockAdd { element, .. }, outcome) => {
                 let add = match outcome {
                     Outcome::Ok { .. } => AddOutcome::Ok {
                         complete_ns: op.complete_ns.expect("an ok op has completed"),
@@ -50,7 +51,7 @@ pub fn check(history: &[Op]) -> CheckResult {
                 adds.insert(*element, add);
             }
             (
-                Call::ReadSet,
+                Call::ReadSet | Call::LockRead,
                 Outcome::Ok {
                     reply: Reply::ReadSet { elements },
                     ..
@@ -312,5 +313,47 @@ mod tests {
         assert_eq!(result.verdict, Verdict::Unknown);
         assert_eq!(result.stats["never_read"], 1);
         assert_eq!(check(&[ok_add(1, 0, 1)]).verdict, Verdict::Unknown);
+    }
+
+    /// The lock workloads' ops are the same adds and reads: the lost update lock-set produces
+    /// (a paused holder writes back a list read before another holder's add), a fenced write
+    /// refused (definitely failed, so never expected), and a last add with no read after it.
+    #[test]
+    fn lock_adds_and_reads_are_set_ops() {
+        let lock_add = |element: Value, t0: u64, t1: u64, outcome: Outcome| Op {
+            process: element,
+            call: Call::LockAdd {
+                element,
+                fenced: false,
+                pause_ms: 0,
+            },
+            complete_ns: Some(t1),
+            outcome,
+            invoke_ns: t0,
+        };
+        let lock_read = |t0: u64, t1: u64, elements: &[Value]| Op {
+            call: Call::LockRead,
+            ..read(t0, t1, elements)
+        };
+        let acked = Outcome::Ok {
+            reply: Reply::Add,
+            revision: 0,
+        };
+        let lost_update = vec![
+            lock_add(1, 0, 10, acked.clone()),
+            lock_add(2, 1, 5, acked.clone()),
+            lock_read(11, 12, &[1]),
+        ];
+        let result = check(&lost_update);
+        assert_eq!(result.verdict, Verdict::Invalid, "{result:?}");
+        assert_eq!(result.stats["lost"], 1);
+        let fenced = vec![
+            lock_add(1, 0, 10, acked.clone()),
+            lock_add(2, 1, 5, Outcome::Fail),
+            lock_read(11, 12, &[1]),
+        ];
+        assert_eq!(check(&fenced).verdict, Verdict::Valid);
+        let unread = vec![lock_read(0, 1, &[]), lock_add(1, 2, 3, acked)];
+        assert_eq!(check(&unread).verdict, Verdict::Unknown);
     }
 }
