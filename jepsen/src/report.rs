@@ -86,6 +86,10 @@ fn call_name(call: &Call) -> &'static str {
         Call::Delete { .. } => "delete",
         Call::Compact { .. } => "compact",
         Call::ReadPrefix => "read_prefix",
+        Call::LockAdd { .. } => "lock_add",
+        Call::LockRead => "lock_read",
+        Call::KvRange { .. } => "kv_range",
+        Call::KvCas { .. } => "kv_cas",
     }
 }
 
