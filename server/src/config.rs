@@ -677,6 +677,31 @@ mod tests {
     }
 
     #[test]
+    fn auth_token_options_are_checked_at_startup() {
+        let refused = |flag: &str, why: &str| {
+            let e = parse(&[&format!("--auth-token={flag}")], &[]).unwrap_err();
+            assert!(e.0.contains(why), "{flag}: {e}");
+        };
+        refused("bogus", "invalid auth options");
+        refused("jwt,sign-method=RS256", "auth: missing key data");
+        refused(
+            "jwt,pub-key=/no/such,sign-method=XX256",
+            "invalid auth signature method",
+        );
+        refused("jwt,pub-key=/no/such,sign-method=ES512", "not supported");
+        refused("jwt,pub-key=/no/such,sign-method=RS256", "/no/such");
+        refused(
+            "jwt,pub-key=/no/such,sign-method=RS256,ttl=xx",
+            "invalid duration",
+        );
+        refused("jwt,pub-key=/no/such", "sign-method is missing");
+        assert!(matches!(
+            parse(&[], &[]).unwrap().token_provider(),
+            Ok(TokenProvider::Simple(_))
+        ));
+    }
+
+    #[test]
     fn quota_and_auto_compaction_follow_etcd() {
         let c = parse(&[], &[]).unwrap();
         assert_eq!(c.quota_backend_bytes(), Some(DEFAULT_QUOTA_BYTES));
