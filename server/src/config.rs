@@ -10,7 +10,12 @@ use std::time::Duration;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 
+use crate::auth::jwt::{Jwt, JwtOptions, SignMethod};
+use crate::auth::{TokenProvider, Tokens};
 use crate::tls::{TlsPolicy, TlsSettings};
+
+/// How long a JWT is valid when `--auth-token jwt,...` names no `ttl` (etcd's default).
+const JWT_TTL_DEFAULT: Duration = Duration::from_secs(5 * 60);
 
 /// etcd flags that Cairn recognises but does not implement yet; using one is an error.
 const UNSUPPORTED_FLAGS: &[&str] = &[
@@ -130,7 +135,8 @@ pub struct Config {
     /// Maximum concurrent streams that each client can open at a time (HTTP/2, per connection).
     #[arg(long, default_value_t = u32::MAX)]
     pub max_concurrent_streams: u32,
-    /// Auth token type: 'simple' (JWT tokens are not supported yet).
+    /// Auth token type: 'simple', or
+    /// 'jwt,pub-key=<path>,priv-key=<path>,sign-method=<RS256|...|ES384>,ttl=<duration>'.
     #[arg(long, default_value = "simple")]
     pub auth_token: String,
     /// Seconds an idle simple token stays valid.
@@ -333,12 +339,7 @@ impl Config {
         self.tls_policy().resolve().map_err(ConfigError)?;
         self.initial_cluster()?;
         self.auto_compaction()?;
-        if self.auth_token != "simple" {
-            return Err(ConfigError(format!(
-                "--auth-token {:?}: cairn supports simple tokens only (JWT is not supported yet)",
-                self.auth_token
-            )));
-        }
+        self.token_provider()?;
         if !(4..=31).contains(&self.bcrypt_cost) {
             return Err(ConfigError(format!(
                 "--bcrypt-cost {} is out of range [4, 31]",
@@ -346,6 +347,41 @@ impl Config {
             )));
         }
         Ok(())
+    }
+
+    /// The token provider `--auth-token` names, with its keys loaded (etcd:
+    /// `auth.NewTokenProvider`; unknown JWT options are ignored, as etcd only warns of them).
+    pub fn token_provider(&self) -> Result<TokenProvider, ConfigError> {
+        let bad = |why: String| ConfigError(format!("--auth-token {:?}: {why}", self.auth_token));
+        let mut parts = self.auth_token.split(',');
+        match parts.next() {
+            Some("simple") => {
+                let ttl = Duration::from_secs(self.auth_token_ttl);
+                return Ok(TokenProvider::Simple(Tokens::new(ttl)));
+            }
+            Some("jwt") => {}
+            _ => return Err(bad("auth: invalid auth options (unknown token type)".into())),
+        }
+        let (mut public_key, mut private_key, mut sign_method, mut ttl) = (None, None, None, None);
+        for option in parts {
+            let (name, value) = option.split_once('=').unwrap_or((option, ""));
+            match name {
+                "pub-key" => public_key = Some(PathBuf::from(value)),
+                "priv-key" => private_key = Some(PathBuf::from(value)),
+                "sign-method" => sign_method = Some(value),
+                "ttl" => ttl = Some(parse_go_duration(value).map_err(bad)?),
+                _ => tracing::warn!(option, "unknown JWT option"),
+            }
+        }
+        let sign_method = sign_method.ok_or_else(|| bad("sign-method is missing".into()))?;
+        let options = JwtOptions {
+            sign_method: SignMethod::parse(sign_method).map_err(|e| bad(e.to_string()))?,
+            public_key,
+            private_key,
+            ttl: ttl.unwrap_or(JWT_TTL_DEFAULT),
+        };
+        let jwt = Jwt::load(&options).map_err(|e| bad(e.to_string()))?;
+        Ok(TokenProvider::Jwt(std::sync::Arc::new(jwt)))
     }
 
     /// The client side's TLS flags.
@@ -640,6 +676,31 @@ mod tests {
         assert!(e.0.contains("--no-such-flag"), "{e}");
         let e = parse(&[], &[("ETCD_PEER_CRL_FILE", "x")]).unwrap_err();
         assert!(e.0.contains("ETCD_PEER_CRL_FILE"), "{e}");
+    }
+
+    #[test]
+    fn auth_token_options_are_checked_at_startup() {
+        let refused = |flag: &str, why: &str| {
+            let e = parse(&[&format!("--auth-token={flag}")], &[]).unwrap_err();
+            assert!(e.0.contains(why), "{flag}: {e}");
+        };
+        refused("bogus", "invalid auth options");
+        refused("jwt,sign-method=RS256", "auth: missing key data");
+        refused(
+            "jwt,pub-key=/no/such,sign-method=XX256",
+            "invalid auth signature method",
+        );
+        refused("jwt,pub-key=/no/such,sign-method=ES512", "not supported");
+        refused("jwt,pub-key=/no/such,sign-method=RS256", "/no/such");
+        refused(
+            "jwt,pub-key=/no/such,sign-method=RS256,ttl=xx",
+            "invalid duration",
+        );
+        refused("jwt,pub-key=/no/such", "sign-method is missing");
+        assert!(matches!(
+            parse(&[], &[]).unwrap().token_provider(),
+            Ok(TokenProvider::Simple(_))
+        ));
     }
 
     #[test]

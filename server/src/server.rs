@@ -18,7 +18,7 @@ use tokio_stream::StreamExt;
 use crate::alarm::Alarms;
 use crate::api::{self, ClientListener, Core, IdGenerator};
 use crate::apply::{self, wait::Wait, Apply};
-use crate::auth::{AuthState, Tokens};
+use crate::auth::AuthState;
 use crate::cluster::{Member, Membership};
 use crate::config::{parse_url, Config};
 use crate::engine::Engine;
@@ -186,7 +186,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
     let (membership_tx, membership_rx) = watch::channel(membership);
     let (alarms_tx, alarms_rx) = watch::channel(Alarms::load(&engine)?);
     let (auth_tx, auth_rx) = watch::channel(Arc::new(AuthState::load(&engine)?));
-    let tokens = Arc::new(Tokens::new(Duration::from_secs(cfg.auth_token_ttl)));
+    let tokens = Arc::new(cfg.token_provider()?);
     let (committed_tx, committed_rx) = crossbeam_channel::bounded(raft::APPLY_QUEUE_LEN_MAX);
     let (applied_tx, applied_rx) = watch::channel(applied_index);
     let apply_thread = apply::start(

@@ -5,6 +5,7 @@
 //! every member knows its token.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use cairn_proto::cairnpb::auth_request::Request as Auth;
 use cairn_proto::cairnpb::internal_request::Request;
@@ -17,7 +18,7 @@ use tonic::{Request as GrpcRequest, Response, Status};
 use super::listener::ClientAddr;
 use super::{ApiError, Core};
 use crate::apply::Applied;
-use crate::auth::{Access, AuthError, AuthInfo, AuthState, Tokens, ROOT};
+use crate::auth::{Access, AuthError, AuthInfo, AuthState, TokenProvider, Tokens, ROOT};
 
 /// The metadata header that carries the common name of the client's verified certificate from
 /// [`tls_identity`] to [`Credentials`]. Never taken from a client: [`tls_identity`] removes it from
@@ -83,27 +84,36 @@ impl Core {
         if !state.enabled {
             return Ok(None);
         }
-        let user = match (&credentials.token, &credentials.common_name) {
-            (Some(token), _) => self.tokens.user(token).ok_or(AuthError::InvalidAuthToken)?,
-            (None, Some(name)) => name.clone(),
+        let info = match (&credentials.token, &credentials.common_name) {
+            (Some(token), _) => self
+                .tokens
+                .info(token, state.revision)
+                .ok_or(AuthError::InvalidAuthToken)?,
+            (None, Some(name)) => AuthInfo {
+                user: name.clone(),
+                revision: state.revision,
+            },
             (None, None) => return Err(AuthError::UserEmpty.into()),
         };
-        Ok(Some(AuthInfo {
-            user,
-            revision: state.revision,
-        }))
+        Ok(Some(info))
     }
 
-    /// Runs `check` on the current auth state for the caller (nothing to check without one).
+    /// Runs `check` on the current auth state for the caller (nothing to check without one). A
+    /// caller whose token predates the current auth revision (a JWT) is refused with `revision of
+    /// auth store is old` (etcd: `authStore.isOpPermitted`).
     pub fn permit(
         &self,
         caller: &Option<AuthInfo>,
         check: impl FnOnce(&AuthState, &str) -> Result<(), AuthError>,
     ) -> Result<(), ApiError> {
-        match caller {
-            Some(c) => Ok(check(&self.auth_state(), &c.user)?),
-            None => Ok(()),
+        let Some(c) = caller else {
+            return Ok(());
+        };
+        let state = self.auth_state();
+        if c.revision < state.revision {
+            return Err(AuthError::OldRevision.into());
         }
+        Ok(check(&state, &c.user)?)
     }
 
     /// `caller` may read and write every key under `prefix` (Lock and Election names).
@@ -116,13 +126,22 @@ impl Core {
         })
     }
 
-    /// Only root passes: `error` for anyone else.
+    /// Only root passes: `error` for anyone else. Unlike [`Core::permit`], an old token revision
+    /// passes here, as in etcd (`authStore.IsAdminPermitted`); admin changes are still refused
+    /// by apply.
     pub fn permit_admin(
         &self,
         caller: &Option<AuthInfo>,
         error: AuthError,
     ) -> Result<(), ApiError> {
-        self.permit(caller, |s, user| s.is_root(user).then_some(()).ok_or(error))
+        match caller {
+            Some(c) => Ok(self
+                .auth_state()
+                .is_root(&c.user)
+                .then_some(())
+                .ok_or(error)?),
+            None => Ok(()),
+        }
     }
 
     async fn auth_change(
@@ -168,6 +187,21 @@ impl AuthService {
         self.core
             .permit_admin(&caller, AuthError::PermissionDenied)?;
         Ok(caller)
+    }
+
+    /// A simple-token login: proposed, so that apply assigns the token on every member.
+    async fn login(&self, name: String) -> Result<String, ApiError> {
+        let login = Auth::Authenticate(Authenticate {
+            name,
+            token_prefix: Tokens::new_prefix(),
+        });
+        let request = Request::Auth(AuthRequest {
+            request: Some(login),
+        });
+        match self.core.propose(request).await? {
+            Applied::Auth { token: Some(token) } => Ok(token),
+            other => Err(ApiError::Internal(format!("apply answered with {other:?}"))),
+        }
     }
 
     async fn change(
@@ -218,6 +252,10 @@ impl auth_server::Auth for AuthService {
         req: GrpcRequest<AuthenticateRequest>,
     ) -> Result<Response<AuthenticateResponse>, Status> {
         let req = req.into_inner();
+        if let TokenProvider::Jwt(_) = &*self.core.tokens {
+            // No proposal follows: read the auth state linearizably, as the login would see it.
+            self.core.linearizable_barrier().await?;
+        }
         let state = self.core.auth_state();
         if !state.enabled {
             return Err(ApiError::from(AuthError::NotEnabled).into());
@@ -235,20 +273,22 @@ impl auth_server::Auth for AuthService {
         if !matches {
             return Err(ApiError::from(AuthError::AuthFailed).into());
         }
-        let login = Auth::Authenticate(Authenticate {
-            name: req.name,
-            token_prefix: Tokens::new_prefix(),
-        });
-        let request = Request::Auth(AuthRequest {
-            request: Some(login),
-        });
-        match self.core.propose(request).await? {
-            Applied::Auth { token: Some(token) } => Ok(Response::new(AuthenticateResponse {
-                header: self.header()?,
-                token,
-            })),
-            other => Err(ApiError::Internal(format!("apply answered with {other:?}")).into()),
-        }
+        let token = match &*self.core.tokens {
+            TokenProvider::Simple(_) => self.login(req.name).await?,
+            TokenProvider::Jwt(jwt) => {
+                let jwt = jwt.clone();
+                tokio::task::spawn_blocking(move || {
+                    jwt.assign(&req.name, state.revision, SystemTime::now())
+                })
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(ApiError::from)?
+            }
+        };
+        Ok(Response::new(AuthenticateResponse {
+            header: self.header()?,
+            token,
+        }))
     }
 
     async fn user_add(

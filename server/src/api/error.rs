@@ -102,7 +102,9 @@ impl From<ApiError> for Status {
                 | AuthError::OldRevision => Code::InvalidArgument,
                 AuthError::PermissionDenied => Code::PermissionDenied,
                 AuthError::InvalidAuthToken => Code::Unauthenticated,
-                AuthError::AdminOnly => return Status::unknown(a.to_string()),
+                AuthError::AdminOnly | AuthError::VerifyOnly => {
+                    return Status::unknown(a.to_string())
+                }
                 _ => Code::FailedPrecondition,
             };
             return Status::new(code, format!("etcdserver: {a}"));

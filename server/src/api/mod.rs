@@ -47,7 +47,7 @@ use tokio::sync::oneshot;
 use crate::alarm::{quota_cost, Alarms};
 use crate::apply::wait::Wait;
 use crate::apply::{Applied, ApplyResult, MembershipRefusal};
-use crate::auth::{AuthInfo, AuthState, Tokens};
+use crate::auth::{AuthInfo, AuthState, TokenProvider};
 use crate::cluster::Membership;
 use crate::engine::Engine;
 use crate::failpoints;
@@ -108,7 +108,7 @@ pub struct Core {
     pub alarms: tokio::sync::watch::Receiver<Alarms>,
     /// The auth state as of the applied index.
     pub auth: tokio::sync::watch::Receiver<Arc<AuthState>>,
-    pub tokens: Arc<Tokens>,
+    pub tokens: Arc<TokenProvider>,
     pub bcrypt_cost: u32,
     /// `--quota-backend-bytes` (`None`: no quota).
     pub quota_bytes: Option<u64>,

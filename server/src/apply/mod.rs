@@ -31,7 +31,7 @@ use prost::Message;
 use tokio::sync::watch;
 
 use crate::alarm::{Alarms, Refusal};
-use crate::auth::{AuthError, AuthState, Tokens};
+use crate::auth::{AuthError, AuthState, TokenProvider};
 use crate::cluster::{Member, Membership};
 use crate::engine::Batch;
 use crate::failpoints;
@@ -110,7 +110,7 @@ pub struct Apply {
     /// The auth state as of the applied index; the worker publishes every change.
     pub auth: watch::Sender<std::sync::Arc<AuthState>>,
     /// Simple tokens, which every member assigns when it applies a login.
-    pub tokens: std::sync::Arc<Tokens>,
+    pub tokens: std::sync::Arc<TokenProvider>,
     /// Where each revision's events go, once written.
     pub watch_hub: std::sync::Arc<Hub>,
     pub lessor: std::sync::Arc<Lessor>,

@@ -3,9 +3,11 @@
 //! - [`AuthState`]: users (bcrypt password hashes, roles), roles (key-range permissions), the
 //!   switch and its revision. Replicated: changed only by apply, stored in `meta` under `auth/`
 //!   (so raft snapshots and backups carry it), published to the API on a `watch` channel.
-//! - [`Tokens`]: simple tokens (`<16 letters>.<log index>`), member-local and in memory as in etcd,
-//!   but assigned by apply on every member, so a token works on any member; idle ones expire
-//!   after `--auth-token-ttl`.
+//! - [`TokenProvider`]: simple tokens (`<16 letters>.<log index>`), member-local and in memory as
+//!   in etcd, but assigned by apply on every member, so a token works on any member; idle ones
+//!   expire after `--auth-token-ttl`. Or JWTs ([`jwt`]): signed by the member that takes the
+//!   login, verified by any member with the public key, carrying the auth revision they were
+//!   issued at.
 //! - Permission checks run in the API before a request is proposed, against the applied state at
 //!   some auth revision; the request carries that revision and apply refuses it if the auth state
 //!   has changed since (`revision of auth store is old`), so a revoked permission takes effect at
@@ -15,6 +17,7 @@
 //! permissions covers (a range request needs the whole range covered).
 
 mod check;
+pub mod jwt;
 mod tokens;
 
 use std::collections::BTreeMap;
@@ -25,7 +28,7 @@ use cairn_proto::cairnpb::auth_request::Request;
 use prost::Message;
 
 use crate::engine::{Batch, Cf, Engine, EngineError};
-pub use tokens::Tokens;
+pub use tokens::{TokenProvider, Tokens};
 
 const KEY_ENABLED: &[u8] = b"auth/enabled";
 const KEY_REVISION: &[u8] = b"auth/revision";
@@ -68,6 +71,10 @@ pub enum AuthError {
     PermissionDenied,
     #[error("invalid auth token")]
     InvalidAuthToken,
+    /// A login on a member that has only the public key of `--auth-token jwt` (etcd's
+    /// `ErrVerifyOnly`, answered with code Unknown).
+    #[error("auth: token signing attempted with verify-only key")]
+    VerifyOnly,
     /// What etcd's maintenance services answer a non-root user (`auth: permission denied`).
     #[error("auth: permission denied")]
     AdminOnly,
