@@ -250,7 +250,9 @@ impl Core {
             id,
             request: Some(request),
             username: caller.map(|c| c.user.clone()).unwrap_or_default(),
-            auth_revision: caller.map_or(0, |c| c.revision),
+            // Without a caller, the auth state it was admitted under (apply refuses a keyspace
+            // write admitted before auth was enabled).
+            auth_revision: caller.map_or_else(|| self.auth_state().revision, |c| c.revision),
         }
         .encode_to_vec();
         if data.len() > self.max_request_bytes {

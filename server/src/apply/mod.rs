@@ -218,16 +218,25 @@ impl Apply {
     }
 
     fn apply_request(&mut self, index: u64, req: InternalRequest) {
+        use internal_request::Request as R;
         let refusal = req
             .request
             .as_ref()
             .and_then(|r| self.alarms.borrow().refuses(r));
         let refusal = refusal.map(ApplyError::Alarm).or_else(|| {
-            // Checked under an older auth state: refused, as etcd does (the client retries).
+            // Checked under an older auth state: refused, as etcd does (the client retries). A
+            // keyspace write checked while auth was still disabled has no user: etcd's apply-time
+            // check refuses it as `user name is empty`.
             let auth = self.auth.borrow();
-            let stale =
-                auth.enabled && !req.username.is_empty() && req.auth_revision < auth.revision;
-            stale.then_some(ApplyError::Auth(AuthError::OldRevision))
+            let kv_write = matches!(req.request, Some(R::Put(_) | R::DeleteRange(_) | R::Txn(_)));
+            let stale = auth.enabled
+                && req.auth_revision < auth.revision
+                && (!req.username.is_empty() || kv_write);
+            stale.then_some(ApplyError::Auth(if req.username.is_empty() {
+                AuthError::UserEmpty
+            } else {
+                AuthError::OldRevision
+            }))
         });
         if let Some(refusal) = refusal {
             self.writer.set_applied(index);
