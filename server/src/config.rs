@@ -50,11 +50,6 @@ const UNSUPPORTED_FLAGS: &[&str] = &[
     "max-learners",
     "client-cert-file",
     "client-key-file",
-    "client-crl-file",
-    "client-cert-allowed-hostname",
-    "peer-cert-allowed-cn",
-    "peer-cert-allowed-hostname",
-    "peer-crl-file",
     "peer-client-cert-file",
     "peer-client-key-file",
     "peer-skip-client-san-verification",
@@ -211,6 +206,14 @@ pub struct Config {
     /// Path to the client server TLS trusted CA cert file.
     #[arg(long)]
     pub trusted_ca_file: Option<PathBuf>,
+    /// Path to the client certificate revocation list file (PEM or DER; read again when it
+    /// changes). Needs --client-cert-auth.
+    #[arg(long)]
+    pub client_crl_file: Option<PathBuf>,
+    /// Allowed TLS hostname for client cert authentication (a DNS name or IP address the client
+    /// certificate's SANs must cover). Needs --client-cert-auth.
+    #[arg(long)]
+    pub client_cert_allowed_hostname: Option<String>,
     /// Client TLS using generated certificates.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "false", action = clap::ArgAction::Set)]
     pub auto_tls: bool,
@@ -226,6 +229,18 @@ pub struct Config {
     /// Path to the peer server TLS trusted CA file.
     #[arg(long)]
     pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Path to the peer certificate revocation list file (PEM or DER; read again when it
+    /// changes). Needs --peer-client-cert-auth.
+    #[arg(long)]
+    pub peer_crl_file: Option<PathBuf>,
+    /// Required CN for client certs connecting to the peer endpoint (and for the certificates of
+    /// the peers this member dials). Needs --peer-client-cert-auth.
+    #[arg(long)]
+    pub peer_cert_allowed_cn: Option<String>,
+    /// Allowed TLS hostname for inter peer authentication (a DNS name or IP address the peer
+    /// certificates' SANs must cover). Needs --peer-client-cert-auth.
+    #[arg(long)]
+    pub peer_cert_allowed_hostname: Option<String>,
     /// Peer TLS using self-generated certificates if --peer-key-file and --peer-cert-file are not provided.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "false", action = clap::ArgAction::Set)]
     pub peer_auto_tls: bool,
@@ -392,6 +407,9 @@ impl Config {
             trusted_ca_file: self.trusted_ca_file.clone(),
             client_cert_auth: self.client_cert_auth,
             auto_tls: self.auto_tls,
+            crl_file: non_empty_path(&self.client_crl_file),
+            allowed_cn: None,
+            allowed_hostname: non_empty(&self.client_cert_allowed_hostname),
         }
     }
 
@@ -403,6 +421,9 @@ impl Config {
             trusted_ca_file: self.peer_trusted_ca_file.clone(),
             client_cert_auth: self.peer_client_cert_auth,
             auto_tls: self.peer_auto_tls,
+            crl_file: non_empty_path(&self.peer_crl_file),
+            allowed_cn: non_empty(&self.peer_cert_allowed_cn),
+            allowed_hostname: non_empty(&self.peer_cert_allowed_hostname),
         }
     }
 
@@ -529,6 +550,15 @@ pub fn parse_initial_cluster(text: &str) -> Result<Vec<(String, Vec<String>)>, C
         }
     }
     Ok(members)
+}
+
+/// A string flag's value; etcd's default, the empty string, means unset.
+fn non_empty(value: &Option<String>) -> Option<String> {
+    value.clone().filter(|v| !v.is_empty())
+}
+
+fn non_empty_path(value: &Option<PathBuf>) -> Option<PathBuf> {
+    value.clone().filter(|v| !v.as_os_str().is_empty())
 }
 
 fn env_name(flag: &str) -> String {
@@ -674,8 +704,8 @@ mod tests {
         assert!(e.0.contains("--max-wals"), "{e}");
         let e = parse(&["--no-such-flag"], &[]).unwrap_err();
         assert!(e.0.contains("--no-such-flag"), "{e}");
-        let e = parse(&[], &[("ETCD_PEER_CRL_FILE", "x")]).unwrap_err();
-        assert!(e.0.contains("ETCD_PEER_CRL_FILE"), "{e}");
+        let e = parse(&[], &[("ETCD_PEER_CLIENT_CERT_FILE", "x")]).unwrap_err();
+        assert!(e.0.contains("ETCD_PEER_CLIENT_CERT_FILE"), "{e}");
     }
 
     #[test]

@@ -7,6 +7,12 @@
 //!   changes (checked at most every [`RELOAD_CHECK_INTERVAL`]), so a renewed certificate is served
 //!   by new handshakes without a restart (etcd needs one). A pair that fails to load (a key that does
 //!   not match its certificate, a half-written file) is logged and the previous pair kept.
+//! - Client certificates ([`TlsSettings::client_cert_auth`]) are verified against the trusted CA
+//!   file, then against the CRL file (`--client-crl-file`, `--peer-crl-file`; read again when it
+//!   changes, like the certificates), then against the allowed identity
+//!   (`--peer-cert-allowed-cn`, `--{client,peer}-cert-allowed-hostname`). The peer dialer holds a
+//!   peer's server certificate to the same allowed identity, as etcd 3.4 does (its `baseConfig`
+//!   serves both directions).
 //! - [`accept`]: handshakes in their own tasks, so a slow or hostile client never stalls the
 //!   accept loop; a refused handshake is logged as etcd does (`rejected connection from …`).
 //! - [`Dialer`]: the tonic connector for peer URLs, `https://` over TLS with the peer certificate
@@ -29,19 +35,25 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{bail, Context as _};
 use hyper_util::rt::TokioIo;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::ResolvesClientCert;
+use rustls::client::{verify_server_name, ResolvesClientCert, WebPkiServerVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
+};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ParsedCertificate, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme, SupportedProtocolVersion};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, RootCertStore,
+    SignatureScheme, SupportedProtocolVersion,
+};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tonic::transport::{Channel, Endpoint, Uri};
 
-/// How often a handshake may look at the certificate files' modification times.
+/// How often a handshake may look at the certificate and CRL files' modification times.
 pub const RELOAD_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// A client that has not finished its handshake after this long is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -190,6 +202,12 @@ pub struct TlsSettings {
     pub trusted_ca_file: Option<PathBuf>,
     pub client_cert_auth: bool,
     pub auto_tls: bool,
+    /// `--client-crl-file` / `--peer-crl-file`: client certificates it revokes are refused.
+    pub crl_file: Option<PathBuf>,
+    /// `--peer-cert-allowed-cn` (etcd 3.4 has no client-side twin).
+    pub allowed_cn: Option<String>,
+    /// `--client-cert-allowed-hostname` / `--peer-cert-allowed-hostname`.
+    pub allowed_hostname: Option<String>,
 }
 
 /// Which side a [`TlsSettings`] configures, for messages and the `--auto-tls` directory.
@@ -210,6 +228,15 @@ impl Side {
     fn flag_prefix(self) -> &'static str {
         match self {
             Side::Client => "",
+            Side::Peer => "peer-",
+        }
+    }
+
+    /// The prefix of the side's CRL and allowed-identity flags (`--client-crl-file`,
+    /// `--peer-crl-file`).
+    fn check_flag_prefix(self) -> &'static str {
+        match self {
+            Side::Client => "client-",
             Side::Peer => "peer-",
         }
     }
@@ -253,44 +280,372 @@ impl TlsSettings {
                 }
             ),
         };
+        let allowed = self.allowed_identity(side)?;
         let (provider, versions) = policy.resolve().map_err(anyhow::Error::msg)?;
         let resolver = Arc::new(ReloadingCert::open(cert, key, provider.clone())?);
         let roots = match &self.trusted_ca_file {
             Some(path) => Some(Arc::new(load_roots(path)?)),
             None => None,
         };
-        let verifier = match (&roots, self.client_cert_auth) {
-            (Some(roots), true) => {
-                WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
-                    .build()
-                    .with_context(|| format!("--{p}trusted-ca-file"))?
-            }
+        let verifier: Arc<dyn ClientCertVerifier> = match (&roots, self.client_cert_auth) {
+            (Some(roots), true) => Arc::new(ClientVerifier::open(
+                roots.clone(),
+                provider.clone(),
+                self.crl_file.clone(),
+                allowed.clone(),
+            )?),
             (None, true) => bail!("--{p}client-cert-auth needs --{p}trusted-ca-file"),
-            (_, false) => WebPkiClientVerifier::no_client_auth(),
+            (_, false) => {
+                // Without client certificates there is nothing to revoke or to compare, and
+                // accepting the flag would leave the listener open to anyone.
+                let q = side.check_flag_prefix();
+                if self.crl_file.is_some() {
+                    bail!("--{q}crl-file needs --{p}client-cert-auth");
+                }
+                if let Some(allowed) = &allowed {
+                    bail!("--{} needs --{p}client-cert-auth", allowed.flag(side));
+                }
+                WebPkiClientVerifier::no_client_auth()
+            }
         };
         let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&versions)?
             .with_client_cert_verifier(verifier)
             .with_cert_resolver(resolver.clone());
         server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&versions)?;
-        let builder = match roots {
-            Some(roots) if !self_signed => builder.with_root_certificates(roots),
+        let server_verifier: Arc<dyn ServerCertVerifier> = match roots {
+            Some(roots) if !self_signed => {
+                WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+                    .build()
+                    .with_context(|| format!("--{p}trusted-ca-file"))?
+            }
             // etcd: a self-signed certificate's dialer skips verification (`InsecureSkipVerify`);
             // so does one without a trusted CA file (Go would fall back to system roots, which
             // cannot know a cluster's own CA).
-            _ => builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(SkipServerVerification(provider))),
+            _ => Arc::new(SkipServerVerification(provider.clone())),
         };
-        let mut client = builder.with_client_cert_resolver(resolver);
+        // Only peers are dialed with the side's allowed identity: the client side's dialer
+        // reaches other members' client URLs, whose certificates name servers, not clients.
+        let server_verifier: Arc<dyn ServerCertVerifier> = match (side, allowed) {
+            (Side::Peer, Some(allowed)) => Arc::new(CheckedServerVerifier {
+                inner: server_verifier,
+                allowed,
+            }),
+            _ => server_verifier,
+        };
+        let mut client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&versions)?
+            .dangerous()
+            .with_custom_certificate_verifier(server_verifier)
+            .with_client_cert_resolver(resolver);
         client.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Some(Tls {
             server: Arc::new(server),
             client: Arc::new(client),
             client_cert_auth: self.client_cert_auth,
         }))
+    }
+
+    /// The identity client certificates must show besides a trusted chain, if any. etcd refuses
+    /// both flags together, at start, with this message.
+    fn allowed_identity(&self, side: Side) -> anyhow::Result<Option<AllowedIdentity>> {
+        match (&self.allowed_cn, &self.allowed_hostname) {
+            (Some(cn), Some(hostname)) => bail!(
+                "AllowedCN and AllowedHostname are mutually exclusive (cn={cn:?}, hostname={hostname:?})"
+            ),
+            (Some(cn), None) => Ok(Some(AllowedIdentity::CommonName(cn.clone()))),
+            (None, Some(hostname)) => {
+                // Go's `VerifyHostname` takes an IPv6 address with or without brackets.
+                let bare = hostname.trim_start_matches('[').trim_end_matches(']');
+                let name = ServerName::try_from(bare.to_string()).map_err(|e| {
+                    anyhow::anyhow!(
+                        "--{}cert-allowed-hostname {hostname:?}: not a DNS name or an IP address ({e})",
+                        side.check_flag_prefix()
+                    )
+                })?;
+                Ok(Some(AllowedIdentity::Hostname(name)))
+            }
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+/// What a certificate must show besides a trusted chain (etcd: `TLSInfo.AllowedCN` and
+/// `AllowedHostname`, checked on the leaf of the verified chain).
+#[derive(Debug, Clone)]
+enum AllowedIdentity {
+    /// `--peer-cert-allowed-cn`: the subject's common name, exactly.
+    CommonName(String),
+    /// `--{client,peer}-cert-allowed-hostname`: a DNS name (wildcards allowed) or an IP address
+    /// that the subject alternative names cover; the common name is not consulted (Go's
+    /// `VerifyHostname` since Go 1.15).
+    Hostname(ServerName<'static>),
+}
+
+impl AllowedIdentity {
+    fn flag(&self, side: Side) -> String {
+        let q = side.check_flag_prefix();
+        match self {
+            AllowedIdentity::CommonName(_) => format!("{q}cert-allowed-cn"),
+            AllowedIdentity::Hostname(_) => format!("{q}cert-allowed-hostname"),
+        }
+    }
+
+    fn check(&self, cert: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+        let mismatch = match self {
+            AllowedIdentity::CommonName(allowed) => {
+                let found = common_name(cert);
+                if found.as_deref() == Some(allowed.as_str()) {
+                    return Ok(());
+                }
+                format!(
+                    "common name {:?} is not the allowed {allowed:?}",
+                    found.unwrap_or_default()
+                )
+            }
+            AllowedIdentity::Hostname(allowed) => {
+                let parsed = ParsedCertificate::try_from(cert)?;
+                if verify_server_name(&parsed, allowed).is_ok() {
+                    return Ok(());
+                }
+                format!("not valid for the allowed hostname {}", allowed.to_str())
+            }
+        };
+        Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+            OtherError(Arc::new(IdentityRefused(mismatch))),
+        )))
+    }
+}
+
+/// etcd's words for a certificate refused by the allowed identity, and why.
+#[derive(thiserror::Error)]
+#[error("client certificate authentication failed: {0}")]
+struct IdentityRefused(String);
+
+/// rustls logs the error's `Debug` form: make it the message.
+impl fmt::Debug for IdentityRefused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+/// Verifies client certificates: a chain to the trusted CAs, not revoked by the CRL file (read
+/// again when its modification time changes, at most every [`RELOAD_CHECK_INTERVAL`]), then the
+/// allowed identity.
+///
+/// Revocation follows etcd, which refuses exactly the serial numbers its CRL lists: a certificate
+/// whose issuer has no CRL in the file (unknown status) is accepted, and an expired CRL still
+/// counts. Unlike etcd, a CRL counts only for certificates of the CA that signed it (webpki checks
+/// the CRL's issuer and signature; a CRL that names a CA but fails its signature check refuses
+/// all of that CA's certificates), and a CRL file that stops loading keeps the previous CRL in
+/// force (logged) where etcd refuses every connection until it loads again.
+struct ClientVerifier {
+    roots: Arc<RootCertStore>,
+    provider: Arc<CryptoProvider>,
+    crl_file: Option<PathBuf>,
+    allowed: Option<AllowedIdentity>,
+    /// The trusted CAs' subjects, offered to clients in the certificate request.
+    root_hints: Vec<DistinguishedName>,
+    current: Mutex<CurrentCrl>,
+}
+
+struct CurrentCrl {
+    /// webpki's verifier with the CRLs last read.
+    verifier: Arc<dyn ClientCertVerifier>,
+    watch: FileWatch,
+}
+
+impl fmt::Debug for ClientVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientVerifier")
+            .field("crl_file", &self.crl_file)
+            .field("allowed", &self.allowed)
+            .finish()
+    }
+}
+
+impl ClientVerifier {
+    fn open(
+        roots: Arc<RootCertStore>,
+        provider: Arc<CryptoProvider>,
+        crl_file: Option<PathBuf>,
+        allowed: Option<AllowedIdentity>,
+    ) -> anyhow::Result<ClientVerifier> {
+        let watch = FileWatch::new(crl_file.as_deref().into_iter());
+        let verifier = webpki_client_verifier(&roots, &provider, crl_file.as_deref())?;
+        Ok(ClientVerifier {
+            root_hints: roots.subjects(),
+            roots,
+            provider,
+            crl_file,
+            allowed,
+            current: Mutex::new(CurrentCrl { verifier, watch }),
+        })
+    }
+
+    /// webpki's verifier, rebuilt first if the CRL file changed since it was read.
+    fn current(&self) -> Arc<dyn ClientCertVerifier> {
+        let mut current = self.current.lock().expect("CRL lock poisoned");
+        let Some(crl_file) = &self.crl_file else {
+            return current.verifier.clone();
+        };
+        if current.watch.changed(std::iter::once(crl_file.as_path())) {
+            match webpki_client_verifier(&self.roots, &self.provider, Some(crl_file)) {
+                Ok(verifier) => {
+                    tracing::info!(crl = %crl_file.display(), "reloaded CRL");
+                    current.verifier = verifier;
+                }
+                Err(e) => tracing::warn!("keeping the previous CRL: {e:#}"),
+            }
+        }
+        current.verifier.clone()
+    }
+}
+
+/// webpki's client certificate verifier over `roots`, with the CRLs in `crl_file`.
+fn webpki_client_verifier(
+    roots: &Arc<RootCertStore>,
+    provider: &Arc<CryptoProvider>,
+    crl_file: Option<&Path>,
+) -> anyhow::Result<Arc<dyn ClientCertVerifier>> {
+    let crls = match crl_file {
+        Some(path) => load_crls(path)?,
+        None => vec![],
+    };
+    WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+        .with_crls(crls)
+        // etcd refuses only the serials a CRL lists.
+        .allow_unknown_revocation_status()
+        .build()
+        .with_context(|| match crl_file {
+            Some(path) => format!("CRL file {}", path.display()),
+            None => "trusted CA file".to_string(),
+        })
+}
+
+/// The CRLs in a file: one DER CRL, or any number of PEM `X509 CRL` blocks (etcd reads either).
+fn load_crls(path: &Path) -> anyhow::Result<Vec<CertificateRevocationListDer<'static>>> {
+    /// A DER CRL is a SEQUENCE; PEM starts with text.
+    const DER_SEQUENCE: u8 = 0x30;
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read CRL file {}", path.display()))?;
+    if bytes.first() == Some(&DER_SEQUENCE) {
+        return Ok(vec![CertificateRevocationListDer::from(bytes)]);
+    }
+    let crls = CertificateRevocationListDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("cannot read CRL file {}", path.display()))?;
+    if crls.is_empty() {
+        bail!(
+            "CRL file {} holds no CRL (PEM `X509 CRL` or DER)",
+            path.display()
+        );
+    }
+    Ok(crls)
+}
+
+impl ClientCertVerifier for ClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &self.root_hints
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .current()
+            .verify_client_cert(end_entity, intermediates, now)?;
+        if let Some(allowed) = &self.allowed {
+            allowed.check(end_entity)?;
+        }
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A peer's server certificate: the usual verification, then the allowed identity.
+#[derive(Debug)]
+struct CheckedServerVerifier {
+    inner: Arc<dyn ServerCertVerifier>,
+    allowed: AllowedIdentity,
+}
+
+impl ServerCertVerifier for CheckedServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verified = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        self.allowed.check(end_entity)?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
     }
 }
 
@@ -358,8 +713,39 @@ pub struct ReloadingCert {
 struct Loaded {
     key: Arc<CertifiedKey>,
     /// The files' modification times when `key` was read.
-    stamps: (Option<SystemTime>, Option<SystemTime>),
+    watch: FileWatch,
+}
+
+/// Files' modification times as last seen, looked at again at most every
+/// [`RELOAD_CHECK_INTERVAL`].
+struct FileWatch {
+    stamps: Vec<Option<SystemTime>>,
     checked: Instant,
+}
+
+impl FileWatch {
+    /// Takes the stamps before the files are read, so that a change during the read is seen.
+    fn new<'a>(files: impl Iterator<Item = &'a Path>) -> FileWatch {
+        FileWatch {
+            stamps: files.map(modified).collect(),
+            checked: Instant::now(),
+        }
+    }
+
+    /// Whether a file's modification time changed since the last look; false until
+    /// [`RELOAD_CHECK_INTERVAL`] has passed since then.
+    fn changed<'a>(&mut self, files: impl Iterator<Item = &'a Path>) -> bool {
+        if self.checked.elapsed() < RELOAD_CHECK_INTERVAL {
+            return false;
+        }
+        self.checked = Instant::now();
+        let stamps: Vec<_> = files.map(modified).collect();
+        if stamps == self.stamps {
+            return false;
+        }
+        self.stamps = stamps;
+        true
+    }
 }
 
 impl fmt::Debug for ReloadingCert {
@@ -407,30 +793,21 @@ impl ReloadingCert {
         key_file: PathBuf,
         provider: Arc<CryptoProvider>,
     ) -> anyhow::Result<ReloadingCert> {
-        let stamps = (modified(&cert_file), modified(&key_file));
+        let watch = FileWatch::new([cert_file.as_path(), key_file.as_path()].into_iter());
         let key = Arc::new(load_pair(&cert_file, &key_file, &provider)?);
         Ok(ReloadingCert {
             cert_file,
             key_file,
             provider,
-            current: Mutex::new(Loaded {
-                key,
-                stamps,
-                checked: Instant::now(),
-            }),
+            current: Mutex::new(Loaded { key, watch }),
         })
     }
 
     /// The current pair, read again first if the files changed since it was read.
     fn get(&self) -> Arc<CertifiedKey> {
         let mut current = self.current.lock().expect("cert lock poisoned");
-        if current.checked.elapsed() < RELOAD_CHECK_INTERVAL {
-            return current.key.clone();
-        }
-        current.checked = Instant::now();
-        let stamps = (modified(&self.cert_file), modified(&self.key_file));
-        if stamps != current.stamps {
-            current.stamps = stamps;
+        let files = [self.cert_file.as_path(), self.key_file.as_path()];
+        if current.watch.changed(files.into_iter()) {
             match load_pair(&self.cert_file, &self.key_file, &self.provider) {
                 Ok(key) => {
                     tracing::info!(cert = %self.cert_file.display(), "reloaded TLS certificate");
@@ -824,6 +1201,235 @@ mod tests {
         let cert = params.self_signed(&key).unwrap();
         assert_eq!(common_name(cert.der()), None);
         assert_eq!(common_name(b"\x30\x05garbage"), None);
+    }
+
+    /// A CA, and certificates it issued: (DER, serial number).
+    struct TestCa {
+        issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+        der: CertificateDer<'static>,
+    }
+
+    impl TestCa {
+        fn new(name: &str) -> TestCa {
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, name);
+            params.key_usages = vec![
+                rcgen::KeyUsagePurpose::KeyCertSign,
+                rcgen::KeyUsagePurpose::CrlSign,
+            ];
+            let key = rcgen::KeyPair::generate().unwrap();
+            let der = params.self_signed(&key).unwrap().der().clone();
+            TestCa {
+                issuer: rcgen::Issuer::new(params, key),
+                der,
+            }
+        }
+
+        fn issue(&self, common_name: &str, sans: &[&str], serial: u64) -> CertificateDer<'static> {
+            let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
+            let mut params = rcgen::CertificateParams::new(sans).unwrap();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, common_name);
+            params.serial_number = Some(serial.into());
+            params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+            let key = rcgen::KeyPair::generate().unwrap();
+            params.signed_by(&key, &self.issuer).unwrap().der().clone()
+        }
+
+        fn crl(&self, revoked: &[u64]) -> rcgen::CertificateRevocationList {
+            rcgen::CertificateRevocationListParams {
+                this_update: rcgen::date_time_ymd(2024, 1, 1),
+                next_update: rcgen::date_time_ymd(2025, 1, 1),
+                crl_number: 1.into(),
+                issuing_distribution_point: None,
+                revoked_certs: revoked
+                    .iter()
+                    .map(|&serial| rcgen::RevokedCertParams {
+                        serial_number: serial.into(),
+                        revocation_time: rcgen::date_time_ymd(2024, 1, 1),
+                        reason_code: None,
+                        invalidity_date: None,
+                    })
+                    .collect(),
+                key_identifier_method: rcgen::KeyIdMethod::Sha256,
+            }
+            .signed_by(&self.issuer)
+            .unwrap()
+        }
+
+        fn roots(&self) -> Arc<RootCertStore> {
+            let mut roots = RootCertStore::empty();
+            roots.add(self.der.clone()).unwrap();
+            Arc::new(roots)
+        }
+    }
+
+    const GOOD: u64 = 0x4000_0000_0000_0001;
+    const REVOKED: u64 = 0x4000_0000_0000_0002;
+
+    fn verifier(
+        ca: &TestCa,
+        crl_file: Option<&Path>,
+        allowed: Option<AllowedIdentity>,
+    ) -> ClientVerifier {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        ClientVerifier::open(
+            ca.roots(),
+            provider,
+            crl_file.map(Path::to_path_buf),
+            allowed,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_crl_revokes_the_serials_it_lists_in_pem_or_der() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new("ca");
+        let (good, revoked) = (
+            ca.issue("peer", &["localhost"], GOOD),
+            ca.issue("peer", &["localhost"], REVOKED),
+        );
+        // The CRL's next update is past: etcd does not look at it, nor do we.
+        let crl = ca.crl(&[REVOKED]);
+        let (pem, der) = (dir.path().join("crl.pem"), dir.path().join("crl.der"));
+        std::fs::write(&pem, crl.pem().unwrap()).unwrap();
+        std::fs::write(&der, crl.der()).unwrap();
+        let now = UnixTime::now();
+        for file in [&pem, &der] {
+            let v = verifier(&ca, Some(file), None);
+            assert!(v.verify_client_cert(&good, &[], now).is_ok());
+            let e = v.verify_client_cert(&revoked, &[], now).unwrap_err();
+            assert_eq!(
+                e,
+                rustls::Error::InvalidCertificate(CertificateError::Revoked)
+            );
+        }
+        // Another CA's CRL says nothing about this CA's certificates: unknown status is accepted.
+        let other = TestCa::new("other-ca");
+        std::fs::write(&pem, other.crl(&[REVOKED]).pem().unwrap()).unwrap();
+        let v = verifier(&ca, Some(&pem), None);
+        assert!(v.verify_client_cert(&revoked, &[], now).is_ok());
+        // A CRL that names this CA as its issuer but does not verify with its key fails closed:
+        // every certificate of the CA is refused.
+        let impostor = TestCa::new("ca");
+        std::fs::write(&pem, impostor.crl(&[]).pem().unwrap()).unwrap();
+        let v = verifier(&ca, Some(&pem), None);
+        assert!(v.verify_client_cert(&good, &[], now).is_err());
+        // A file without a CRL is refused at start.
+        std::fs::write(&pem, "not a CRL").unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let e = ClientVerifier::open(ca.roots(), provider, Some(pem.clone()), None).unwrap_err();
+        assert!(format!("{e:#}").contains("holds no CRL"), "{e:#}");
+    }
+
+    #[test]
+    fn the_allowed_identity_is_checked_after_the_chain() {
+        let ca = TestCa::new("ca");
+        let now = UnixTime::now();
+        let peer = ca.issue("peer", &["peer.example", "127.0.0.1"], GOOD);
+        let intruder = ca.issue("intruder", &["*.intruder.example"], GOOD + 1);
+        let cn = verifier(&ca, None, Some(AllowedIdentity::CommonName("peer".into())));
+        assert!(cn.verify_client_cert(&peer, &[], now).is_ok());
+        let e = cn.verify_client_cert(&intruder, &[], now).unwrap_err();
+        assert!(
+            e.to_string().contains(
+                "client certificate authentication failed: common name \"intruder\" is not the allowed \"peer\""
+            ),
+            "{e}"
+        );
+        let host = |name: &str| {
+            let name = ServerName::try_from(name.to_string()).unwrap();
+            verifier(&ca, None, Some(AllowedIdentity::Hostname(name)))
+        };
+        assert!(host("peer.example")
+            .verify_client_cert(&peer, &[], now)
+            .is_ok());
+        assert!(host("127.0.0.1")
+            .verify_client_cert(&peer, &[], now)
+            .is_ok());
+        assert!(host("a.intruder.example")
+            .verify_client_cert(&intruder, &[], now)
+            .is_ok());
+        // The common name is not a hostname (Go 1.15+).
+        assert!(host("peer").verify_client_cert(&peer, &[], now).is_err());
+        assert!(host("127.0.0.2")
+            .verify_client_cert(&peer, &[], now)
+            .is_err());
+        // A certificate of another CA is refused before its name is looked at.
+        let other = TestCa::new("other-ca").issue("peer", &["peer.example"], GOOD);
+        let e = cn.verify_client_cert(&other, &[], now).unwrap_err();
+        assert_eq!(
+            e,
+            rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)
+        );
+    }
+
+    #[test]
+    fn crl_and_identity_flags_need_client_cert_auth_and_exclude_each_other() {
+        let settings = |cn: Option<&str>, hostname: Option<&str>| TlsSettings {
+            allowed_cn: cn.map(str::to_string),
+            allowed_hostname: hostname.map(str::to_string),
+            ..TlsSettings::default()
+        };
+        let e = settings(Some("peer"), Some("127.0.0.1"))
+            .allowed_identity(Side::Peer)
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "AllowedCN and AllowedHostname are mutually exclusive (cn=\"peer\", hostname=\"127.0.0.1\")"
+        );
+        let e = settings(None, Some("not a name"))
+            .allowed_identity(Side::Client)
+            .unwrap_err();
+        assert!(
+            e.to_string().starts_with("--client-cert-allowed-hostname"),
+            "{e}"
+        );
+        assert!(matches!(
+            settings(None, Some("[::1]")).allowed_identity(Side::Peer),
+            Ok(Some(AllowedIdentity::Hostname(ServerName::IpAddress(_))))
+        ));
+
+        // Without client certificates there is nothing to check: refused, naming the flags.
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (cert_file, key_file) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&cert_file, cert.pem()).unwrap();
+        std::fs::write(&key_file, key.serialize_pem()).unwrap();
+        let load = |settings: TlsSettings, side: Side| {
+            let settings = TlsSettings {
+                cert_file: Some(cert_file.clone()),
+                key_file: Some(key_file.clone()),
+                ..settings
+            };
+            let urls = ["https://127.0.0.1:2380".to_string()];
+            settings
+                .load(side, &urls, &[], dir.path(), &TlsPolicy::default())
+                .map(|_| ())
+                .unwrap_err()
+                .to_string()
+        };
+        let crl = TlsSettings {
+            crl_file: Some(dir.path().join("crl.pem")),
+            ..TlsSettings::default()
+        };
+        assert_eq!(
+            load(crl, Side::Client),
+            "--client-crl-file needs --client-cert-auth"
+        );
+        assert_eq!(
+            load(settings(Some("peer"), None), Side::Peer),
+            "--peer-cert-allowed-cn needs --peer-client-cert-auth"
+        );
     }
 
     #[test]

@@ -306,11 +306,11 @@ fn flags_are_checked_like_etcd() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--no-such-flag"));
     let out = std::process::Command::new(bin)
-        .arg("--peer-crl-file=crl.pem")
+        .arg("--peer-client-cert-file=client.pem")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--peer-crl-file"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--peer-client-cert-file"));
     let out = std::process::Command::new(bin)
         .arg("--version")
         .output()

@@ -1,10 +1,14 @@
 //! TLS on the client and peer URLs: mutual TLS everywhere with auth on, the certificate's common
 //! name as the user, refusals (no certificate, wrong CA, expired, plaintext), certificate reload
-//! without restart, `--auto-tls`, and the same refusals compared with etcd 3.4 using the same
-//! certificates. Every certificate is generated here (rcgen).
+//! without restart, `--auto-tls`, revocation lists (`--client-crl-file`, `--peer-crl-file`, reloaded
+//! without restart), the allowed peer common name and client hostname, and the same refusals
+//! compared with etcd 3.4 using the same certificates. Every certificate and CRL is generated here
+//! (rcgen).
 
 mod common;
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -12,8 +16,9 @@ use std::time::Duration;
 use cairn_client::{Client, ConnectOptions, GetOptions, PutOptions, TlsOptions};
 use common::{run_etcdctl, wait_for, Cluster, Kind, Member};
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    RevokedCertParams, SerialNumber,
 };
 
 /// A certificate authority that writes the certificates it issues into a directory.
@@ -21,6 +26,8 @@ struct Authority {
     dir: PathBuf,
     name: String,
     issuer: Issuer<'static, KeyPair>,
+    /// The serial number of each certificate issued, by certificate file.
+    serials: RefCell<HashMap<PathBuf, u64>>,
 }
 
 impl Authority {
@@ -40,6 +47,7 @@ impl Authority {
             dir: dir.to_path_buf(),
             name: name.to_string(),
             issuer: Issuer::new(params, key),
+            serials: RefCell::new(HashMap::new()),
         }
     }
 
@@ -50,8 +58,22 @@ impl Authority {
     /// Issues a certificate for `common_name` (valid for 127.0.0.1 and localhost), writes it as
     /// `<file>.pem` and `<file>-key.pem`, and returns the two paths.
     fn issue(&self, file: &str, common_name: &str, expired: bool) -> (PathBuf, PathBuf) {
-        let sans = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+        self.issue_for(file, common_name, &["127.0.0.1", "localhost"], expired)
+    }
+
+    /// Like [`Authority::issue`], with the subject alternative names `sans`.
+    fn issue_for(
+        &self,
+        file: &str,
+        common_name: &str,
+        sans: &[&str],
+        expired: bool,
+    ) -> (PathBuf, PathBuf) {
+        let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
         let mut params = CertificateParams::new(sans).unwrap();
+        // Distinct, with the high byte set so that every serial encodes in 8 bytes.
+        let serial = 0x4000_0000_0000_0000 + self.serials.borrow().len() as u64;
+        params.serial_number = Some(SerialNumber::from(serial));
         params
             .distinguished_name
             .push(DnType::CommonName, common_name);
@@ -75,7 +97,31 @@ impl Authority {
         );
         std::fs::write(&cert_file, cert.pem()).unwrap();
         std::fs::write(&key_file, key.serialize_pem()).unwrap();
+        self.serials.borrow_mut().insert(cert_file.clone(), serial);
         (cert_file, key_file)
+    }
+
+    /// A CRL signed by this authority that revokes the certificates in `revoked` (files this
+    /// authority issued); `number` is the CRL number.
+    fn crl(&self, number: u64, revoked: &[&Path]) -> rcgen::CertificateRevocationList {
+        let serials = self.serials.borrow();
+        let params = CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2024, 1, 1),
+            next_update: rcgen::date_time_ymd(2100, 1, 1),
+            crl_number: SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|cert| RevokedCertParams {
+                    serial_number: SerialNumber::from(serials[*cert]),
+                    revocation_time: rcgen::date_time_ymd(2024, 1, 1),
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        params.signed_by(&self.issuer).unwrap()
     }
 }
 
@@ -108,16 +154,27 @@ impl Pki {
 
     /// The server flags for mutual TLS on both the client and the peer URLs.
     fn server_flags(&self) -> Vec<String> {
-        let p = |p: &Path| p.display().to_string();
-        let (cert, key, ca) = (p(&self.server.0), p(&self.server.1), p(&self.ca.ca_file()));
+        let mut flags = self.client_side_flags();
+        flags.extend(self.peer_side_flags(&self.server));
+        flags
+    }
+
+    /// Mutual TLS on the client URLs with the server certificate.
+    fn client_side_flags(&self) -> Vec<String> {
         vec![
-            format!("--cert-file={cert}"),
-            format!("--key-file={key}"),
-            format!("--trusted-ca-file={ca}"),
+            format!("--cert-file={}", self.server.0.display()),
+            format!("--key-file={}", self.server.1.display()),
+            format!("--trusted-ca-file={}", self.ca.ca_file().display()),
             "--client-cert-auth".to_string(),
-            format!("--peer-cert-file={cert}"),
-            format!("--peer-key-file={key}"),
-            format!("--peer-trusted-ca-file={ca}"),
+        ]
+    }
+
+    /// Mutual TLS on the peer URLs with the certificate `peer`.
+    fn peer_side_flags(&self, peer: &(PathBuf, PathBuf)) -> Vec<String> {
+        vec![
+            format!("--peer-cert-file={}", peer.0.display()),
+            format!("--peer-key-file={}", peer.1.display()),
+            format!("--peer-trusted-ca-file={}", self.ca.ca_file().display()),
             "--peer-client-cert-auth".to_string(),
         ]
     }
@@ -149,7 +206,19 @@ fn cluster(kind: Kind, n: usize, dir: &Path, pki: &Pki, extra: &[&str]) -> Vec<M
     let mut flags = pki.server_flags();
     flags.extend(extra.iter().map(|s| s.to_string()));
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let mut members = Cluster::unstarted(kind, n, dir, &flags);
+    let mut members = tls_members(kind, n, dir, pki, &flags);
+    for m in &mut members {
+        m.spawn_process();
+    }
+    for m in &mut members {
+        m.wait_healthy();
+    }
+    members
+}
+
+/// `n` members with `https://` URLs and `flags`, not started; etcdctl checks them as root.
+fn tls_members(kind: Kind, n: usize, dir: &Path, pki: &Pki, flags: &[&str]) -> Vec<Member> {
+    let mut members = Cluster::unstarted(kind, n, dir, flags);
     for m in &mut members {
         m.tls = Some(pki.as_root());
     }
@@ -160,10 +229,6 @@ fn cluster(kind: Kind, n: usize, dir: &Path, pki: &Pki, extra: &[&str]) -> Vec<M
         .join(",");
     for m in &mut members {
         m.initial_cluster = initial.clone();
-        m.spawn_process();
-    }
-    for m in &mut members {
-        m.wait_healthy();
     }
     members
 }
@@ -299,6 +364,205 @@ async fn mtls_cluster_with_auth_serves_etcdctl_and_the_rust_client() {
         Err(e) => Err(e),
     };
     assert!(refused.is_err(), "{refused:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_client_certificates_are_refused_and_the_crl_is_reloaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let revoked = pki.ca.issue("revoked", "root", false);
+    let crl_file = dir.path().join("crl.pem");
+    std::fs::write(&crl_file, pki.ca.crl(1, &[&revoked.0]).pem().unwrap()).unwrap();
+    let crl_flag = format!("--client-crl-file={}", crl_file.display());
+    let members = cluster(Kind::Cairn, 3, dir.path(), &pki, &[&crl_flag]);
+    let endpoints: Vec<String> = members.iter().map(|m| m.endpoint()).collect();
+    let revoked_flags = Pki::etcdctl_flags(&pki.ca, Some(&revoked));
+    for endpoint in &endpoints {
+        let out = ctl(endpoint, &pki.as_root(), "put k v");
+        assert!(ok(&out), "{out}");
+        let out = ctl(endpoint, &revoked_flags, "get k");
+        assert!(
+            !ok(&out) && out.contains("context deadline exceeded"),
+            "{out}"
+        );
+    }
+    for m in &members {
+        let log = m.log();
+        assert!(
+            log.lines()
+                .any(|l| l.contains("rejected connection") && l.contains("Revoked")),
+            "{log}"
+        );
+    }
+
+    // The Rust client: served with a good certificate, refused with the revoked one.
+    let client = Client::connect_with(
+        endpoints.clone(),
+        ConnectOptions::new().with_tls(tls_options(&pki, &pki.root)),
+    )
+    .await
+    .unwrap();
+    let got = client.kv().get("k", GetOptions::new()).await.unwrap();
+    assert_eq!(got.kvs[0].value.as_ref(), b"v");
+    let refused = Client::connect_with(
+        vec![endpoints[0].clone()],
+        ConnectOptions::new()
+            .with_tls(tls_options(&pki, &revoked))
+            .with_timeout(Duration::from_secs(2)),
+    )
+    .await;
+    let refused = match refused {
+        Ok(c) => c.kv().get("k", GetOptions::new()).await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    assert!(refused.is_err(), "{refused:?}");
+
+    // A new CRL, in DER this time, revokes alice too: new handshakes follow it, no restart.
+    let alice = Pki::etcdctl_flags(&pki.ca, Some(&pki.alice));
+    let out = ctl(&endpoints[1], &alice, "get k");
+    assert!(ok(&out), "{out}");
+    let crl = pki.ca.crl(2, &[&revoked.0, &pki.alice.0]);
+    std::fs::write(&crl_file, crl.der()).unwrap();
+    wait_for("the new CRL", Duration::from_secs(20), || {
+        (!ok(&ctl(&endpoints[1], &alice, "get k"))).then_some(())
+    });
+    assert!(members[1].log().contains("reloaded CRL"));
+    let out = ctl(&endpoints[1], &pki.as_root(), "get k");
+    assert!(ok(&out), "{out}");
+}
+
+#[test]
+fn peers_with_a_revoked_certificate_or_another_common_name_cannot_talk() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let peer = pki.ca.issue("peer", "peer", false);
+    let revoked_peer = pki.ca.issue("revoked-peer", "peer", false);
+    let intruder = pki.ca.issue("intruder", "intruder", false);
+    let crl_file = dir.path().join("peer-crl.pem");
+    std::fs::write(&crl_file, pki.ca.crl(1, &[&revoked_peer.0]).pem().unwrap()).unwrap();
+    let mut flags = pki.client_side_flags();
+    flags.push(format!("--peer-crl-file={}", crl_file.display()));
+    flags.push("--peer-cert-allowed-cn=peer".to_string());
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    // m1..m3 are a quorum of five; m4's certificate is revoked, m5's names another CN.
+    let mut members = tls_members(Kind::Cairn, 5, dir.path(), &pki, &flags);
+    let certs = [&peer, &peer, &peer, &revoked_peer, &intruder];
+    for (m, cert) in members.iter_mut().zip(certs) {
+        m.extra_args.extend(pki.peer_side_flags(cert));
+        m.spawn_process();
+    }
+    for m in &mut members[..3] {
+        m.wait_healthy();
+    }
+    let root = pki.as_root();
+    let out = ctl(&members[0].endpoint(), &root, "put k v");
+    assert!(ok(&out), "{out}");
+    let out = ctl(&members[2].endpoint(), &root, "get k --print-value-only");
+    assert_eq!(out, "exit Some(0)\nv\n");
+    // The outsiders never get through: no member takes their messages, so they serve nothing.
+    for m in &members[3..] {
+        let out = ctl(&m.endpoint(), &root, "put k outsider");
+        assert!(!ok(&out), "{}: {out}", m.name);
+    }
+    let out = ctl(&members[0].endpoint(), &root, "get k --print-value-only");
+    assert_eq!(out, "exit Some(0)\nv\n");
+    // (The log is JSON: the names' quotes are escaped there.)
+    let why = [
+        "Revoked",
+        "client certificate authentication failed: common name",
+    ];
+    for why in why {
+        wait_for(why, Duration::from_secs(10), || {
+            members[..3]
+                .iter()
+                .any(|m| {
+                    m.log()
+                        .lines()
+                        .any(|l| l.contains("rejected connection") && l.contains(why))
+                })
+                .then_some(())
+        });
+    }
+}
+
+#[test]
+fn crl_and_allowed_hostname_refusals_match_etcd() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let revoked = pki.ca.issue("revoked", "root", false);
+    let elsewhere = pki
+        .ca
+        .issue_for("elsewhere", "root", &["elsewhere.example"], false);
+    let crl_file = dir.path().join("crl.pem");
+    std::fs::write(&crl_file, pki.ca.crl(1, &[&revoked.0]).pem().unwrap()).unwrap();
+    let crl_flag = format!("--client-crl-file={}", crl_file.display());
+    let extra = [
+        crl_flag.as_str(),
+        "--client-cert-allowed-hostname=localhost",
+    ];
+    for sub in ["cairn", "etcd"] {
+        std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+    }
+    let cairn = cluster(Kind::Cairn, 1, &dir.path().join("cairn"), &pki, &extra);
+    let etcd = cluster(Kind::Etcd, 1, &dir.path().join("etcd"), &pki, &extra);
+    let cases = [
+        (pki.as_root(), "put k v"),
+        (pki.as_root(), "get k"),
+        (Pki::etcdctl_flags(&pki.ca, Some(&revoked)), "get k"),
+        (Pki::etcdctl_flags(&pki.ca, Some(&elsewhere)), "get k"),
+    ];
+    for (flags, args) in cases {
+        let answers: Vec<String> = [&cairn[0], &etcd[0]]
+            .iter()
+            .map(|m| normalized(&ctl(&m.endpoint(), &flags, args), &m.endpoint()))
+            .collect();
+        assert_eq!(answers[0], answers[1], "{flags} {args}");
+    }
+    let log = cairn[0].log();
+    for why in ["Revoked", "not valid for the allowed hostname localhost"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("rejected connection") && l.contains(why)),
+            "{why}: {log}"
+        );
+    }
+}
+
+#[test]
+fn allowed_cn_and_hostname_together_are_refused_at_start_like_etcd() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    for kind in [Kind::Cairn, Kind::Etcd] {
+        let bin = match kind {
+            Kind::Cairn => env!("CARGO_BIN_EXE_cairn"),
+            Kind::Etcd => "etcd",
+        };
+        let peer = format!("https://127.0.0.1:{}", common::free_port());
+        let client = format!("http://127.0.0.1:{}", common::free_port());
+        // `timeout` bounds a server that would start instead of refusing.
+        let out = Command::new("timeout")
+            .arg("20")
+            .arg(bin)
+            .arg("--data-dir")
+            .arg(dir.path().join(format!("{kind:?}")))
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("default={peer}")])
+            .args(pki.peer_side_flags(&pki.server))
+            .args([
+                "--peer-cert-allowed-cn=server",
+                "--peer-cert-allowed-hostname=localhost",
+            ])
+            .env_clear()
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{kind:?}: {stderr}");
+        let expected = "AllowedCN and AllowedHostname are mutually exclusive (cn=\"server\", hostname=\"localhost\")";
+        assert!(stderr.contains(expected), "{kind:?}: {stderr}");
+    }
 }
 
 #[test]
