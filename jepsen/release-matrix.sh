@@ -16,7 +16,7 @@ else
     cargo build --release -p cairn-server --bin cairn
     bin="$CARGO_TARGET_DIR/release/cairn"
 fi
-faults=kill,pause,partition,partition-one-way,slow,flaky,compact,transfer-leader,defrag,member-replace,clock-skew,fsync-fail
+faults=kill,pause,partition,partition-one-way,slow,flaky,compact,transfer-leader,defrag,member-replace,clock-skew,fsync-fail,lose-unsynced
 passed=0
 failed=0
 for workload in register set append watch kv-robust lock-etcd-set; do

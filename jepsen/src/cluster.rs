@@ -60,6 +60,9 @@ pub struct ClusterSpec {
     pub members: usize,
     /// Extra flags passed to every member (e.g. `--snapshot-count=100`).
     pub extra_args: Vec<String>,
+    /// Start every member with the LD_PRELOAD shim journaling its creations and syncs, so that
+    /// [`Cluster::lose_unsynced`] can play a crash that loses the page cache.
+    pub track_syncs: bool,
 }
 
 /// Whether a member process is running, stopped by SIGSTOP, killed, or removed from the
@@ -204,6 +207,9 @@ impl Cluster {
             shim_library: None,
             dir,
         };
+        if cluster.spec.track_syncs {
+            cluster.shim_library = Some(shim::build(cluster.dir.path())?);
+        }
         for i in 0..n {
             cluster.spawn(i)?;
         }
@@ -226,6 +232,13 @@ impl Cluster {
             .create(true)
             .append(true)
             .open(&member.log_path)?;
+        let shim = match (&member.shim, self.spec.track_syncs) {
+            (config, true) => Some(ShimConfig {
+                sync_journal: Some(self.sync_journal(i)),
+                ..config.clone().unwrap_or_default()
+            }),
+            (config, false) => config.clone(),
+        };
         let mut command = Command::new(&self.spec.bin);
         command
             .arg(format!("--name={}", member.name))
@@ -249,9 +262,7 @@ impl Cluster {
             .arg("--initial-cluster-token=cairn-jepsen")
             .args(&self.spec.extra_args)
             .envs(
-                member
-                    .shim
-                    .iter()
+                shim.iter()
                     .zip(&self.shim_library)
                     .flat_map(|(config, library)| config.env(library)),
             )
@@ -348,6 +359,21 @@ impl Cluster {
             dir.join(format!("n{i}.fsync-fail")),
             dir.join(format!("n{i}.fsync-tripped")),
         )
+    }
+
+    /// Where the shim of member `i` journals its creations and syncs (with `track_syncs`).
+    fn sync_journal(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("n{i}.syncs"))
+    }
+
+    /// Plays, on killed member `i`, a crash of its machine that loses the page cache: every file
+    /// it wrote is cut back to what it had synced (see [`shim::lose_unsynced`]).
+    pub fn lose_unsynced(&self, i: usize) -> anyhow::Result<shim::Loss> {
+        anyhow::ensure!(
+            self.members[i].state == MemberState::Killed,
+            "member {i} must be killed to lose its unsynced writes"
+        );
+        shim::lose_unsynced(&self.sync_journal(i), &self.members[i].data_dir)
     }
 
     /// Waits up to `timeout` for member `i`'s process to exit by itself. If it did, the member

@@ -65,6 +65,12 @@ pub enum Fault {
     /// is an anomaly); restart it with working fsyncs when the fault stops. Cairn only, as
     /// `clock-skew`.
     FsyncFail,
+    /// SIGKILL members (every member 40 %, a majority 30 %, the leader or one member 30 %) and
+    /// play a crash that loses their page cache: every file each wrote is cut back to what it had
+    /// synced (the shim's journal, see `shim.rs`); restart them when the fault stops. With it in
+    /// the schedule, every member runs under the shim. Cairn only, as `clock-skew`: on etcd it
+    /// is a plain kill, and says so.
+    LoseUnsynced,
 }
 
 /// A fault in progress, with what is needed to undo it.
@@ -366,6 +372,44 @@ async fn fsync_fail(cluster: &mut Cluster, i: usize) -> anyhow::Result<(bool, St
     })
 }
 
+/// Whom `lose-unsynced` hits: every member (40 %), a random majority (30 %), or the leader or
+/// one member (30 %). Losing a majority's page cache at once is what finds acknowledged writes
+/// that were never synced.
+fn crash_targets(leader: Option<usize>, n: usize, rng: &mut impl Rng) -> Vec<usize> {
+    let mut members: Vec<usize> = (0..n).collect();
+    match rng.random_range(0..10) {
+        0..=3 => members,
+        4..=6 => {
+            members.shuffle(rng);
+            members.truncate(n / 2 + 1);
+            members.sort_unstable();
+            members
+        }
+        _ => vec![one_target(leader, n, rng)],
+    }
+}
+
+/// The `lose-unsynced` fault on `members`: kills them all, then cuts each one's files back to
+/// what it had synced. Returns what to record.
+async fn lose_unsynced(cluster: &mut Cluster, members: &[usize]) -> anyhow::Result<String> {
+    for &m in members {
+        cluster.kill(m).await?;
+    }
+    let mut outcomes = Vec::with_capacity(members.len());
+    for &m in members {
+        let loss = cluster.lose_unsynced(m)?;
+        outcomes.push(if loss.journaled == 0 {
+            format!("n{m} killed, no sync went through the shim (a Go binary)")
+        } else {
+            format!(
+                "n{m} lost {} unsynced bytes in {} files",
+                loss.bytes, loss.files
+            )
+        });
+    }
+    Ok(format!("lose-unsynced {}", outcomes.join(", ")))
+}
+
 /// Whom `kill` and `pause` hit: the leader (40 % when one is known), one random member (30 %),
 /// a random minority (20 %), or every member (10 %).
 fn targets(leader: Option<usize>, n: usize, rng: &mut impl Rng) -> Vec<usize> {
@@ -516,6 +560,11 @@ async fn start(
             let member = one_target(leader, n, rng);
             let (crashed, text) = fsync_fail(cluster, member).await?;
             (Active::Shimmed { member, crashed }, text)
+        }
+        Fault::LoseUnsynced => {
+            let members = crash_targets(leader, n, rng);
+            let text = lose_unsynced(cluster, &members).await?;
+            (Active::Killed(members), text)
         }
     })
 }
@@ -723,6 +772,20 @@ mod tests {
         let picks: BTreeSet<usize> = (0..100).map(|_| one_target(Some(4), 5, &mut rng)).collect();
         assert_eq!(picks, (0..5).collect());
         assert!((0..100).all(|_| one_target(None, 3, &mut rng) < 3));
+    }
+
+    #[test]
+    fn crash_targets_are_all_a_majority_or_one() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(6);
+        let picks: Vec<Vec<usize>> = (0..200)
+            .map(|_| crash_targets(Some(1), 5, &mut rng))
+            .collect();
+        assert!(picks.iter().flatten().all(|&m| m < 5));
+        assert!(picks.iter().any(|p| p == &vec![1]));
+        assert!(picks.iter().any(|p| p.len() == 1 && p[0] != 1));
+        assert!(picks.iter().any(|p| p.len() == 3));
+        assert!(picks.iter().any(|p| p.len() == 5));
+        assert!(picks.iter().all(|p| matches!(p.len(), 1 | 3 | 5)));
     }
 
     #[test]

@@ -370,6 +370,7 @@ pub async fn run(mut options: RunOptions) -> anyhow::Result<(PathBuf, Results)> 
         bin: options.bin.clone(),
         members: options.members,
         extra_args: options.member_args.clone(),
+        track_syncs: options.nemesis.contains(&Fault::LoseUnsynced),
     })
     .await?;
     let recorder = Recorder::new();

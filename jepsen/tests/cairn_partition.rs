@@ -57,6 +57,7 @@ async fn an_isolated_cairn_leader_steps_down_and_the_cluster_heals() {
         bin,
         members: 3,
         extra_args: vec![],
+        track_syncs: false,
     })
     .await
     .unwrap();

@@ -44,6 +44,7 @@ async fn partitions_pauses_and_kills_act_on_a_real_etcd_cluster() {
         bin: ETCD.into(),
         members: 3,
         extra_args: vec![],
+        track_syncs: false,
     })
     .await
     .unwrap();
@@ -119,6 +120,7 @@ async fn a_member_that_exits_by_itself_fails_startup_fast() {
         bin: "/bin/false".into(),
         members: 3,
         extra_args: vec![],
+        track_syncs: false,
     })
     .await
     .err()

@@ -103,3 +103,32 @@ fn a_dropped_watch_event_is_caught_as_a_gap() {
         "watch",
     );
 }
+
+#[test]
+fn acks_before_fsync_are_caught_as_lost_when_the_page_cache_is() {
+    caught(
+        "ack-before-fsync",
+        &[
+            "--workload=set",
+            "--nemesis=lose-unsynced",
+            "--nemesis-interval-s=2",
+            "--time-limit-s=16",
+            "--seed=3",
+        ],
+        "set-full",
+    );
+}
+
+#[test]
+fn a_reused_revision_is_caught_by_the_revision_checker() {
+    caught(
+        "reuse-revision",
+        &[
+            "--workload=register",
+            "--nemesis",
+            "--time-limit-s=8",
+            "--seed=3",
+        ],
+        "revision",
+    );
+}

@@ -46,6 +46,7 @@ async fn a_cairn_member_with_a_skewed_clock_lives_ahead_and_the_cluster_serves()
         bin: cairn,
         members: 3,
         extra_args: vec![],
+        track_syncs: false,
     })
     .await
     .unwrap();
@@ -157,6 +158,7 @@ async fn leases_on_a_skewed_cairn_leader_expire_on_time() {
         bin: cairn,
         members: 3,
         extra_args: vec![],
+        track_syncs: false,
     })
     .await
     .unwrap();

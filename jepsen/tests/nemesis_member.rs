@@ -81,6 +81,7 @@ async fn replace_a_member(bin: PathBuf, catch_up: CatchUp) {
         bin,
         members: 3,
         extra_args: vec!["--snapshot-count=20".into()],
+        track_syncs: false,
     })
     .await
     .unwrap();
@@ -238,6 +239,7 @@ async fn a_busy_cairn_leader_removed_from_the_cluster_stops_cleanly() {
             bin: cairn.clone(),
             members: 3,
             extra_args: vec![],
+            track_syncs: false,
         })
         .await
         .unwrap();

@@ -50,6 +50,7 @@ async fn mute_leader(bin: std::path::PathBuf) {
         bin,
         members: 3,
         extra_args: vec![],
+        track_syncs: false,
     })
     .await
     .unwrap();

@@ -130,6 +130,10 @@ pub struct Config {
     /// Maximum concurrent streams that each client can open at a time (HTTP/2, per connection).
     #[arg(long, default_value_t = u32::MAX)]
     pub max_concurrent_streams: u32,
+    /// Maximum watchers one watch stream holds at a time; creating one more is refused with a
+    /// canceled response (a Cairn flag: etcd has no limit, nor has Cairn by default).
+    #[arg(long, default_value_t = u32::MAX)]
+    pub max_watchers_per_stream: u32,
     /// Auth token type: 'simple', or
     /// 'jwt,pub-key=<path>,priv-key=<path>,sign-method=<RS256|...|ES384>,ttl=<duration>'.
     #[arg(long, default_value = "simple")]

@@ -16,13 +16,21 @@ pub enum Bug {
     ReadWithoutReadIndex,
     /// Every 25th revision's events are not delivered to watchers.
     DropWatchEvent,
+    /// The raft log is never synced: entries count as durable, and their acks leave, once they
+    /// are written to the OS. A crash that loses the page cache loses acknowledged writes.
+    AckBeforeFsync,
+    /// The write request at every 20th raft index takes the revision of the write before it:
+    /// two writes share a revision.
+    ReuseRevision,
 }
 
 impl Bug {
-    const ALL: [Bug; 3] = [
+    const ALL: [Bug; 5] = [
         Bug::AckBeforeCommit,
         Bug::ReadWithoutReadIndex,
         Bug::DropWatchEvent,
+        Bug::AckBeforeFsync,
+        Bug::ReuseRevision,
     ];
 
     fn name(self) -> &'static str {
@@ -30,6 +38,8 @@ impl Bug {
             Bug::AckBeforeCommit => "ack-before-commit",
             Bug::ReadWithoutReadIndex => "read-without-read-index",
             Bug::DropWatchEvent => "drop-watch-event",
+            Bug::AckBeforeFsync => "ack-before-fsync",
+            Bug::ReuseRevision => "reuse-revision",
         }
     }
 }

@@ -259,6 +259,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
         engine,
         max_request_bytes: cfg.max_request_bytes as usize,
         max_txn_ops: cfg.max_txn_ops as usize,
+        max_watchers_per_stream: cfg.max_watchers_per_stream as usize,
         request_timeout: cfg.request_timeout(),
         election_timeout: Duration::from_millis(cfg.election_timeout),
         watch_hub: watch_hub.clone(),

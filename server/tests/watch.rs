@@ -769,3 +769,49 @@ async fn hundreds_of_streams_share_one_connection() {
         }
     }
 }
+
+/// `--max-watchers-per-stream`: past the limit a create is answered created-and-canceled with id
+/// -1 and a reason naming the flag (etcd's shape for a refused watcher); canceling one makes room,
+/// and other streams have limits of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_per_stream_are_limited_by_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Member::start(
+        Kind::Cairn,
+        &dir.path().join("m1"),
+        &["--max-watchers-per-stream=3"],
+    );
+    let endpoint = m.endpoint();
+    let mut stream = Stream::open(&endpoint).await;
+    let mut ids = vec![];
+    for key in ["a", "b", "c"] {
+        let resp = stream.create(create(key, 0)).await;
+        assert!(!resp.canceled, "{resp:?}");
+        ids.push(resp.watch_id);
+    }
+    let refused = stream.create(create("d", 0)).await;
+    assert!(refused.canceled, "{refused:?}");
+    assert_eq!(refused.watch_id, -1);
+    assert_eq!(
+        refused.cancel_reason,
+        "cairn: too many watchers on this stream (--max-watchers-per-stream=3)"
+    );
+
+    let mut other = Stream::open(&endpoint).await;
+    assert!(!other.create(create("d", 0)).await.canceled);
+
+    stream
+        .send(RequestUnion::CancelRequest(WatchCancelRequest {
+            watch_id: ids[0],
+        }))
+        .await;
+    assert!(stream.next().await.canceled);
+    let resp = stream.create(create("d", 0)).await;
+    assert!(!resp.canceled, "{resp:?}");
+
+    // The watchers it kept still work.
+    let mut client = Client::connect(endpoint).await.unwrap();
+    client.put("b", "v").await.unwrap();
+    let events = stream.events(ids[1], 1).await;
+    assert_eq!(events[0].kv.as_ref().unwrap().key, &b"b"[..]);
+}

@@ -135,6 +135,7 @@ pub async fn stale_serializable_reads_are_caught(bin: PathBuf) {
         bin,
         members: 3,
         extra_args: vec![],
+        track_syncs: false,
     })
     .await
     .unwrap();

@@ -118,6 +118,8 @@ pub struct Core {
     pub engine: Engine,
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
+    /// `--max-watchers-per-stream`.
+    pub max_watchers_per_stream: usize,
     pub request_timeout: Duration,
     pub election_timeout: Duration,
     pub watch_hub: Arc<crate::watch::Hub>,

@@ -38,6 +38,8 @@ const NO_LEADER_CHECKS_MAX: u32 = 3;
 /// etcd's reasons for refusing a watcher (sent as `cancel_reason`).
 const EMPTY_RANGE: &str = "mvcc: watcher range is empty";
 const DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
+/// Cairn's reason, past `--max-watchers-per-stream` (etcd has no such limit).
+const TOO_MANY_WATCHERS: &str = "cairn: too many watchers on this stream";
 
 pub struct WatchService {
     core: Arc<Core>,
@@ -296,6 +298,11 @@ impl StreamTask {
         }
         if self.watchers.contains_key(&id) {
             return self.refuse(DUPLICATE_ID).await;
+        }
+        let max = self.core.max_watchers_per_stream;
+        if self.watchers.len() >= max {
+            let reason = format!("{TOO_MANY_WATCHERS} (--max-watchers-per-stream={max})");
+            return self.refuse(&reason).await;
         }
         if c.watch_id == 0 {
             self.next_id += 1;

@@ -23,6 +23,7 @@ use super::{
     REVISION_INITIAL,
 };
 use crate::engine::{Batch, Cf, Durability, Engine};
+use crate::failpoints;
 use crate::metrics::{count_txn, TxnOps, METRICS};
 
 /// The single writer of MVCC state. Owned by the apply worker; every method applies one committed
@@ -174,10 +175,13 @@ impl Writer {
         op: impl FnOnce(&mut WriteTxn) -> Result<R>,
     ) -> Result<R> {
         let writes_before = self.pending.batch.len();
+        let reused = failpoints::active(failpoints::Bug::ReuseRevision)
+            && applied.is_multiple_of(20)
+            && self.revision > 1;
         let mut txn = WriteTxn {
             engine: &self.engine,
             batch: &mut self.pending.batch,
-            begin: self.revision,
+            begin: self.revision - i64::from(reused),
             compacted: self.compact_revision,
             sub: 0,
             overlay: &mut self.pending.latest,

@@ -14,6 +14,7 @@ use crossbeam_channel::{Receiver, Sender};
 use raft::eraftpb::Message;
 
 use crate::engine::{Batch, Durability, Engine};
+use crate::failpoints;
 use crate::metrics::METRICS;
 
 /// Ready work that the log writer takes from the raft loop at once, at most.
@@ -65,7 +66,8 @@ pub fn start(
                     messages: vec![],
                 };
                 for (i, task) in group.into_iter().enumerate() {
-                    let durability = if sync_at == Some(i) {
+                    let unsynced = failpoints::active(failpoints::Bug::AckBeforeFsync);
+                    let durability = if sync_at == Some(i) && !unsynced {
                         Durability::Sync
                     } else {
                         Durability::Buffered
