@@ -10,6 +10,8 @@ pub mod cluster;
 pub mod config;
 pub mod engine;
 pub mod failpoints;
+#[cfg(test)]
+mod fuzz;
 pub mod lease;
 pub mod metrics;
 pub mod mvcc;

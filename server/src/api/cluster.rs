@@ -70,7 +70,7 @@ fn to_proto(m: &cluster::Member) -> Member {
     }
 }
 
-fn check_urls(urls: &[String]) -> Result<(), ApiError> {
+pub(crate) fn check_urls(urls: &[String]) -> Result<(), ApiError> {
     if urls.is_empty() || urls.iter().any(|u| parse_url(u).is_err()) {
         return Err(MemberError::BadUrls.into());
     }

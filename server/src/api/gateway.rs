@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 use tower::ServiceExt;
 
 /// Gateway path → gRPC method (etcd 3.4's table, plus the later `hashkv` and `auth/status`).
-const ROUTES: &[(&str, &str)] = &[
+pub(crate) const ROUTES: &[(&str, &str)] = &[
     ("/v3/kv/range", "/etcdserverpb.KV/Range"),
     ("/v3/kv/put", "/etcdserverpb.KV/Put"),
     ("/v3/kv/deleterange", "/etcdserverpb.KV/DeleteRange"),
@@ -158,6 +158,12 @@ impl Gateway {
         }
         Gateway { grpc, rpcs }
     }
+
+    /// The request message of `route` (the fuzz target reads bodies as the handler does).
+    #[cfg(test)]
+    pub(crate) fn request_descriptor(&self, route: &str) -> Option<&MessageDescriptor> {
+        self.rpcs.get(route).map(|rpc| &rpc.input)
+    }
 }
 
 /// Routes `/v3/*` and `/v3beta/*` to the gateway.
@@ -219,7 +225,10 @@ fn frame(message: &[u8]) -> Bytes {
 }
 
 /// Decodes one JSON value as `desc` and encodes it as protobuf.
-fn to_proto(desc: &MessageDescriptor, value: serde_json::Value) -> Result<Vec<u8>, String> {
+pub(crate) fn to_proto(
+    desc: &MessageDescriptor,
+    value: serde_json::Value,
+) -> Result<Vec<u8>, String> {
     let options = DeserializeOptions::new().deny_unknown_fields(false);
     DynamicMessage::deserialize_with_options(desc.clone(), value, &options)
         .map(|m| m.encode_to_vec())
@@ -227,7 +236,7 @@ fn to_proto(desc: &MessageDescriptor, value: serde_json::Value) -> Result<Vec<u8
 }
 
 /// Decodes a protobuf `desc` message and writes it as JSON, fields in proto order (as etcd).
-fn to_json(desc: &MessageDescriptor, message: &[u8]) -> Result<String, String> {
+pub(crate) fn to_json(desc: &MessageDescriptor, message: &[u8]) -> Result<String, String> {
     let message = DynamicMessage::decode(desc.clone(), message).map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     message
@@ -256,7 +265,7 @@ fn grpc_status(headers: &HeaderMap) -> Option<(tonic::Code, String)> {
 }
 
 /// Undoes gRPC's percent-encoding of `grpc-message`.
-fn percent_decode(text: &str) -> String {
+pub(crate) fn percent_decode(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -279,7 +288,7 @@ fn percent_decode(text: &str) -> String {
 }
 
 /// Splits complete JSON values off the front of `buf`; leaves an incomplete one in place.
-fn take_json_values(buf: &mut BytesMut) -> Result<Vec<serde_json::Value>, String> {
+pub(crate) fn take_json_values(buf: &mut BytesMut) -> Result<Vec<serde_json::Value>, String> {
     let mut values = vec![];
     let consumed = {
         let mut it = serde_json::Deserializer::from_slice(buf).into_iter::<serde_json::Value>();

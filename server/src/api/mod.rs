@@ -8,11 +8,11 @@
 
 mod auth;
 mod auto_compact;
-mod cluster;
+pub(crate) mod cluster;
 mod concurrency;
 mod corrupt;
 mod error;
-mod gateway;
+pub(crate) mod gateway;
 mod health;
 mod http;
 mod kv;
@@ -21,7 +21,7 @@ mod listener;
 mod maintenance;
 mod metrics;
 mod snapshot;
-mod validate;
+pub(crate) mod validate;
 mod watch;
 
 use std::sync::atomic::{AtomicU64, Ordering};

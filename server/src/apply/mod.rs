@@ -170,7 +170,7 @@ pub fn start(
 
 impl Apply {
     /// Writes the deferred requests, then publishes their events and answers their proposers.
-    fn flush(&mut self) {
+    pub(crate) fn flush(&mut self) {
         if let Err(e) = self.writer.flush() {
             panic!("writing applied entries failed in storage (fail-stop): {e}");
         }
@@ -189,7 +189,7 @@ impl Apply {
         self.unflushed.answers.push((id, result));
     }
 
-    fn apply_one(&mut self, entry: Committed) {
+    pub(crate) fn apply_one(&mut self, entry: Committed) {
         let (index, data) = match entry {
             Committed::Noop { index } => return self.writer.set_applied(index),
             Committed::MemberChange {

@@ -245,8 +245,10 @@ impl Lessor {
     }
 }
 
+/// A TTL as a duration, at most [`MAX_LEASE_TTL`]: a committed grant may carry any TTL (the API
+/// refuses larger ones, apply does not), and a deadline past the clock's range would panic.
 fn secs(s: i64) -> Duration {
-    Duration::from_secs(s.max(0) as u64)
+    Duration::from_secs(s.clamp(0, MAX_LEASE_TTL) as u64)
 }
 
 /// etcd's minimum lease TTL: 1.5 election timeouts (in whole ticks), rounded up to seconds.

@@ -70,7 +70,8 @@ pub(crate) fn range(reader: &dyn KvRead, req: &RangeRequest) -> Result<RangeResu
     // etcd fetches everything when it must sort or filter, and one extra key otherwise to learn `more`.
     let fetch_all = req.sort_order() != SortOrder::None || has_filters;
     let fetch_max = if req.limit > 0 && !fetch_all && !req.count_only {
-        (req.limit + 1) as usize
+        // Saturating: a limit of i64::MAX is "no limit", not an overflow.
+        usize::try_from(req.limit).map_or(usize::MAX, |l| l.saturating_add(1))
     } else {
         usize::MAX
     };

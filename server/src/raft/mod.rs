@@ -11,7 +11,7 @@
 pub mod log_writer;
 mod logger;
 mod node;
-mod peer;
+pub(crate) mod peer;
 pub mod storage;
 mod transport;
 

@@ -126,7 +126,7 @@ impl PeerService {
     }
 }
 
-fn decode(bytes: &[u8]) -> Result<Message, Status> {
+pub(crate) fn decode(bytes: &[u8]) -> Result<Message, Status> {
     Message::parse_from_bytes(bytes)
         .map_err(|e| Status::invalid_argument(format!("malformed raft message: {e}")))
 }
