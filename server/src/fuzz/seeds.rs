@@ -399,8 +399,10 @@ fn raft_batches(pool: &DescriptorPool) -> Vec<(String, Vec<u8>)> {
                     m.reject_hint = 4;
                 }),
                 raft_message(T::MsgReadIndex, |m| {
-                    let mut e = eraftpb::Entry::default();
-                    e.data = b"ctx".to_vec().into();
+                    let e = eraftpb::Entry {
+                        data: b"ctx".to_vec().into(),
+                        ..Default::default()
+                    };
                     m.set_entries(vec![e].into());
                 }),
                 raft_message(T::MsgReadIndexResp, |m| m.index = 12),

@@ -239,8 +239,11 @@ fn decode_and_check<T: Request>(bytes: &[u8]) -> Outcome {
     req.checks()
 }
 
+/// A gRPC method's path, and the target that decodes and checks its request message.
+pub(crate) type Method = (&'static str, fn(&[u8]) -> Outcome);
+
 /// Every gRPC method of the client port with the request message it decodes.
-pub(crate) const METHODS: &[(&str, fn(&[u8]) -> Outcome)] = &[
+pub(crate) const METHODS: &[Method] = &[
     (
         "/etcdserverpb.KV/Range",
         decode_and_check::<pb::RangeRequest>,
