@@ -780,3 +780,46 @@ fn an_undecodable_membership_change_stops_the_member() {
         raft_state,
     });
 }
+
+/// A keyspace write admitted while auth was still disabled carries no user and the auth revision
+/// of then; applied after `auth enable`, it is refused with `user name is empty`, as etcd's
+/// apply-time check does (the race behind it: a member that had not yet applied `auth enable`
+/// admitted a tokenless put). A user's write admitted under the current revision goes through.
+#[test]
+fn a_write_admitted_before_auth_was_enabled_is_refused_at_apply() {
+    use crate::apply::ApplyError;
+    use crate::auth::AuthError;
+    use cairn_proto::cairnpb::{auth_request, AuthRequest};
+
+    let mut member = Member::new();
+    let put = |id: u64, username: &str, auth_revision: u64| InternalRequest {
+        id,
+        request: Some(internal_request::Request::Put(pb::PutRequest {
+            key: b"a".to_vec().into(),
+            value: b"v".to_vec().into(),
+            ..Default::default()
+        })),
+        username: username.into(),
+        auth_revision,
+    };
+    let admitted_at = member.apply.auth.borrow().revision;
+    let enable = InternalRequest {
+        id: 900,
+        request: Some(internal_request::Request::Auth(AuthRequest {
+            request: Some(auth_request::Request::Enable(pb::AuthEnableRequest {})),
+        })),
+        ..Default::default()
+    };
+    let enabled = member.apply_request(&enable.encode_to_vec());
+    assert!(matches!(enabled, Some(Ok(_))), "{enabled:?}");
+
+    let refused = member.apply_request(&put(901, "", admitted_at).encode_to_vec());
+    assert!(
+        matches!(refused, Some(Err(ApplyError::Auth(AuthError::UserEmpty)))),
+        "{refused:?}"
+    );
+    let now = member.apply.auth.borrow().revision;
+    assert!(now > admitted_at);
+    let applied = member.apply_request(&put(902, "root", now).encode_to_vec());
+    assert!(matches!(applied, Some(Ok(Applied::Put(_)))), "{applied:?}");
+}
