@@ -12,6 +12,7 @@
 //! Cairn must be built next to this test (`cargo test --workspace`); skipped otherwise.
 
 mod common;
+mod nemesis_common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -96,15 +97,9 @@ async fn a_cairn_member_whose_fsync_fails_stops_with_a_failure() {
 
 /// The unsynced bytes the `lose-unsynced` faults of the run stored in `store` cut, in total.
 fn unsynced_bytes_lost(store: &Path) -> u64 {
-    let report = std::fs::read_dir(store)
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .find(|path| path.join("history.jsonl").exists())
-        .expect("a report directory");
-    let history = std::fs::read_to_string(report.join("history.jsonl")).unwrap();
-    history
-        .split(" lost ")
-        .skip(1)
+    nemesis_common::nemesis_actions(store)
+        .iter()
+        .flat_map(|action| action.split(" lost ").skip(1))
         .map(|rest| {
             let (bytes, _) = rest.split_once(" unsynced bytes").expect("a loss");
             bytes.parse::<u64>().expect("a byte count")
